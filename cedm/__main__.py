@@ -1,0 +1,3 @@
+from cedm.cli import main
+
+raise SystemExit(main())

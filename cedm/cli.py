@@ -1,0 +1,53 @@
+"""The ``cedm`` command line: one subcommand per stage of the data flow.
+
+Each subcommand lives in ``cedm/commands/<name>.py`` with ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``; this file only wires them up and turns user errors into one line and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cedm import __version__
+from cedm.errors import CedmError
+
+# Order follows the data flow: dataset -> features -> clusters -> model -> samples.
+COMMANDS = ["import", "features", "cluster", "bound", "labels", "train", "sample", "eval", "workspaces", "serve"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (exit code 2) instead of the whole usage text."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _module(name: str):
+    return importlib.import_module(f"cedm.commands.{name.replace('import', 'import_')}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cedm", description="Label-free conditional image generation (C-EDM).")
+    parser.add_argument("--version", action="version", version=f"cedm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        mod = _module(name)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except CedmError as e:
+        print(f"cedm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cedm {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,13 @@
+"""`cedm eval`: not yet available in this version."""
+from cedm.commands import add_workspace
+from cedm.errors import CedmError
+
+HELP = "(eval: not yet available)"
+
+
+def add_arguments(p) -> None:
+    add_workspace(p)
+
+
+def run(args) -> int:
+    raise CedmError("'cedm eval' is not yet available in this version")

@@ -1,0 +1,21 @@
+"""Device selection, in one place: CUDA when present, else CPU; an explicit name overrides."""
+from __future__ import annotations
+
+from cedm.errors import CedmError
+
+
+def resolve_device(name: str | None = None):
+    """Return a torch.device for ``name`` ('auto'/None, 'cpu', 'cuda', 'cuda:1', 'mps')."""
+    import torch
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise CedmError(f"unknown device {name!r}: use auto, cpu or cuda[:N]") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CedmError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise CedmError(f"device {name!r} requested but MPS is not available here; use --device cpu")
+    return dev

@@ -1,0 +1,23 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty cedm home; CEDM_HOME points at it so nothing touches the user's real data folder."""
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("CEDM_HOME", str(h))
+    return h
+
+
+@pytest.fixture
+def tiny_images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(10, 16, 16, 3), dtype=np.uint8)
