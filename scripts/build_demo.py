@@ -23,6 +23,7 @@ import base64
 import hashlib
 import io as _io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -176,9 +177,12 @@ def npm_integrity(data: bytes) -> str:
 
 def npm_pack(dest: Path) -> Path:
     """``npm pack`` the pinned package into ``dest`` (a temporary folder); returns the tarball."""
-    cmd = ["npm", "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--silent", "--pack-destination", str(dest)]
+    cmd = ["npm", "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--silent", "--ignore-scripts",
+           "--pack-destination", str(dest)]
+    env = {**os.environ, "npm_config_cache": str(dest / "npm-cache")}  # leave the user's npm cache alone
     try:
-        subprocess.run(cmd, cwd=dest, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.run(cmd, cwd=dest, env=env, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
     except FileNotFoundError:
         raise CedmError("npm is not installed; install Node.js/npm or pass --package-tgz") from None
     except subprocess.CalledProcessError as e:
@@ -209,9 +213,13 @@ def read_webps(tgz: Path) -> list[tuple[str, bytes]]:
 
 
 def to_image(data: bytes, name: str) -> np.ndarray:
-    with Image.open(_io.BytesIO(data)) as img:
-        img.load()
-        return square_resize(img, RESOLUTION)
+    """Decode one webp and bring it to the working resolution, composited onto white."""
+    try:
+        with Image.open(_io.BytesIO(data)) as img:
+            img.load()
+            return square_resize(img, RESOLUTION)
+    except (OSError, ValueError) as e:  # the pinned package decodes cleanly; say which file if not
+        raise CedmError(f"cannot decode {name}: {e}") from None
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -274,6 +282,7 @@ def build(out_dir: Path, package_tgz: Path | None = None, emoji_test: Path = EMO
                       "ground_truth": "Unicode emoji subgroup"},
         })
         emoji_rows = [{"path": name, "codepoints": hex_cps(file_codepoints(name)),
+                       "emoji": "".join(map(chr, info.codepoints)) if info else None,
                        "name": info.name if info else None, "group": info.group if info else None,
                        "subgroup": info.subgroup if info else None}
                       for (name, _), info in zip(files, infos)]
