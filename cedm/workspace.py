@@ -257,7 +257,7 @@ class WorkspaceBuilder:
             small = np.lib.format.open_memmap(self.tmp / "images.tmp.npy", mode="w+", dtype=np.uint8,
                                               shape=(n,) + full.shape[1:])
             for s in range(0, n, _HASH_CHUNK_ROWS):
-                small[s:s + _HASH_CHUNK_ROWS] = full[s:s + _HASH_CHUNK_ROWS]
+                small[s:s + _HASH_CHUNK_ROWS] = full[s:min(s + _HASH_CHUNK_ROWS, n)]
             small.flush()
             del full, small
             os.replace(self.tmp / "images.tmp.npy", self.tmp / "images.npy")

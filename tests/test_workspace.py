@@ -114,3 +114,13 @@ def test_read_only_workspace_writes_to_overlay(home, tiny_images, tmp_path):
         (d / "x").write_text("1")
     assert not (src.root / "artifacts").exists()
     assert ro.find_artifact("s", {"a": 1}).is_relative_to(tmp_path / "ov")
+
+
+def test_builder_with_fewer_rows_than_capacity(home, tiny_images):
+    with wsp.WorkspaceBuilder(home, "short", 16, capacity=10) as b:
+        for i in range(7):
+            b.add(tiny_images[i], f"{i}.png")
+        b.finish("test", {"skipped": [{"path": "x", "reason": "corrupt"}] * 3})
+    ws = wsp.open_workspace(home, "short")
+    assert ws.images.shape == (7, 16, 16, 3)
+    np.testing.assert_array_equal(ws.images, tiny_images[:7])
