@@ -255,10 +255,10 @@ class ZipSource(Source):
             self._count()
             try:
                 path = member_path(info.filename)
-                mode = info.external_attr >> 16
+                mode = info.external_attr >> 16  # Unix mode, when the creator recorded one
                 if stat.S_ISLNK(mode):
                     raise MemberError("symbolic link")
-                if mode and not stat.S_ISREG(mode):
+                if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
                     raise MemberError("not a regular file (device, fifo or socket)")
                 if info.flag_bits & 0x1:
                     raise MemberError("encrypted")

@@ -134,8 +134,8 @@ def decode_image(src: bytes | Path, resolution: int, limits: ImportLimits) -> np
             with Image.open(fp, formats=IMAGE_FORMATS) as img:
                 w, h = img.size  # from the header: nothing decoded yet
                 if w * h > limits.max_image_pixels:
-                    raise MemberError(f"{w}x{h} is {w * h / 1e6:,.0f} megapixels, over the "
-                                      f"{limits.max_image_pixels / 1e6:g} Mpx limit (possible decompression bomb)")
+                    raise MemberError(f"{w}x{h} is {_pixels(w * h)}, over the {_pixels(limits.max_image_pixels)} "
+                                      "limit (possible decompression bomb)")
                 if w * h == 0:
                     raise MemberError("empty image")
                 return square_resize(img, resolution)
@@ -147,6 +147,10 @@ def decode_image(src: bytes | Path, resolution: int, limits: ImportLimits) -> np
         raise MemberError("not an image (content not recognised)") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure on untrusted data means: skip this file
         raise MemberError(f"corrupt image ({type(e).__name__}: {e})") from None
+
+
+def _pixels(n: int) -> str:
+    return f"{n / 1e6:,.0f} megapixels" if n >= 10**6 else f"{n} px"
 
 
 def array_to_rgb(a: np.ndarray, resolution: int) -> np.ndarray:
@@ -326,8 +330,13 @@ def _read_idx(path: Path, limits: ImportLimits) -> np.ndarray:
         count = int(np.prod(dims, dtype=np.int64))
         if count > limits.max_total_bytes:
             raise CedmError(f"{path.name} declares {count >> 20} MB of data, over the limit (--max-total-mb)")
+        data = bytearray()  # in chunks: a header may claim far more than the file holds
         try:
-            data = f.read(count)
+            while len(data) < count:
+                chunk = f.read(min(1 << 20, count - len(data)))
+                if not chunk:
+                    break
+                data += chunk
         except (EOFError, OSError, archives.ArchiveLimitError) as e:
             raise CedmError(f"{path.name}: {e}") from None
     if len(data) != count:
