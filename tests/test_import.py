@@ -20,6 +20,7 @@ from PIL import Image
 from cedm.cli import main
 from cedm.dataset import importers
 from cedm.dataset.archives import ImportLimits, member_path, MemberError
+from cedm.dataset.imaging import square_resize
 from cedm.dataset.importers import default_name, import_dataset
 from cedm.dataset.safe_pickle import UnsafePickle, load_data_pickle
 from cedm.errors import CedmError
@@ -394,6 +395,13 @@ def test_modes_exif_16bit_cmyk_la_palette(tmp_path, home):
     assert_color(la_[0], WHITE, 2) and assert_color(la_[-1], (0, 0, 0), 2)
     assert_color(pal[0], WHITE, 2) and assert_color(pal[-1], GREEN, 2)
     assert_color(rgba_, WHITE, 2)
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (9, 30), (40, 17, 3), (5, 5, 1), (12, 7, 4), (8, 8, 3), (100, 90)])
+def test_array_fast_path_equals_square_resize(shape):
+    a = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    ref = square_resize(Image.fromarray(a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a), R)
+    np.testing.assert_array_equal(importers.array_to_rgb(a, R), ref)
 
 
 # --- bad input ---------------------------------------------------------------------------------

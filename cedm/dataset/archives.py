@@ -130,7 +130,7 @@ def _mb(n: float) -> str:
 
 
 def read_bounded(f, declared: int, limits: ImportLimits, budget: _Budget, compressed: int | None = None,
-                 max_bytes: int | None = None) -> bytes:
+                 max_bytes: int | None = None) -> bytearray:
     """Read one member, enforcing while reading what its header promised (a lying header is caught)."""
     max_bytes = limits.max_file_bytes if max_bytes is None else max_bytes
     if declared > max_bytes:
@@ -148,7 +148,7 @@ def read_bounded(f, declared: int, limits: ImportLimits, budget: _Budget, compre
             raise MemberError(f"compression ratio over {limits.max_ratio:g} (possible decompression bomb)")
     if len(buf) < declared:
         raise MemberError(f"truncated: {len(buf)} of {declared} bytes")
-    return bytes(buf)
+    return buf
 
 
 def _check_member_header(path: str, size: int, compressed: int | None, limits: ImportLimits) -> None:
@@ -273,10 +273,7 @@ class ZipSource(Source):
                                     f"{_mb(self.limits.max_total_bytes)} limit (raise --max-total-mb if expected)")
         return _finish_scan(found, skipped), skipped
 
-    def open_member(self, m: Member):
-        return self.zf.open(m.ref)
-
-    def read_member(self, m: Member) -> bytes:
+    def read_member(self, m: Member) -> bytearray:
         info = m.ref
         try:
             with self.zf.open(info) as f:
@@ -437,7 +434,7 @@ class TarSource(Source):
             skipped.append({"path": self.path.name, "reason": self.stream_error})
         return _finish_scan(found, skipped), skipped
 
-    def _read_ti(self, tf, m: Member) -> bytes:
+    def _read_ti(self, tf, m: Member) -> bytearray:
         try:
             f = tf.extractfile(m.ref)
             if f is None:

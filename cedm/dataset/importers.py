@@ -17,7 +17,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -115,7 +115,7 @@ def label_order(labels) -> list[str]:
     return sorted(names)
 
 
-def decode_image(src: bytes | Path, resolution: int, limits: ImportLimits) -> np.ndarray:
+def decode_image(src: bytes | bytearray | Path, resolution: int, limits: ImportLimits) -> np.ndarray:
     """Decode one image file (bytes or a path) to uint8 (R, R, 3); raises MemberError with the reason."""
     if isinstance(src, Path):
         with open(src, "rb") as f:
@@ -154,12 +154,24 @@ def _pixels(n: int) -> str:
 
 
 def array_to_rgb(a: np.ndarray, resolution: int) -> np.ndarray:
-    """One uint8 image (H, W), (H, W, 1|3|4) -> (R, R, 3), through the same conversion as image files."""
+    """One uint8 image (H, W), (H, W, 1|3|4) -> (R, R, 3), pixel for pixel what ``square_resize`` gives.
+
+    Arrays carry no EXIF and gray or RGB needs no conversion, so crop and resize directly (gray in one
+    channel, then repeated): the same filter on the same pixels, about twice as fast for MNIST-like data.
+    """
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
-    if a.ndim == 3 and a.shape[2] == 3 and a.shape[0] == a.shape[1] == resolution:
-        return np.ascontiguousarray(a)  # already square RGB at the working size: square_resize is the identity
-    return square_resize(Image.fromarray(np.ascontiguousarray(a)), resolution)
+    if a.ndim == 3 and a.shape[2] != 3:  # RGBA: composite onto white like any image file
+        return square_resize(Image.fromarray(np.ascontiguousarray(a)), resolution)
+    h, w = a.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    a = a[top:top + s, left:left + s]
+    if s != resolution:
+        img = Image.fromarray(np.ascontiguousarray(a))
+        a = np.asarray(img.resize((resolution, resolution), Image.LANCZOS,
+                                  reducing_gap=3.0 if s > 2 * resolution else None))
+    return np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else np.ascontiguousarray(a)
 
 
 # --- row writing --------------------------------------------------------------------------------
@@ -200,9 +212,8 @@ class _Plan:
     capacity: int
     n_found: int
     skipped: list
-    fill: Callable  # fill(sink_factory, progress) -> (label_fn, label_names)
+    fill: Callable  # fill(sink, progress) -> (label_fn, label_names): decodes every row into the sink
     ordered: bool = True
-    labels_note: dict | None = None
 
 
 # --- image collections: folders and archives ----------------------------------------------------
@@ -211,17 +222,19 @@ def _plan_collection(src: archives.Source, kind: str, members: list[Member], ski
     slot = {m.index: k for k, m in enumerate(members)}
 
     def fill(sink: _Sink, bar: _Progress):
+        seen = set()
         for m, data in src.read(members):
             if isinstance(data, MemberError):
                 skipped.append({"path": m.path, "reason": str(data)})
             else:
                 try:
-                    sink.put(slot[m.index], decode_image(data, resolution, limits), m.path,
-                             csv_labels.get(m.path) if csv_labels else None)
+                    label = csv_labels.get(m.path) if csv_labels else None
+                    sink.put(slot[m.index], decode_image(data, resolution, limits), m.path, label)
+                    seen.add(label)
                 except MemberError as e:
                     skipped.append({"path": m.path, "reason": str(e)})
             bar.advance()
-        return (lambda x: x), (label_order(csv_labels.values()) if csv_labels else None)
+        return (lambda x: x), label_order(seen)
 
     return _Plan(kind, len(members), src.n_entries, skipped, fill, ordered=src.random_access)
 
@@ -428,9 +441,7 @@ def _plan_cifar(src: archives.TarSource, members: list[Member], skipped: list, c
                 seen.add(label)
                 sink.put(offsets[m.index] + i, array_to_rgb(x[i], resolution), path, label)
                 bar.advance()
-        if csv_labels:
-            return (lambda lab: lab), label_order(csv_labels.values())
-        if not names or len(set(names)) != len(names):  # no usable meta: the label ids are the names
+        if csv_labels or not names or len(set(names)) != len(names):  # labels used as they are
             return (lambda lab: lab), label_order(seen)
 
         def label_fn(lab):
