@@ -574,9 +574,6 @@ def _build(builder: WorkspaceBuilder, plan: _Plan, path: Path, resolution: int, 
             sink = _Sink(b, plan.capacity, plan.ordered)
             label_fn, label_names = plan.fill(sink, bar)
             sink.close(label_fn)
-            # WorkspaceBuilder.finish shrinks with full[s:s+chunk] past row n; hand it only the filled rows
-            # (harmless once that is fixed to full[s:min(s+chunk, n)]).
-            b._images = b._images[:max(len(b.paths), 1)]
             b.finish(str(path.resolve()), report(), label_names)
     finally:
         bar.close()
