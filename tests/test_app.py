@@ -175,3 +175,42 @@ def test_session_areas_are_private_and_cleaned(tmp_path):
     os.utime(b, (old, old))
     fresh = s.home_for("carol")
     assert s.sweep() == [b.name] and not b.exists() and fresh.exists()
+
+
+def test_only_the_visitor_area_and_assets_are_served(app):
+    url, demo, home = app
+    import httpx
+
+    outside = home / "workspaces-secret.txt"
+    outside.write_text("private")
+    inside = demo.cedm_context.sessions.root / "served.txt"
+    inside.write_text("ok")
+    assert httpx.get(f"{url}gradio_api/file={inside}").text == "ok"
+    assert httpx.get(f"{url}gradio_api/file={outside}").status_code == 403
+    assert httpx.get(f"{url}gradio_api/file=/etc/passwd").status_code == 403
+
+
+def test_cancel_stops_a_running_step(tmp_path):
+    from types import SimpleNamespace
+
+    from cedm.errors import CedmError
+    from cedm.ui.common import progress_callback
+    from cedm.ui.sessions import Sessions
+
+    seen, s, req = [], Sessions(tmp_path), SimpleNamespace(session_hash="abc")
+    report = progress_callback(lambda p, desc=None: seen.append((p, desc)), s, req)
+    report(1, 4, "importing")
+    s.request_cancel("abc")
+    with pytest.raises(CedmError, match="cancelled"):
+        report(2, 4, "importing")
+    assert seen == [((1, 4), "importing")]
+    progress_callback(None, s, req)(3, 4)  # a new step starts uncancelled
+
+
+def test_app_starts_without_a_demo(tmp_path, monkeypatch):
+    from cedm import workspace as wsp
+    from cedm.ui.app import build_app
+
+    monkeypatch.setattr(wsp, "DEMO_DIR", tmp_path / "no-demo")
+    demo = build_app(tmp_path / "home")
+    assert demo.cedm_context.choices(None) == []

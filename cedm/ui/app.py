@@ -47,5 +47,6 @@ def launch_options(demo: gr.Blocks) -> dict:
 
 def serve(host: str = "127.0.0.1", port: int = 7860, home=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     demo = build_app(home)
     demo.queue().launch(server_name=host, server_port=port, **launch_options(demo))

@@ -28,6 +28,7 @@ MAX_WORKSPACES_PER_SESSION = 5
 class AppContext:
     home: Path
     sessions: Sessions
+    _demo: wsp.Workspace | None = None  # opened once: read-only, and its images may be a compressed .npz
 
     @property
     def demo_available(self) -> bool:
@@ -43,7 +44,9 @@ class AppContext:
         if not name:
             raise CedmError("no workspace selected: upload images to make one")
         if name == wsp.DEMO_NAME:
-            return wsp.open_demo(self.home)
+            if self._demo is None or self._demo.root != wsp.DEMO_DIR:
+                self._demo = wsp.open_demo(self.home)
+            return self._demo
         wsp.check_name(name)  # a plain name, never a path
         return wsp.open_workspace(self.sessions.home_for(_session(request)), name)
 

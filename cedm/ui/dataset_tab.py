@@ -155,13 +155,14 @@ def import_upload(ctx: AppContext, files, name: str, resolution, labels_csv, req
 
 # --- layout and wiring --------------------------------------------------------------------------
 def build(ctx: AppContext) -> DatasetTab:
-    demo_ws = wsp.open_demo(ctx.home) if ctx.demo_available else None
+    demo_ws = ctx.open(wsp.DEMO_NAME, None) if ctx.demo_available else None
     with gr.Row():
         workspace = gr.Dropdown(choices=[wsp.DEMO_NAME] if demo_ws else [],
                                 value=wsp.DEMO_NAME if demo_ws else None, label="workspace",
                                 info="the shipped demo or one of your uploads", scale=3,
                                 allow_custom_value=True)  # API callers name their own workspaces
-        delete_btn = gr.Button("Delete this workspace", variant="stop", scale=1, size="sm")
+        delete_btn = gr.Button("Delete this workspace", variant="secondary", scale=1, size="sm",
+                               interactive=demo_ws is None)  # the demo cannot be deleted
     status = gr.Markdown(elem_id="cedm-status")
     summary = gr.Markdown(summary_markdown(demo_ws) if demo_ws else
                           "No demo workspace is installed: upload images to start.")
@@ -171,7 +172,7 @@ def build(ctx: AppContext) -> DatasetTab:
         prev_btn = gr.Button("< previous", size="sm", scale=0, min_width=120)
         page_info = gr.Markdown(first[1], elem_id="cedm-page-info")
         next_btn = gr.Button("next >", size="sm", scale=0, min_width=120)
-    gallery = gr.Gallery(value=first[0], columns=12, height=420, object_fit="contain", format="png",
+    gallery = gr.Gallery(value=first[0], columns=8, fit_columns=False, height=460, object_fit="contain", format="png",
                          label="images", elem_id="cedm-dataset-gallery", allow_preview=True)
 
     with gr.Accordion("Upload images as a new workspace", open=demo_ws is None):
@@ -191,7 +192,8 @@ def build(ctx: AppContext) -> DatasetTab:
             import_btn = gr.Button("Import", variant="primary", elem_id="cedm-import")
             cancel_btn = gr.Button("Cancel", size="sm")
     with gr.Accordion("Import report", open=False) as report_box:
-        report = gr.JSON(report_json(demo_ws) if demo_ws else None, label="report", elem_id="cedm-report")
+        report = gr.JSON(report_json(demo_ws) if demo_ws else None, label="report", elem_id="cedm-report",
+                         max_height=260)
         skipped = gr.Dataframe(skipped_table(demo_ws) if demo_ws else None, headers=["skipped file", "reason"], datatype=["str", "str"],
                                label="skipped files", interactive=False, elem_id="cedm-skipped")
 
@@ -199,10 +201,11 @@ def build(ctx: AppContext) -> DatasetTab:
     @guarded
     def show_workspace(ws_name: str, request: gr.Request):
         if not ws_name:
-            return "Upload images to start.", None, [], [], "", 0
+            return "Upload images to start.", None, [], [], "", 0, gr.Button(interactive=False)
         ws = ctx.open(ws_name, request)
         items, info, p = gallery_page(ws, 0)
-        return summary_markdown(ws), report_json(ws), skipped_table(ws), items, info, p
+        return (summary_markdown(ws), report_json(ws), skipped_table(ws), items, info, p,
+                gr.Button(interactive=not ws.read_only))
 
     def pager(delta: int):
         @guarded
@@ -248,7 +251,7 @@ def build(ctx: AppContext) -> DatasetTab:
         ctx.sessions.sweep()
         return gr.Dropdown(choices=ctx.choices(request))
 
-    shown = [summary, report, skipped, gallery, page_info, page]
+    shown = [summary, report, skipped, gallery, page_info, page, delete_btn]
     workspace.change(show_workspace, [workspace], shown, api_visibility="private", concurrency_limit=8)
     prev_btn.click(pager(-1), [workspace, page], [gallery, page_info, page], api_visibility="private",
                    concurrency_limit=8)
