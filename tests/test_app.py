@@ -47,8 +47,9 @@ def test_import_zip_through_the_api(app, tmp_path):
 
     from cedm import workspace as wsp
 
-    rep = client(url).predict([handle_file(str(make_zip(tmp_path / "holiday.zip")))], "", 32, None,
-                              api_name="/import_dataset")
+    c = client(url)  # held: a client's workspaces live as long as its session
+    rep = c.predict([handle_file(str(make_zip(tmp_path / "holiday.zip")))], "", 32, None,
+                    api_name="/import_dataset")
     assert rep["workspace"] == "holiday"
     assert rep["n_imported"] == rep["n_images"] == 6 and rep["resolution"] == 32
     assert rep["n_skipped"] == 2 and rep["n_found"] == 8
@@ -73,7 +74,8 @@ def test_several_image_files_become_one_workspace(app, tmp_path):
     for i in range(3):
         (tmp_path / f"shot{i}.png").write_bytes(png_bytes(COLOURS[i]))
         files.append(handle_file(str(tmp_path / f"shot{i}.png")))
-    rep = client(url).predict(files, "my-shots", 64, None, api_name="/import_dataset")
+    c = client(url)
+    rep = c.predict(files, "my-shots", 64, None, api_name="/import_dataset")
     assert (rep["workspace"], rep["n_images"], rep["resolution"], rep["n_skipped"]) == ("my-shots", 3, 64, 0)
     # the staging copies are gone, only the workspace is left
     area = [p for p in session_workspaces(home) if p.name == "my-shots"][0].parent.parent
@@ -85,15 +87,16 @@ def test_bad_upload_gives_a_readable_error_and_leaves_nothing(app, tmp_path):
     url, _, home = app
     from gradio_client import handle_file
 
-    before = session_workspaces(home)
     bad = tmp_path / "nothing.zip"
     with zipfile.ZipFile(bad, "w") as z:
         z.writestr("readme.txt", "no images in here")
         z.writestr("fake.png", b"not a png")
-    msg = _app_error(client(url).predict, [handle_file(str(bad))], "", 64, None, api_name="/import_dataset")
+    c = client(url)
+    msg = _app_error(c.predict, [handle_file(str(bad))], "", 64, None, api_name="/import_dataset")
     assert not msg.startswith("Something went wrong")  # a CedmError naming the problem, not a crash
-    assert session_workspaces(home) == before
-    assert "choose" in _app_error(client(url).predict, [], "", 64, None, api_name="/import_dataset")
+    assert not [p for p in session_workspaces(home) if p.name == "nothing"]
+    assert not list((home / "sessions").glob("*/workspaces/.tmp-*"))  # no half-built workspace left
+    assert "choose" in _app_error(c.predict, [], "", 64, None, api_name="/import_dataset")
 
 
 @needs_importer

@@ -19,7 +19,7 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
     pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
 ]
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = 60_000  # generous: CI machines may be busy
 
 
 @pytest.fixture(scope="module")

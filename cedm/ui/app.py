@@ -19,8 +19,8 @@ _CACHE_CLEANUP = (3600, 7200)
 
 
 def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S) -> gr.Blocks:
-    ctx = AppContext(home=wsp.resolve_home(home), sessions=None)  # type: ignore[arg-type]
-    ctx.sessions = Sessions(ctx.home, max_age_s=session_max_age_s)
+    home = wsp.resolve_home(home)
+    ctx = AppContext(home=home, sessions=Sessions(home, max_age_s=session_max_age_s))
     ctx.sessions.sweep()
     with gr.Blocks(title="cedm", analytics_enabled=False, delete_cache=_CACHE_CLEANUP) as demo:
         gr.Markdown("# cedm: label-free conditional image generation\n"
