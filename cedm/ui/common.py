@@ -1,0 +1,101 @@
+"""What every tab shares: the app context (home, demo, visitor areas), error display and progress."""
+from __future__ import annotations
+
+import functools
+import html
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+
+from cedm import workspace as wsp
+from cedm.errors import CedmError
+from cedm.ui.sessions import Sessions
+
+log = logging.getLogger("cedm.ui")
+
+# Limits for visitors (a public Space): per uploaded file, files per upload, workspaces per visitor.
+MAX_FILE_SIZE = "200mb"
+MAX_UPLOAD_FILES = 2000
+MAX_UPLOAD_BYTES = 500 * 1024 * 1024
+MAX_WORKSPACES_PER_SESSION = 5
+
+
+@dataclass
+class AppContext:
+    home: Path
+    sessions: Sessions
+    _demo: wsp.Workspace | None = None  # opened once: read-only, and its images may be a compressed .npz
+
+    @property
+    def demo_available(self) -> bool:
+        return (wsp.DEMO_DIR / "manifest.json").is_file()
+
+    def choices(self, request: gr.Request | None) -> list[str]:
+        """Workspaces this visitor may open: the shipped demo, then their own uploads."""
+        own = self.sessions.workspaces(_session(request)) if request is not None else []
+        return ([wsp.DEMO_NAME] if self.demo_available else []) + own
+
+    def open(self, name: str | None, request: gr.Request | None) -> wsp.Workspace:
+        """Open the demo (read-only) or one of this visitor's workspaces; never anyone else's."""
+        if not name:
+            raise CedmError("no workspace selected: upload images to make one")
+        if name == wsp.DEMO_NAME:
+            if self._demo is None or self._demo.root != wsp.DEMO_DIR:
+                self._demo = wsp.open_demo(self.home)
+            return self._demo
+        wsp.check_name(name)  # a plain name, never a path
+        return wsp.open_workspace(self.sessions.home_for(_session(request)), name)
+
+    def visitor_home(self, request: gr.Request | None) -> Path:
+        return self.sessions.home_for(_session(request))
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+def require(module: str, feature: str):
+    """Import a library module lazily, so the app starts (and says so) before every part exists."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise CedmError(f"{feature} is not available yet in this version of cedm "
+                        f"(missing module {e.name or module})") from e
+
+
+def guarded(fn: Callable) -> Callable:
+    """Show every failure as a readable message in the UI (and to API clients), never a stack trace."""
+
+    @functools.wraps(fn)  # keeps the signature, so gradio still injects gr.Request / gr.Progress
+    def inner(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except CedmError as e:
+            raise gr.Error(html.escape(str(e), quote=False), print_exception=False) from None
+        except Exception as e:  # a bug, not the user's fault: keep the trace in the server log only
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(html.escape(f"Something went wrong ({type(e).__name__}: {e}). "
+                                       "The details are in the server log.", quote=False), print_exception=False) from None
+
+    return inner
+
+
+def progress_callback(progress: gr.Progress | None, sessions: Sessions, request: gr.Request | None):
+    """Adapt the library's ``fn(done, total, desc)`` to gr.Progress; a Cancel click stops the step."""
+    session = _session(request)
+    if session:
+        sessions.start_step(session)
+
+    def report(done: int, total: int | None, desc: str = "") -> None:
+        if session and sessions.is_cancelled(session):
+            raise CedmError("cancelled")
+        if progress is not None:
+            progress((int(done), int(total)) if total else None, desc=desc or None)
+
+    return report
