@@ -245,8 +245,9 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
             it = epoch * steps_per_epoch + step
             m = 1 - (1 - cfg.teacher_momentum) * (math.cos(math.pi * it / total_steps) + 1) / 2
             with torch.no_grad():
-                for ps, pt_ in zip(student.parameters(), teacher.parameters()):
-                    pt_.mul_(m).add_(ps.detach(), alpha=1 - m)
+                t_params = list(teacher.parameters())
+                torch._foreach_mul_(t_params, m)
+                torch._foreach_add_(t_params, [p.detach() for p in student.parameters()], alpha=1 - m)
             epoch_losses += head_losses.detach()
         if not torch.isfinite(epoch_losses).all():
             raise CedmError("TEMI training diverged (non-finite loss); try a lower learning rate")
