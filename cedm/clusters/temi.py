@@ -35,7 +35,7 @@ PAPER_HEADS, PAPER_EPOCHS = 50, 200
 # optimiser steps instead of the paper's ~20k. Fewer heads/epochs pay for it; a smaller batch (more steps per
 # epoch) and a faster teacher EMA (0.99) let those few steps converge. See docs / README for the cost.
 PAPER_SCHEDULE = {"heads": PAPER_HEADS, "epochs": PAPER_EPOCHS, "batch_size": 512, "teacher_momentum": 0.996}
-CPU_SCHEDULE = {"heads": 4, "epochs": 30, "batch_size": 128, "teacher_momentum": 0.99}
+CPU_SCHEDULE = {"heads": 2, "epochs": 10, "batch_size": 64, "teacher_momentum": 0.99}
 EXACT_KNN_LIMIT = 100_000  # above this, neighbours come from an approximate (IVF) faiss index
 
 
