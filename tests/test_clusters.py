@@ -91,6 +91,9 @@ def test_neighbors_exclude_self_and_follow_structure():
     assert nb.shape == (600, 50) and not (nb == np.arange(600)[:, None]).any()
     assert (y[nb] == y[:, None]).mean() > 0.99
     assert mine_neighbors(x[:20], 50).shape == (20, 19)  # capped below N
+    approx = mine_neighbors(x, 20, exact_limit=100)  # the approximate (IVF) index used for large N
+    assert approx.shape == (600, 20) and (y[approx] == y[:, None]).mean() > 0.95
+    assert not (approx == np.arange(600)[:, None]).any()
 
 
 def test_temi_recovers_clusters_and_utilization_drops_far_above():
