@@ -1,13 +1,111 @@
-"""`cedm cluster`: not yet available in this version."""
-from cedm.commands import add_workspace
+"""`cedm cluster`: k-means or TEMI clusters of a workspace's features (cached), with a short summary."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io as _io
+
+from cedm import io
+from cedm.commands import add_device, add_workspace
 from cedm.errors import CedmError
 
-HELP = "(cluster: not yet available)"
+HELP = "cluster a workspace's features with k-means or TEMI"
+
+
+def add_backbone(p) -> None:
+    p.add_argument("--backbone", default=None, help="feature extractor (default: the features default)")
+    p.add_argument("--weights", default=None, help="weights file for the backbone (default: its standard weights)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_temi(p) -> None:
+    p.add_argument("--epochs", type=int, default=None, help="TEMI epochs (default: 200 on GPU, 10 on CPU)")
+    p.add_argument("--heads", type=int, default=None, help="TEMI heads (default: 50 on GPU, 2 on CPU)")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's TEMI schedule (50 heads, 200 epochs, batch 512, teacher momentum 0.996) even on CPU")
+
+
+def temi_settings(args) -> dict:
+    from cedm.clusters.temi import PAPER_SCHEDULE
+    kw = dict(PAPER_SCHEDULE) if getattr(args, "paper", False) else {}
+    for k in ("epochs", "heads"):
+        if getattr(args, k, None) is not None:
+            kw[k] = getattr(args, k)
+    return kw
 
 
 def add_arguments(p) -> None:
     add_workspace(p)
+    p.add_argument("--method", choices=["kmeans", "temi"], default="kmeans")
+    p.add_argument("--clusters", "-C", type=int, required=True, help="number of clusters C")
+    add_backbone(p)
+    add_temi(p)
+    p.add_argument("--export", metavar="CSV", default=None, help="write image path, cluster, confidence to CSV")
+    add_device(p)
+
+
+@contextlib.contextmanager
+def tqdm_progress():
+    """A ``progress(done, total, desc)`` callback drawing a tqdm bar on stderr."""
+    from tqdm import tqdm
+    bar = None
+
+    def update(done, total, desc):
+        nonlocal bar
+        if bar is None or bar.total != total or bar.desc != desc:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, desc=desc, leave=False)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def summary_lines(ws, res) -> list[str]:
+    from cedm.clusters import metrics
+    s = metrics.size_stats(res.assignments, res.n_clusters)
+    secs = res.info.get("seconds")
+    lines = [f"{res.method} C={res.n_clusters} on {ws.name!r}: {s['n_used']}/{s['n_clusters']} clusters used "
+             f"(r_C = {s['utilization']:.3f}); sizes min {s['min']} / median {s['median']:g} / max {s['max']}"
+             + (f"; {secs:.1f} s" if secs is not None else "")]
+    gt = ws.ground_truth
+    if gt is not None and (gt.labels >= 0).any():
+        m = metrics.compare(res.assignments, gt.labels)
+        lines.append(f"vs ground truth ({m['n_clusters_b']} classes, {m['n_compared']} images): NMI {m['nmi']:.3f}  "
+                     f"AMI {m['ami']:.3f}  ARI {m['ari']:.3f}  accuracy {m['accuracy']:.3f}")
+    return lines
+
+
+def export_csv(ws, res, path) -> None:
+    buf = _io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "cluster", "confidence"])
+    for p, c, conf in zip(ws.paths, res.assignments.tolist(), res.confidence.tolist()):
+        w.writerow([p, c, f"{conf:.6f}"])
+    try:
+        io.write_text(path, buf.getvalue())
+    except OSError as e:
+        raise CedmError(f"cannot write {path}: {e}") from e
 
 
 def run(args) -> int:
-    raise CedmError("'cedm cluster' is not yet available in this version")
+    from cedm.clusters.labelings import cluster_workspace
+    from cedm.workspace import open_workspace
+
+    ws = open_workspace(args.home, args.workspace)
+    kw = temi_settings(args) if args.method == "temi" else {}
+    if args.method == "kmeans" and (args.epochs or args.heads or args.paper):
+        raise CedmError("--epochs, --heads and --paper apply to --method temi only")
+    with tqdm_progress() as progress:
+        res = cluster_workspace(ws, args.method, args.clusters, backbone=args.backbone, weights=args.weights,
+                                seed=args.seed, device=args.device, progress=progress, **kw)
+    print("\n".join(summary_lines(ws, res)))
+    if args.export:
+        export_csv(ws, res, args.export)
+        print(f"wrote {args.export}")
+    return 0

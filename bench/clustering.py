@@ -1,0 +1,154 @@
+"""Clustering speed: our k-means and TEMI against plain references, on synthetic 768-d features.
+
+    python bench/clustering.py [--quick] [--device cpu|cuda] [--sizes 3400 50000] [--clusters 100 500]
+
+Features: N points around 100 random directions (so NMI to the generating blob is a sanity check).
+- k-means: faiss spherical k-means (ours, nredo=1 here) vs scikit-learn KMeans (one init, same iterations).
+- TEMI steps: all H heads batched (ours) vs the same heads run in a Python loop, same weights and batch;
+  seconds per training step, then a full TEMI run when it fits the budget (otherwise an extrapolation of
+  the paper schedule, 50 heads x 200 epochs, from the measured step time; marked as such).
+Writes a table to stdout and bench/results/clustering.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cedm.clusters import metrics  # noqa: E402
+from cedm.clusters.kmeans import kmeans  # noqa: E402
+from cedm.clusters.temi import CPU_SCHEDULE, PAPER_SCHEDULE, MultiHead, mine_neighbors, temi, temi_loss  # noqa: E402
+
+
+def synthetic(n, d=768, k=100, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)).astype(np.float32)
+    y = rng.integers(0, k, n)
+    x = centers[y] / np.sqrt(d) + 0.05 * rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), y
+
+
+def timed(fn, repeat=1):
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def step_time(heads, d, c, batch, device, looped: bool, steps=3):
+    """Seconds per TEMI training step (teacher + student forward, loss, backward, AdamW)."""
+    torch.manual_seed(0)
+    student = MultiHead(heads, d, c).to(device)
+    teacher = MultiHead(heads, d, c).to(device).requires_grad_(False)
+    singles = [student.select(i).to(device) for i in range(heads)] if looped else None
+    params = [p for s in singles for p in s.parameters()] if looped else list(student.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    prior = torch.full((heads, c), 1.0 / c, device=device)
+    x = torch.nn.functional.normalize(torch.randn(2 * batch, d, device=device), dim=-1)
+
+    def step():
+        with torch.no_grad():
+            t_logits = teacher(x)
+        if looped:  # reference: one head at a time
+            s_logits = torch.cat([s(x) for s in singles])
+        else:
+            s_logits = student(x)
+        loss = temi_loss(s_logits, t_logits, prior, 0.6, 0.1, 0.1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    t, _ = timed(lambda: [step() for _ in range(steps)], repeat=3)  # best of 3: the machine may be shared
+    return t / steps
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="reduced run (CPU here): fewer sizes and heads")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None)
+    ap.add_argument("--clusters", type=int, nargs="+", default=[100, 500])
+    ap.add_argument("--heads", type=int, default=None, help="heads for the step comparison (default 50, quick 8)")
+    ap.add_argument("--full-temi-budget", type=float, default=120, help="run full TEMI when estimated below (s)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "clustering.json"))
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    sizes = args.sizes or ([3400, 50000] if not args.quick else [3400, 50000])
+    heads = args.heads or (8 if args.quick else 50)
+    schedule = PAPER_SCHEDULE if dev.type == "cuda" else CPU_SCHEDULE
+    rows, results = [], {"device": str(dev), "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+                         "processor": platform.processor(), "quick": args.quick, "runs": []}
+
+    for n in sizes:
+        x, y = synthetic(n)
+        t_knn, nbrs = timed(lambda: mine_neighbors(x, 50))
+        results["runs"].append({"n": n, "what": "knn m=50 (faiss exact)", "seconds": t_knn})
+        rows.append((n, "-", "kNN mining, m=50 (faiss)", f"{t_knn:.2f} s", "", ""))
+        for c in args.clusters:
+            t_ours, km = timed(lambda: kmeans(x, c, nredo=1, niter=25))
+            rec = {"n": n, "c": c, "what": "kmeans", "faiss_s": t_ours, "nmi_faiss": metrics.nmi(km.assignments, y)}
+            if n <= 3400 or not args.quick:
+                from sklearn.cluster import KMeans
+                t_ref, sk = timed(lambda: KMeans(c, n_init=1, max_iter=25, tol=0, random_state=0).fit(x))
+                rec.update(sklearn_s=t_ref, nmi_sklearn=metrics.nmi(sk.labels_, y))
+                rows.append((n, c, "k-means: faiss vs sklearn", f"{t_ours:.2f} s", f"{t_ref:.2f} s",
+                             f"{t_ref / t_ours:.1f}x"))
+            else:
+                rows.append((n, c, "k-means: faiss (sklearn skipped)", f"{t_ours:.2f} s", "", ""))
+            results["runs"].append(rec)
+
+            batch = schedule["batch_size"]
+            t_b = step_time(heads, x.shape[1], c, batch, dev, looped=False)
+            t_l = step_time(heads, x.shape[1], c, batch, dev, looped=True)
+            results["runs"].append({"n": n, "c": c, "what": "temi step", "heads": heads, "batch": batch,
+                                    "batched_s": t_b, "loop_s": t_l})
+            rows.append((n, c, f"TEMI step, {heads} heads, batch {batch}: batched vs loop", f"{t_b * 1e3:.0f} ms",
+                         f"{t_l * 1e3:.0f} ms", f"{t_l / t_b:.1f}x"))
+
+            # paper schedule, extrapolated linearly in heads x batch from the measured batched step
+            steps = max(1, n // PAPER_SCHEDULE["batch_size"])
+            paper_est = (t_b / (heads * batch) * PAPER_SCHEDULE["heads"] * PAPER_SCHEDULE["batch_size"]
+                         * steps * PAPER_SCHEDULE["epochs"]) if dev.type != "cuda" else None
+            sched_steps = max(1, n // schedule["batch_size"]) * schedule["epochs"]
+            est = t_b / heads * schedule["heads"] * sched_steps
+            rec = {"n": n, "c": c, "what": "temi full", "schedule": schedule}
+            if est <= args.full_temi_budget:
+                t_full, res = timed(lambda: temi(x, c, neighbors=nbrs, device=dev))
+                rec.update(seconds=t_full, nmi=metrics.nmi(res.assignments, y), utilization=res.utilization,
+                           estimated=False)
+                rows.append((n, c, f"TEMI full run ({schedule['heads']} heads, {schedule['epochs']} ep)",
+                             f"{t_full:.1f} s", "", f"NMI {rec['nmi']:.2f}, r_C {res.utilization:.2f}"))
+            else:
+                rec.update(seconds=est, estimated=True)
+                rows.append((n, c, f"TEMI full run ({schedule['heads']} heads, {schedule['epochs']} ep)",
+                             f"~{est:.0f} s (est.)", "", ""))
+            if paper_est is not None:
+                rec["paper_schedule_estimate_s"] = paper_est
+                rows.append((n, c, "TEMI paper schedule (50 heads, 200 ep), extrapolated", f"~{paper_est / 60:.0f} min",
+                             "", ""))
+            results["runs"].append(rec)
+            print(*rows[-4:], sep="\n", flush=True)
+
+    print(f"\ndevice {dev}, {torch.get_num_threads()} threads")
+    print(f"{'N':>6} {'C':>4}  {'what':58} {'ours':>12} {'reference':>10} {'note'}")
+    for r in rows:
+        print(f"{r[0]:>6} {r[1]:>4}  {r[2]:58} {r[3]:>12} {r[4]:>10} {r[5]}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

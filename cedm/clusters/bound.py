@@ -1,0 +1,159 @@
+"""The cluster bound (C-EDM sec. 3.3 and appendix C.2).
+
+Upper bound: TEMI with gamma = 0.6 pushes towards using every cluster, so the utilization ratio
+r_C = C_u / C (C_u = clusters with at least one image) stays near 1 until C exceeds what the data supports.
+Double C from C0 until r_C < alpha, then bisect between the last passing and the first failing C;
+C_max = the largest C with r_C >= alpha. That is O(log2(C_max / C0)) TEMI runs.
+
+Lower bound: TEMI with gamma = 1 started from a large C collapses onto C* clusters (partial collapse).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from cedm.errors import CedmError
+
+ALPHA = 0.96
+
+
+@dataclass
+class BoundResult:
+    c_max: int | None            # largest C with r_C >= alpha (None when even the smallest C fails)
+    alpha: float
+    curve: list[tuple[int, float]]   # every (C, r_C) the search used, sorted by C
+    n_runs: int                  # TEMI runs this call actually trained (cached points cost nothing)
+    seconds: float
+    complete: bool               # False when r_C never fell below alpha within the dataset size
+    message: str = ""
+    runs: dict = field(default_factory=dict)   # C -> ClusterResult (or cached artifact) for the app
+
+
+@dataclass
+class LowerBoundResult:
+    c_star: int                  # clusters used by TEMI with gamma = 1
+    c_start: int
+    seconds: float
+    result: object = None        # the ClusterResult
+
+
+def search_upper_bound(utilization: Callable[[int], float], c_limit: int, c0: int = 10, alpha: float = ALPHA,
+                       rel_tol: float = 0.05) -> tuple[int | None, dict, bool, str]:
+    """Doubling then bisection on r_C = utilization(C). Returns (C_max, {C: r_C}, complete, message).
+
+    The bisection stops when the gap between passing and failing C is at most max(1, rel_tol * C)."""
+    c_limit = int(c_limit)
+    if not 2 <= c0 <= c_limit:
+        raise CedmError(f"the starting number of clusters must be between 2 and {c_limit} (the number of "
+                        f"images), got {c0}")
+    if not 0 < alpha <= 1:
+        raise CedmError(f"alpha must be in (0, 1], got {alpha}")
+    r: dict[int, float] = {}
+
+    def passes(c: int) -> bool:
+        if c not in r:
+            r[c] = float(utilization(c))
+        return r[c] >= alpha
+
+    lo, c = None, int(c0)
+    while passes(c):
+        lo = c
+        if c >= c_limit:
+            return c, r, False, (f"r_C stayed >= {alpha} up to C = {c}, the number of images: there is no "
+                                 f"bound below the dataset size (C_max >= {c})")
+        c = min(2 * c, c_limit)
+    hi = c
+    if lo is None:  # already the first C fails: look below it (C = 1 trivially passes)
+        lo = 1
+    while hi - lo > max(1, int(rel_tol * lo)):
+        mid = (lo + hi) // 2
+        if passes(mid):
+            lo = mid
+        else:
+            hi = mid
+    if lo < 2:
+        return None, r, True, f"r_C < {alpha} already for C = 2: TEMI does not use even two clusters fully"
+    return lo, r, True, ""
+
+
+def _source(source, backbone, weights):
+    """(features or None, workspace or None, number of rows)."""
+    if isinstance(source, np.ndarray):
+        return source, None, len(source)
+    return None, source, source.n
+
+
+def upper_bound(source, c0: int = 10, alpha: float = ALPHA, *, seed: int = 0, backbone=None, weights=None,
+                rel_tol: float = 0.05, device=None, progress=None, **temi_kw) -> BoundResult:
+    """C_max for features (an (N, D) array) or a workspace (TEMI runs cached per C, seed and settings)."""
+    from cedm.clusters.temi import mine_neighbors, resolve_settings, temi
+    from cedm.device import resolve_device
+
+    temi_kw = {k: v for k, v in temi_kw.items() if v is not None}
+    if "gamma" in temi_kw and temi_kw["gamma"] != 0.6:
+        raise CedmError("the upper bound is defined with TEMI gamma = 0.6")
+    feats, ws, n = _source(source, backbone, weights)
+    t0 = time.perf_counter()
+    runs, trained = {}, [0]
+    if ws is None:
+        settings = resolve_settings(resolve_device(device), seed=seed, **temi_kw)
+        nbrs = mine_neighbors(feats, settings["knn"], seed=seed)
+
+    def utilization(c: int) -> float:
+        if progress:
+            progress(len(runs), len(runs) + 1, f"TEMI with C = {c}")
+        if ws is None:
+            res = temi(feats, c, neighbors=nbrs, device=device, **settings)
+            trained[0] += 1
+        else:
+            from cedm.clusters.labelings import cluster_workspace, find_clusters
+            kw = dict(backbone=backbone, weights=weights, seed=seed, device=device, **temi_kw)
+            trained[0] += find_clusters(ws, "temi", c, **kw) is None
+            res = cluster_workspace(ws, "temi", c, **kw)
+        runs[c] = res
+        return res.utilization
+
+    c_max, r, complete, message = search_upper_bound(utilization, n, c0, alpha, rel_tol)
+    if progress:
+        progress(len(runs), len(runs), "bound done")
+    return BoundResult(c_max=c_max, alpha=alpha, curve=sorted(r.items()), n_runs=trained[0],
+                       seconds=time.perf_counter() - t0, complete=complete, message=message, runs=runs)
+
+
+def lower_bound(source, c_start: int | None = None, *, seed: int = 0, backbone=None, weights=None, device=None,
+                progress=None, **temi_kw) -> LowerBoundResult:
+    """C*: clusters used by TEMI with gamma = 1 started from c_start (default min(1000, N // 2))."""
+    from cedm.clusters.temi import temi
+
+    feats, ws, n = _source(source, backbone, weights)
+    c_start = int(c_start or min(1000, n // 2))
+    if not 2 <= c_start <= n:
+        raise CedmError(f"the starting number of clusters must be between 2 and {n} (the number of images), "
+                        f"got {c_start}")
+    temi_kw = {k: v for k, v in temi_kw.items() if v is not None}
+    temi_kw["gamma"] = 1.0
+    t0 = time.perf_counter()
+    if ws is None:
+        res = temi(feats, c_start, seed=seed, device=device, progress=progress, **temi_kw)
+    else:
+        from cedm.clusters.labelings import cluster_workspace
+        res = cluster_workspace(ws, "temi", c_start, backbone=backbone, weights=weights, seed=seed,
+                                device=device, progress=progress, **temi_kw)
+    return LowerBoundResult(c_star=res.n_used, c_start=c_start, seconds=time.perf_counter() - t0, result=res)
+
+
+def cached_curve(ws, backbone=None, weights=None, seed: int = 0, device=None, **temi_kw) -> list[tuple[int, float]]:
+    """(C, r_C) of every cached gamma = 0.6 TEMI run of a workspace with these settings (no training)."""
+    from cedm.clusters.labelings import cluster_params, list_clusterings
+
+    ref = cluster_params(ws, "temi", 2, backbone, weights, seed, device, **temi_kw)
+    ref.pop("n_clusters")
+    out = {}
+    for p in list_clusterings(ws):
+        c = p.get("n_clusters")
+        if p.get("n_used") is not None and {k: p.get(k) for k in ref} == ref:
+            out[int(c)] = p["n_used"] / int(c)
+    return sorted(out.items())

@@ -1,0 +1,305 @@
+"""Clustering, TEMI, the cluster bound, metrics and workspace labelings on synthetic data with known structure."""
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from cedm.clusters import bound, metrics
+from cedm.clusters.kmeans import assign_to_centroids, kmeans
+from cedm.clusters.temi import MultiHead, assign, load_head, mine_neighbors, save_head, temi, temi_loss
+from cedm.errors import CedmError
+
+# Small heads and a short, many-step schedule: converges on the toy data in a few seconds.
+FAST = dict(heads=2, epochs=60, batch_size=32, hidden_dim=64, bottleneck_dim=32, teacher_momentum=0.99)
+
+
+def blobs(noise, k=10, per=60, d=64, seed=0):
+    """k well-separated clusters on the unit sphere in d dimensions (noise 0: exact duplicates)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    y = np.repeat(np.arange(k), per)
+    x = centers[y] + noise * rng.normal(size=(k * per, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --- metrics -------------------------------------------------------------------------------------
+def test_metrics_hand_computed():
+    a = np.array([0, 0, 1, 1])
+    b = np.array([0, 0, 0, 1])
+    # contingency [[2,0],[1,1]]: sum C(n_ij,2) = 1; rows: 1+1 = 2; cols: 3+0 = 3; C(4,2) = 6
+    # ARI = (1 - 2*3/6) / (0.5*(2+3) - 2*3/6) = 0 / 1.5 = 0
+    assert metrics.ari(a, b) == pytest.approx(0.0, abs=1e-12)
+    # NMI: H(a) = ln 2, H(b) = -(3/4 ln 3/4 + 1/4 ln 1/4), I = sum p_ij ln(p_ij / p_i p_j)
+    ha = math.log(2)
+    hb = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    i = 0.5 * math.log(0.5 / (0.5 * 0.75)) + 0.25 * math.log(0.25 / (0.5 * 0.75)) + 0.25 * math.log(0.25 / (0.5 * 0.25))
+    assert metrics.nmi(a, b) == pytest.approx(i / ((ha + hb) / 2), rel=1e-9)
+    assert metrics.hungarian_accuracy(a, b) == pytest.approx(0.75)
+    table, ids_a, ids_b = metrics.contingency(a, b)
+    assert table.tolist() == [[2, 0], [1, 1]] and ids_a.tolist() == [0, 1] and ids_b.tolist() == [0, 1]
+
+
+def test_metrics_permutation_unequal_and_unlabelled():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 500)
+    perm = rng.permutation(7) + 3  # different ids, same partition
+    m = metrics.compare(perm[y], y)
+    assert m["accuracy"] == 1.0 and m["nmi"] == pytest.approx(1.0) and m["ami"] == pytest.approx(1.0)
+    assert m["ari"] == pytest.approx(1.0)
+    # 2 clusters vs 4 classes: best one-to-one matching covers two classes only
+    a, b = np.array([0, 0, 0, 0, 1, 1, 1, 1]), np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    assert metrics.hungarian_accuracy(a, b) == pytest.approx(0.5)
+    assert metrics.hungarian_accuracy(b, a) == pytest.approx(0.5)
+    # rows labelled -1 are ignored
+    a2, b2 = np.array([0, 0, 1, 1, -1, 1]), np.array([5, 5, 6, 6, 6, -1])
+    assert metrics.compare(a2, b2)["n_compared"] == 4 and metrics.hungarian_accuracy(a2, b2) == 1.0
+    with pytest.raises(CedmError):
+        metrics.nmi([0, 1], [0, 1, 2])
+    s = metrics.size_stats([0, 0, 2, 2, 2, -1], n_clusters=4)
+    assert (s["n_used"], s["min"], s["max"], s["sizes"]) == (2, 2, 3, [2, 0, 3, 0])
+    assert s["utilization"] == 0.5
+
+
+# --- k-means and TEMI ----------------------------------------------------------------------------
+def test_kmeans_recovers_clusters():
+    x, y = blobs(0.1)
+    res = kmeans(x, 10, seed=0)
+    assert metrics.nmi(res.assignments, y) >= 0.9
+    assert res.assignments.dtype == np.int64 and res.q.sum() == pytest.approx(1.0)
+    cos = (x * res.centroids[res.assignments]).sum(1)
+    assert np.allclose(res.confidence, cos, atol=1e-5)
+    idx, sims = assign_to_centroids(x[:5], res.centroids)
+    assert (idx == res.assignments[:5]).all()
+    assert (kmeans(x, 10, seed=0).assignments == res.assignments).all()  # seeded
+
+
+def test_neighbors_exclude_self_and_follow_structure():
+    x, y = blobs(0.1)
+    nb = mine_neighbors(x, 50)
+    assert nb.shape == (600, 50) and not (nb == np.arange(600)[:, None]).any()
+    assert (y[nb] == y[:, None]).mean() > 0.99
+    assert mine_neighbors(x[:20], 50).shape == (20, 19)  # capped below N
+    approx = mine_neighbors(x, 20, exact_limit=100)  # the approximate (IVF) index used for large N
+    assert approx.shape == (600, 20) and (y[approx] == y[:, None]).mean() > 0.95
+    assert not (approx == np.arange(600)[:, None]).any()
+
+
+def test_temi_recovers_clusters_and_utilization_drops_far_above():
+    x, y = blobs(0.1)
+    res = temi(x, 10, **FAST)
+    assert metrics.nmi(res.assignments, y) >= 0.9
+    assert res.utilization >= 0.96
+    assert res.probs.shape == (600, 10) and res.probs.dtype == np.float32
+    assert np.allclose(res.probs.sum(1), 1, atol=1e-5)
+    assert np.allclose(res.confidence, res.probs.max(1)) and (res.assignments == res.probs.argmax(1)).all()
+    far = temi(x, 300, **FAST)  # 30x the true count: many clusters stay empty
+    assert far.utilization < 0.85
+
+
+def test_temi_is_deterministic_and_head_round_trips(tmp_path):
+    x, _ = blobs(0.1, per=20)
+    kw = dict(FAST, epochs=3)
+    a, b = temi(x, 10, **kw), temi(x, 10, **kw)
+    assert (a.assignments == b.assignments).all() and np.array_equal(a.probs, b.probs)
+    save_head(a.head, tmp_path / "head")
+    head, cfg = load_head(tmp_path / "head")
+    ids, conf = assign(head, x, cfg["temperature"])
+    assert (ids == a.assignments).all() and np.allclose(conf, a.confidence, atol=1e-6)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(CedmError):
+        load_head(tmp_path / "bad")
+
+
+def test_batched_heads_equal_per_head_loop():
+    torch.manual_seed(0)
+    h, d, c = 3, 16, 7
+    heads = MultiHead(h, d, c, hidden_dim=12, bottleneck_dim=8)
+    with torch.no_grad():
+        heads.g.uniform_(0.5, 2.0)
+    x = torch.nn.functional.normalize(torch.randn(10, d), dim=-1)
+    out = heads(x)
+    F = torch.nn.functional
+    for i in range(h):  # plain per-head computation with the same weights
+        z = F.gelu(x @ heads.w1[i] + heads.b1[i])
+        z = F.gelu(z @ heads.w2[i] + heads.b2[i])
+        z = F.normalize(z @ heads.w3[i] + heads.b3[i], dim=-1)
+        w = heads.g[i] * heads.v[i] / heads.v[i].norm(dim=0, keepdim=True)
+        assert torch.allclose(out[i], z @ w, atol=1e-6)
+        assert torch.allclose(heads.select(i)(x)[0], out[i], atol=1e-6)
+    # the loss: log-space batched form == the paper's formula head by head
+    s, t = torch.randn(h, 10, c), torch.randn(h, 10, c)
+    prior = torch.softmax(torch.randn(h, c), -1)
+    gamma, b = 0.6, 5
+    got = temi_loss(s, t, prior, gamma, 0.1, 0.1)
+    ps, pt = torch.softmax(s / 0.1, -1), torch.softmax(t / 0.1, -1)
+    weight = torch.stack([(pt[i, :b] * pt[i, b:]).sum(-1) for i in range(h)]).mean(0)
+    for i in range(h):
+        def pmi(p1, p2):
+            return -(weight * torch.log((((p1 * p2) ** gamma) / prior[i]).sum(-1))).mean()
+        want = 0.5 * (pmi(ps[i, :b], pt[i, b:]) + pmi(ps[i, b:], pt[i, :b]))
+        assert torch.allclose(got[i], want, atol=1e-5)
+
+
+def test_temi_guard_rails():
+    x, _ = blobs(0.1, per=3)
+    with pytest.raises(CedmError, match="at most 30"):
+        temi(x, 31, **FAST)
+    with pytest.raises(CedmError, match="at most 30"):
+        kmeans(x, 31)
+    with pytest.raises(CedmError, match="unknown TEMI setting"):
+        temi(x, 5, heds=3)
+    with pytest.raises(CedmError):
+        kmeans(np.zeros((0, 4), np.float32), 2)
+
+
+# --- the bound -----------------------------------------------------------------------------------
+def test_search_is_logarithmic_and_exact_on_a_step():
+    for true_max in (13, 700, 5000):
+        calls = []
+
+        def r(c):
+            calls.append(c)
+            return 1.0 if c <= true_max else 0.5
+
+        c_max, curve, complete, _ = bound.search_upper_bound(r, 100_000, c0=10, rel_tol=0.0)
+        assert c_max == true_max and complete
+        # doubling: log2(C_max / C0) + 1 runs; exact bisection: log2(C_max) more
+        assert len(calls) == len(set(calls)) <= math.ceil(math.log2(true_max / 10)) + math.ceil(math.log2(true_max)) + 2
+    n_exact = len(calls)
+    calls.clear()  # with the default relative tolerance (5%) the answer is close below, in fewer runs
+    c_max, *_ = bound.search_upper_bound(r, 100_000, c0=10)
+    assert 0.95 * 5000 <= c_max <= 5000 and len(calls) <= n_exact - 4
+
+
+def test_search_guard_rails():
+    c_max, curve, complete, msg = bound.search_upper_bound(lambda c: 1.0, 100, c0=10)
+    assert c_max == 100 and not complete and "no bound below the dataset size" in msg
+    assert [c for c, _ in sorted(curve.items())] == [10, 20, 40, 80, 100]
+    c_max, _, complete, msg = bound.search_upper_bound(lambda c: 1.0 if c <= 4 else 0.0, 100, c0=10)
+    assert c_max == 4 and complete  # the first C already fails: search below it
+    c_max, _, _, msg = bound.search_upper_bound(lambda c: 0.0, 100, c0=10)
+    assert c_max is None and "C = 2" in msg
+    with pytest.raises(CedmError, match="between 2 and 100"):
+        bound.search_upper_bound(lambda c: 1.0, 100, c0=200)
+    with pytest.raises(CedmError, match="gamma = 0.6"):
+        bound.upper_bound(np.eye(4, dtype=np.float32), gamma=1.0)
+
+
+def test_upper_bound_with_temi(monkeypatch):
+    x, _ = blobs(0.0)  # 10 distinct points, 60 copies each: TEMI cannot use more than 10 clusters
+    calls = []
+    import cedm.clusters.temi as temi_mod
+    real = temi_mod.temi
+
+    def counting(*a, **k):
+        calls.append(a[1])
+        return real(*a, **k)
+
+    monkeypatch.setattr(temi_mod, "temi", counting)  # bound imports temi at call time, so it sees this
+    res = bound.upper_bound(x, c0=8, **FAST)
+    assert res.c_max == 10 and res.complete
+    assert dict(res.curve)[10] >= 0.96 and dict(res.curve)[11] < 0.96
+    assert res.n_runs == len(calls) == len(res.curve) <= 6 and len(set(calls)) == len(calls)
+
+
+def test_lower_bound_gamma_one_collapses_to_true_count():
+    x, _ = blobs(0.1)
+    lb = bound.lower_bound(x, 100, **FAST)
+    assert lb.c_start == 100 and 8 <= lb.c_star <= 12
+    with pytest.raises(CedmError, match="between 2 and 600"):
+        bound.lower_bound(x, 601)
+
+
+# --- workspaces ----------------------------------------------------------------------------------
+@pytest.fixture
+def toy_ws(home, monkeypatch):
+    """A 40-image workspace whose 'features' are 4 noisy blobs (a fake cedm.features module)."""
+    import cedm
+    from cedm.workspace import create_from_array
+
+    x, y = blobs(0.05, k=4, per=10, d=32)
+    imgs = np.zeros((40, 8, 8, 3), np.uint8)
+    imgs[:, 0, 0, 0] = np.arange(40)
+    ws = create_from_array(home, "toy", imgs, labels=[f"class{i}" for i in y])
+    fake = types.ModuleType("cedm.features")
+    fake.DEFAULT_BACKBONE, fake.OFFLINE_BACKBONE = "dino_vitb16", "efficientnet_lite0"
+    fake.calls = 0
+
+    def get_features(w, backbone, weights=None, normalized=True):
+        fake.calls += 1
+        assert w.n == 40 and normalized
+        return x
+    fake.get_features = get_features
+    monkeypatch.setitem(sys.modules, "cedm.features", fake)
+    monkeypatch.setattr(cedm, "features", fake, raising=False)
+    return ws, y, fake
+
+
+def test_cluster_workspace_cache_and_resolve(toy_ws):
+    from cedm.clusters import labelings as L
+    ws, y, fake = toy_ws
+    a = L.cluster_workspace(ws, "kmeans", 4)
+    assert metrics.nmi(a.assignments, y) > 0.9 and fake.calls == 1 and a.artifact is not None
+    b = L.cluster_workspace(ws, "kmeans", 4)
+    assert fake.calls == 1 and (b.assignments == a.assignments).all()  # served from the artifact
+    t = L.cluster_workspace(ws, "temi", 6, heads=2, epochs=2, hidden_dim=16, bottleneck_dim=8)
+    assert (t.artifact / "probs.npy").is_file() and (t.artifact / "head.safetensors").is_file()
+    t2 = L.cluster_workspace(ws, "temi", 6, heads=2, epochs=2, hidden_dim=16, bottleneck_dim=8)
+    assert np.array_equal(t2.probs, t.probs) and (assign(t2.head, blobs(0.05, k=4, per=10, d=32)[0])[0]
+                                                  == t.assignments).all()
+    lab = L.resolve(ws, "temi:6", heads=2, epochs=2, hidden_dim=16, bottleneck_dim=8)
+    assert lab.labels.max() + 1 == t.n_used == len(lab.original_ids)  # empty clusters renumbered away
+    assert (lab.original_ids[lab.labels] == t.assignments).all() and lab.probs.shape == (40, t.n_used)
+    gt = L.resolve(ws, "gt")
+    assert gt.class_names == ["class0", "class1", "class2", "class3"] and (gt.labels == y).all()
+    for bad in ("kmeans:x", "spectral:3", "labels:nope", "kmeans:41"):
+        with pytest.raises(CedmError):
+            L.resolve(ws, bad)
+
+
+def test_save_labeling_and_compact(toy_ws):
+    from cedm.clusters import labelings as L
+    ws, y, _ = toy_ws
+    labels = np.where(y == 1, -1, y)  # class 1 unused, some rows unlabelled
+    L.save_labeling(ws, "clip", labels, ["cat", "dog", "fish", "bird"], params={"model": "toy"})
+    lab = L.resolve(ws, "labels:clip")
+    assert lab.class_names == ["cat", "fish", "bird"] and lab.original_ids.tolist() == [0, 2, 3]
+    assert (lab.labels[y == 1] == -1).all() and (lab.labels[y == 2] == 1).all()
+    assert lab.q.tolist() == pytest.approx([1 / 3] * 3)
+    assert L.list_labelings(ws) == ["clip"]
+    with pytest.raises(CedmError):
+        L.save_labeling(ws, "bad name", labels, ["a", "b", "c", "d"])
+    with pytest.raises(CedmError):
+        L.save_labeling(ws, "short", labels[:5], ["a", "b", "c", "d"])
+    with pytest.raises(CedmError):
+        L.save_labeling(ws, "range", labels, ["a", "b"])
+
+
+def test_cli_cluster_export_and_bound(toy_ws, tmp_path, capsys):
+    from cedm.cli import main
+    ws, y, _ = toy_ws
+    out = tmp_path / "c.csv"
+    assert main(["cluster", "toy", "--method", "kmeans", "--clusters", "4", "--export", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "4/4 clusters used" in text and "NMI" in text and "AMI" in text
+    rows = out.read_text().splitlines()
+    assert rows[0] == "path,cluster,confidence" and len(rows) == 41
+    assert main(["cluster", "toy", "--method", "kmeans", "--clusters", "50"]) == 2
+    assert "at most 40" in capsys.readouterr().err
+    assert main(["bound", "toy", "--c0", "2", "--heads", "1", "--epochs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "r_C" in text and ("C_max" in text or "note:" in text)
+    assert main(["bound", "toy", "--lower", "--start", "20", "--heads", "1", "--epochs", "2"]) == 0
+    assert "C* =" in capsys.readouterr().out
