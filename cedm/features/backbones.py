@@ -122,11 +122,11 @@ def read_weights_file(path: str | os.PathLike) -> dict:
     with open(p, "rb") as f:
         head = f.read(16)
     if p.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return load_file(str(p), device="cpu")
-        except (SafetensorsError, OSError, ValueError) as e:
+        except (SafetensorError, OSError, ValueError) as e:
             raise CedmError(f"weights file {str(p)!r} is not a readable safetensors file ({e})") from None
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
@@ -198,10 +198,9 @@ def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | No
     spec = get_spec(name)
     dev = resolve_device(device) if not hasattr(device, "type") else device
     ident = weights_identity(name, weights, pretrained)
-    net = _random_init(spec.create)
-    if weights is not None:
-        sd = spec.adapt_state_dict(read_weights_file(weights), net)
-        load_state_dict_strict(net, sd, f"weights file {str(weights)!r}")
+    sd, what = None, f"the {name} weights"
+    if weights is not None:  # read (or download) first: a bad file or no internet fails before the slow build
+        sd, what = read_weights_file(weights), f"weights file {str(weights)!r}"
     elif pretrained:
         try:
             sd = spec.fetch_pretrained()
@@ -209,7 +208,9 @@ def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | No
             if not spec.needs_internet:
                 raise CedmError(f"the {name} weights could not be loaded: {e}") from None
             raise CedmError(offline_message(name)) from None
-        load_state_dict_strict(net, spec.adapt_state_dict(sd, net), f"the {name} weights")
+    net = _random_init(spec.create)
+    if sd is not None:
+        load_state_dict_strict(net, spec.adapt_state_dict(sd, net), what)
     net.eval().requires_grad_(False)
     from cedm.features.extract import Backbone  # the runtime half lives next to the extraction loop
     return Backbone(spec, net.to(dev), dev, ident)
@@ -223,11 +224,11 @@ def _timm_create(arch: str, **kw):
     return create
 
 
-def _timm_fetch(arch: str, **kw):
-    """Let timm download (or find in the local hub cache) and convert the weights, then hand back the dict."""
+def _timm_fetch(arch: str):
+    """Download (or find in the local hub cache) just the weights file: fails fast when offline."""
     def fetch():
-        import timm
-        return timm.create_model(arch, pretrained=True, num_classes=0, **kw).state_dict()
+        from timm.models import get_pretrained_cfg, load_state_dict_from_hf
+        return load_state_dict_from_hf(get_pretrained_cfg(arch).hf_hub_id)
     return fetch
 
 
@@ -258,7 +259,7 @@ register(BackboneSpec(
     feature_dim=384, input_size=224, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights_source="hf-hub:timm/vit_small_patch14_dinov2.lvd142m",
     create=_timm_create("vit_small_patch14_dinov2.lvd142m", img_size=224), embed=_timm_pooled,
-    fetch_pretrained=_timm_fetch("vit_small_patch14_dinov2.lvd142m", img_size=224), adapt_state_dict=_vit_adapt,
+    fetch_pretrained=_timm_fetch("vit_small_patch14_dinov2.lvd142m"), adapt_state_dict=_vit_adapt,
 ))
 
 
