@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from cedm.features import build_backbone, features_artifact, get_spec  # noqa: E402
+from cedm.features import build_backbone, extract, features_artifact, get_spec  # noqa: E402
 from cedm.io import read_json, write_json  # noqa: E402
 from cedm.workspace import create_from_array  # noqa: E402
 
@@ -75,6 +75,7 @@ def plain_loop(name: str, pretrained: bool, images: np.ndarray, device, batch_si
 def ours(ws, name: str, pretrained: bool, device, batch_size: int, bf16: bool = True):
     shutil.rmtree(ws.root / "artifacts", ignore_errors=True)  # always a cache miss
     os.environ["CEDM_CPU_BF16"] = "1" if bf16 else "0"
+    extract._MODELS.clear()  # the precision is chosen when a model is built
     try:
         folder = features_artifact(ws, name, device=device, batch_size=batch_size, pretrained=pretrained)
     finally:
@@ -113,7 +114,8 @@ def run_case(home, name, pretrained, n, device, batch_size, repeats, breakdown):
 def machine() -> dict:
     cpu = platform.processor()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

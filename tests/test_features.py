@@ -1,4 +1,6 @@
 """Feature extraction: registry shapes, real offline weights, weights files, offline errors, cache, resume."""
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -80,8 +82,9 @@ def test_weights_file_round_trip_safetensors_and_torch(tmp_path):
     from safetensors.torch import save_file
 
     ref = build_backbone(OFFLINE_BACKBONE, pretrained=False, device="cpu")
+    # differs from both the random and the real weights
     sd = {k: (v + 0.01 * (i % 3) if v.is_floating_point() else v.clone()).contiguous()
-          for i, (k, v) in enumerate(ref.net.state_dict().items())}  # differs from both the random and real weights
+          for i, (k, v) in enumerate(ref.net.state_dict().items())}
     st = tmp_path / "mine.safetensors"
     save_file(sd, str(st))
     pt = tmp_path / "mine.pth"
@@ -161,17 +164,18 @@ def test_cache_hit_and_miss(photo_ws, tmp_path, monkeypatch):
     direct = build_backbone(OFFLINE_BACKBONE, device="cpu")(photo_ws.images[:3])
     assert np.allclose(raw[:3], direct, rtol=2e-2, atol=2e-2)  # stored float16 of the same computation
 
-    # a hit reads the disk and never builds a model
-    def no_build(*a, **k):
+    # a hit reads the disk and never computes
+    def no_compute(*a, **k):
         raise AssertionError("cache miss")
-    monkeypatch.setattr(extract_mod, "build_backbone", no_build)
+    monkeypatch.setattr(extract_mod, "_compute", no_compute)
     assert np.array_equal(get_features(photo_ws, OFFLINE_BACKBONE), f)
     # a changed backbone or weights is a miss
     assert find_features(photo_ws, OFFLINE_BACKBONE) is not None
     assert find_features(photo_ws, "dino_vitb16") is None
     assert find_features(photo_ws, OFFLINE_BACKBONE, pretrained=False) is None
     mine = tmp_path / "mine.safetensors"
-    save_file({k: v.contiguous() for k, v in direct_net_state().items()}, str(mine))
+    random_net = build_backbone(OFFLINE_BACKBONE, pretrained=False, device="cpu").net
+    save_file({k: v.contiguous() for k, v in random_net.state_dict().items()}, str(mine))
     assert find_features(photo_ws, OFFLINE_BACKBONE, weights=mine) is None
     with pytest.raises(AssertionError, match="cache miss"):
         get_features(photo_ws, OFFLINE_BACKBONE, weights=mine)
@@ -180,10 +184,6 @@ def test_cache_hit_and_miss(photo_ws, tmp_path, monkeypatch):
     assert not np.allclose(g, f, atol=1e-2)
     metas = list_features(photo_ws)
     assert len(metas) == 2 and {m["dtype"] for m in metas} == {"float16"}
-
-
-def direct_net_state():
-    return build_backbone(OFFLINE_BACKBONE, pretrained=False, device="cpu").net.state_dict()
 
 
 def test_interrupted_extraction_resumes_and_equals_uninterrupted(home, photo_ws):
@@ -198,8 +198,10 @@ def test_interrupted_extraction_resumes_and_equals_uninterrupted(home, photo_ws)
             raise KeyboardInterrupt  # like Ctrl-C in the middle of the second chunk
 
     with pytest.raises(KeyboardInterrupt):
-        get_features(photo_ws, OFFLINE_BACKBONE, device="cpu", batch_size=2, chunk_rows=3, progress=crash_after_first_chunk)
+        get_features(photo_ws, OFFLINE_BACKBONE, device="cpu", batch_size=2, chunk_rows=3,
+                     progress=crash_after_first_chunk)
     assert find_features(photo_ws, OFFLINE_BACKBONE) is None  # no artifact from a partial run
+    assert not any(t.name == "cedm-prefetch" for t in threading.enumerate())  # reader thread stopped
     seen = []
     resumed = get_features(photo_ws, OFFLINE_BACKBONE, device="cpu", batch_size=2, chunk_rows=3, normalized=False,
                            progress=lambda d, t, s: seen.append((d, s)))

@@ -163,7 +163,7 @@ def features_artifact(ws, backbone: str = DEFAULT_BACKBONE, weights=None, device
         raise CedmError(f"batch size must be at least 1, got {batch_size}")
     if int(chunk_rows) < 1:
         raise CedmError(f"chunk_rows must be at least 1, got {chunk_rows}")
-    model = build_backbone(backbone, weights, pretrained, device)  # fails (offline, bad file) before any write
+    model = cached_backbone(backbone, weights, device, pretrained)  # fails (offline, bad file) before any write
     _compute(ws, model, params, batch_size or default_batch_size(model), int(chunk_rows), progress)
     return ws.find_artifact(STAGE, params)
 
@@ -212,22 +212,24 @@ def _compute(ws, model: Backbone, params: dict, batch_size: int, chunk_rows: int
         return batch, (x.pin_memory() if on_gpu else model.preprocess(x))
 
     t0, computed, pending = time.perf_counter(), 0, []
-    for (cs, ce, s, e), x in prefetch(map(load, batches), depth=2):
-        if on_gpu:
-            x = model.preprocess(x)
-        pending.append(model.embed(x))
-        computed += e - s
-        done += e - s
-        if e == ce:  # chunk complete: make it durable before going on
-            feats = torch.cat(pending).cpu().numpy()
-            pending = []
-            if not np.isfinite(feats).all():
-                raise CedmError(f"backbone {model.name} produced non-finite features (rows {cs}-{ce}); "
-                                "the weights file is probably broken")
-            io.save_npy(_chunk_file(scratch, cs, ce), feats)
-        if progress:
-            rate = computed / max(time.perf_counter() - t0, 1e-9)
-            progress(done, n, f"{desc}: {rate:,.0f} images/s")
+    # closing() stops the reader thread at once when the loop is left by an exception (e.g. Ctrl-C)
+    with contextlib.closing(prefetch(map(load, batches), depth=2)) as stream:
+        for (cs, ce, s, e), x in stream:
+            if on_gpu:
+                x = model.preprocess(x)
+            pending.append(model.embed(x))
+            computed += e - s
+            done += e - s
+            if e == ce:  # chunk complete: make it durable before going on
+                feats = torch.cat(pending).cpu().numpy()
+                pending = []
+                if not np.isfinite(feats).all():
+                    raise CedmError(f"backbone {model.name} produced non-finite features (rows {cs}-{ce}); "
+                                    "the weights file is probably broken")
+                io.save_npy(_chunk_file(scratch, cs, ce), feats)
+            if progress:
+                rate = computed / max(time.perf_counter() - t0, 1e-9)
+                progress(done, n, f"{desc}: {rate:,.0f} images/s")
     seconds = time.perf_counter() - t0
 
     # assemble the chunks (one at a time, straight into the artifact file)
@@ -295,8 +297,9 @@ _MODELS_MAX = 2
 _MODELS_LOCK = threading.Lock()
 
 
-def cached_backbone(backbone: str = DEFAULT_BACKBONE, weights=None, device=None, pretrained: bool = True) -> Backbone:
-    """build_backbone with the last few models kept in memory (for interactive single-image queries)."""
+def cached_backbone(backbone: str = DEFAULT_BACKBONE, weights=None, device=None,
+                    pretrained: bool = True) -> Backbone:
+    """build_backbone with the last few models kept in memory (the app extracts, then queries single images)."""
     from cedm.device import resolve_device
 
     dev = resolve_device(device) if not hasattr(device, "type") else device
@@ -325,7 +328,8 @@ def extract_one(image, backbone: str = DEFAULT_BACKBONE, weights=None, device=No
     from cedm.dataset.imaging import square_resize
 
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        bad_shape = image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4))
+        if image.dtype != np.uint8 or bad_shape:
             raise CedmError(f"expected a uint8 image of shape (H, W), (H, W, 3) or (H, W, 4), "
                             f"got {image.dtype} {image.shape}")
         image = Image.fromarray(image)
