@@ -15,7 +15,7 @@ from cedm.features import (OFFLINE_BACKBONE, build_backbone, export_features, ex
 from cedm.features import extract as extract_mod
 from cedm.workspace import create_from_array
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # the test machine is shared: one thread avoids OpenMP oversubscription stalls
 CAT_FAMILY = range(281, 288)  # tabby, tiger cat, Persian, Siamese, Egyptian cat, cougar, lynx
 
 
@@ -101,21 +101,32 @@ def test_weights_file_round_trip_safetensors_and_torch(tmp_path):
     assert weights_identity(OFFLINE_BACKBONE, st) == a.weights_id
 
 
-def test_dinov2_official_layout_file_is_adapted(tmp_path):
-    """An official-style DINOv2 checkpoint (518-pixel position grid, mask token) loads into the 224 model."""
+def test_dinov2_official_file_and_local_hub_cache(tmp_path, monkeypatch):
+    """An official-style DINOv2 checkpoint (518-pixel position grid, mask token) loads into the 224 model,
+    and hub weights already in the local Hugging Face cache load with pretrained=True while offline."""
+    import huggingface_hub.constants
     import timm
     from safetensors.torch import save_file
 
     big = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, num_classes=0)
     sd = {k: v.contiguous() for k, v in big.state_dict().items()}
-    sd["mask_token"] = torch.zeros(1, 384)
     assert sd["pos_embed"].shape[1] == 1 + 37 * 37
-    path = tmp_path / "dinov2.safetensors"
-    save_file(sd, str(path))
-    m = build_backbone("dinov2_vits14", weights=path, device="cpu")
+    snapshot = tmp_path / "hub" / "models--timm--vit_small_patch14_dinov2.lvd142m" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    save_file(sd, str(snapshot / "model.safetensors"))
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    save_file({**sd, "mask_token": torch.zeros(1, 384)}, str(tmp_path / "dinov2.safetensors"))
+
+    m = build_backbone("dinov2_vits14", weights=tmp_path / "dinov2.safetensors", device="cpu")
     own = m.net.state_dict()
     assert own["pos_embed"].shape[1] == 1 + 16 * 16
     assert torch.equal(own["blocks.3.attn.qkv.weight"], sd["blocks.3.attn.qkv.weight"])
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub = build_backbone("dinov2_vits14", pretrained=True, device="cpu")
+    assert hub.weights_id == "hf-hub:timm/vit_small_patch14_dinov2.lvd142m"
+    assert torch.equal(hub.net.state_dict()["pos_embed"], own["pos_embed"])
 
 
 def test_bad_weights_files_are_clear_errors(tmp_path):
@@ -131,6 +142,10 @@ def test_bad_weights_files_are_clear_errors(tmp_path):
     torch.save({"obj": Image.new("RGB", (2, 2))}, pickled)  # arbitrary objects need unpickling: refused
     with pytest.raises(CedmError, match="neither safetensors nor a plain torch weights file"):
         build_backbone(OFFLINE_BACKBONE, weights=pickled, device="cpu")
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(256))
+    with pytest.raises(CedmError, match="neither safetensors nor a torch weights file"):
+        build_backbone(OFFLINE_BACKBONE, weights=noise, device="cpu")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
     with pytest.raises(CedmError, match="not a readable safetensors file"):
@@ -145,6 +160,14 @@ def test_offline_error_names_the_offline_backbone_and_weights(home, monkeypatch,
     msg = str(e.value)
     assert "could not be downloaded" in msg and "efficientnet_lite0" in msg and "--weights" in msg
     assert "\n" not in msg and msg.count(". ") == 0  # one sentence
+
+    # without HF_HUB_OFFLINE an unreachable hub is noticed by a quick probe, not a minute of retries
+    from cedm.features import backbones
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(CedmError, match="could not be downloaded.*efficientnet_lite0.*--weights"):
+        build_backbone("clip_vitb32", device="cpu")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     ws = create_from_array(home, "tiny", tiny_images)
     assert main(["features", "tiny", "--backbone", "dino_vitb16", "--home", str(home), "--device", "cpu"]) == 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -130,9 +131,15 @@ def read_weights_file(path: str | os.PathLike) -> dict:
             raise CedmError(f"weights file {str(p)!r} is not a readable safetensors file ({e})") from None
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses pickled code; anything else is a broken file
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not a pickle stream at all
+            raise CedmError(f"weights file {str(p)!r} is neither safetensors nor a torch weights file") from None
+        # weights_only refuses anything beyond tensors and plain containers
+        raise CedmError(f"weights file {str(p)!r} is neither safetensors nor a plain torch weights file (it "
+                        "holds other pickled objects, which cedm never loads)") from None
+    except Exception as e:  # truncated or not a torch file at all
         raise CedmError(f"weights file {str(p)!r} is neither safetensors nor a plain torch weights file "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     return _unwrap_state_dict(obj, p)
 
 
@@ -173,6 +180,37 @@ def load_state_dict_strict(net, sd: dict, what: str) -> None:
 def _key_diff(net, sd: dict) -> tuple[list[str], list[str]]:
     own = set(net.state_dict())
     return sorted(own - set(sd)), sorted(set(sd) - own)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the hub, so that no internet fails in seconds instead of a minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct probe says nothing; let the download try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_download(repo_id: str, filenames: tuple[str, ...]) -> str:
+    """Path of the first of ``filenames`` in a Hugging Face hub repo: the local cache first, then the hub."""
+    from huggingface_hub import hf_hub_download
+
+    last: Exception | None = None
+    for local_only in (True, False):
+        if not local_only and not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable():
+            raise ConnectionError(f"cannot reach the model hub for {repo_id}")
+        for filename in filenames:
+            try:
+                return hf_hub_download(repo_id, filename, local_files_only=local_only)
+            except OSError as e:  # not cached / not in the repo / no connection: try the next
+                last = e
+    raise last if last else OSError(f"nothing to download from {repo_id}")
 
 
 # --- building -------------------------------------------------------------------------------------
@@ -227,8 +265,9 @@ def _timm_create(arch: str, **kw):
 def _timm_fetch(arch: str):
     """Download (or find in the local hub cache) just the weights file: fails fast when offline."""
     def fetch():
-        from timm.models import get_pretrained_cfg, load_state_dict_from_hf
-        return load_state_dict_from_hf(get_pretrained_cfg(arch).hf_hub_id)
+        from timm.models import get_pretrained_cfg
+        return read_weights_file(hub_download(get_pretrained_cfg(arch).hf_hub_id,
+                                              ("model.safetensors", "pytorch_model.bin")))
     return fetch
 
 
@@ -280,9 +319,9 @@ def _clip_create():
 
 
 def _clip_fetch() -> dict:
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-    path = download_pretrained(get_pretrained_cfg(CLIP_ARCH, CLIP_TAG))
-    return read_weights_file(path)
+    from open_clip.pretrained import get_pretrained_cfg
+    repo = get_pretrained_cfg(CLIP_ARCH, CLIP_TAG)["hf_hub"].strip("/")
+    return read_weights_file(hub_download(repo, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")))
 
 
 def _clip_adapt(sd: dict, net) -> dict:
