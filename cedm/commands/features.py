@@ -1,13 +1,59 @@
-"""`cedm features`: not yet available in this version."""
-from cedm.commands import add_workspace
-from cedm.errors import CedmError
+"""`cedm features`: compute (or read from the cache) one feature vector per image of a workspace."""
+from __future__ import annotations
 
-HELP = "(features: not yet available)"
+from cedm.commands import add_device, add_workspace
+
+HELP = "extract image features with a pretrained backbone (cached in the workspace, resumable)"
 
 
 def add_arguments(p) -> None:
+    from cedm.features.backbones import DEFAULT_BACKBONE, OFFLINE_BACKBONE, get_spec, list_backbones
+
     add_workspace(p)
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=list_backbones(), metavar="NAME",
+                   help="; ".join(f"{n}: {get_spec(n).summary}" for n in list_backbones())
+                   + f" (default {DEFAULT_BACKBONE}; {OFFLINE_BACKBONE} needs no internet)")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="local weights file (safetensors or a plain torch state dict) instead of the hub")
+    add_device(p)
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 256 GPU, 32 CPU)")
+    p.add_argument("--export", default=None, metavar="PATH",
+                   help="also write the raw float32 features to PATH (.npy; row i = the workspace's image i)")
 
 
 def run(args) -> int:
-    raise CedmError("'cedm features' is not yet available in this version")
+    from tqdm import tqdm
+
+    from cedm import io
+    from cedm.features.extract import FEATURES_FILE, export_features, features_artifact, find_features
+    from cedm.workspace import open_workspace
+
+    ws = open_workspace(args.home, args.workspace)
+    cached = find_features(ws, args.backbone, args.weights) is not None
+    bar = None
+
+    def progress(done: int, total: int, desc: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="img", dynamic_ncols=True)
+        bar.n = done
+        bar.set_description(desc, refresh=False)
+        bar.refresh()
+
+    try:
+        folder = features_artifact(ws, args.backbone, args.weights, args.device, args.batch_size, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    feats = io.load_npy(folder / FEATURES_FILE, mmap=True)
+    meta = io.read_json(folder / "meta.json")
+    print(f"features {args.backbone}: shape {feats.shape}, {feats.dtype} (L2-normalised when used), "
+          f"stored in {folder / FEATURES_FILE}")
+    if cached:
+        print("read from the cache (already computed)")
+    elif meta.get("images_per_s"):
+        print(f"{meta['images_per_s']:,.1f} images/s on {meta['device']} ({meta['autocast']})")
+    if args.export:
+        path = export_features(ws, args.backbone, args.export, args.weights, device=args.device)
+        print(f"exported raw float32 features to {path}")
+    return 0

