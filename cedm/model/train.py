@@ -322,8 +322,11 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     def write_state(done: bool):
         """Checkpoint + model folder; collective (every rank contributes its noise generator state)."""
         states = _gather_generator_states(noise_gen, dist)
+        digests = _gather_param_digests(net, dist)
         if not dist.main:
             return
+        if len(set(digests)) > 1:  # DDP must keep every replica identical (EDM's check_ddp_consistency)
+            raise RuntimeError(f"DDP replicas diverged at step {step}: parameter digests {digests}")
         tensors = {**_prefixed("net", net.unet.state_dict()), **_prefixed("ema", ema.unet.state_dict())}
         opt_tensors, groups = _optimizer_to_tensors(opt)
         tensors.update(opt_tensors)
@@ -332,7 +335,7 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
         meta = {"step": step, "nimg": step * config.batch, "config": config.to_dict(), "n_conditions": C,
                 "data": fingerprint, "world_size": dist.world, "batch_rng": batch_rng.bit_generator.state,
                 "optimizer_param_groups": groups, "scaler": scaler.state_dict() if use_scaler else None,
-                "elapsed_s": elapsed, "cedm_version": __version__}
+                "elapsed_s": elapsed, "cedm_version": __version__, "rank_param_digests": digests}
         save_checkpoint(train_dir, step, tensors, meta, config.keep_checkpoints)
         training = {"kimg_done": step * config.batch / 1000, "kimg_total": config.kimg, "steps": step,
                     "complete": done, "config": config.to_dict(), "world_size": dist.world,
@@ -456,6 +459,25 @@ def _gather_generator_states(gen: torch.Generator, dist: Dist) -> list[torch.Ten
     out = [torch.empty_like(t) for _ in range(dist.world)]
     torch.distributed.all_gather(out, t)
     return [o.cpu() for o in out]
+
+
+def param_digest(module: torch.nn.Module) -> str:
+    """sha256 over all parameters' bytes, in order (equal digests = bitwise-equal weights)."""
+    h = hashlib.sha256()
+    for p in module.parameters():
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _gather_param_digests(net: torch.nn.Module, dist: Dist) -> list[str]:
+    """Every rank hashes its own replica; rank 0 receives all digests."""
+    mine = param_digest(net)
+    if dist.world == 1:
+        return [mine]
+    t = torch.frombuffer(bytearray(bytes.fromhex(mine)), dtype=torch.uint8).to(dist.device)
+    out = [torch.empty_like(t) for _ in range(dist.world)]
+    torch.distributed.all_gather(out, t)
+    return [bytes(o.cpu().tolist()).hex() for o in out]
 
 
 def _check_resume(meta: dict, config: TrainConfig, C: int, fingerprint: dict, world: int) -> None:
