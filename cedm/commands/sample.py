@@ -30,6 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=16, help="images per network batch")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default=None, help="output folder (default <model>/samples/<settings>)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: all cores; 1 is often faster on a busy machine)")
     add_device(p)
 
 
@@ -54,7 +56,10 @@ def run(args) -> int:
     from cedm.model.edm import load_model
     from cedm.sampling.generate import generate, save_samples
 
+    from cedm.commands.train import _set_threads
+
     model_dir = _model_dir(args)
+    _set_threads(args.threads)
     clusters = args.cluster
     if args.clusters is not None:
         try:

@@ -352,7 +352,7 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
         from tqdm import tqdm
 
         bar = tqdm(total=total_steps, initial=step, unit="step", desc="train", dynamic_ncols=True)
-    t_start, t_log, step_log = time.time(), time.time(), step
+    t_start, t_log, step_log, start_step = time.time(), time.time(), step, step
     loss_sum = torch.zeros((), device=dist.device)
     loss_n = 0
     if dist.main:
@@ -431,7 +431,7 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
                 write_state(done=step == total_steps)
             if sample_every and step % sample_every == 0 and step != total_steps:
                 sample_grid()
-        if step == total_steps and sample_every is not None:
+        if step == total_steps and step > start_step and sample_every is not None:
             sample_grid()
     finally:
         if bar is not None:
