@@ -53,9 +53,13 @@ def run(args) -> int:
                          checkpoint_kimg=args.checkpoint_kimg, sample_kimg=args.sample_kimg)
     out = train_workspace(ws, args.condition, name=args.out, preset=args.preset, config=config,
                           resume=args.resume, device=args.device)
-    import os
+    import torch
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    if torch.distributed.is_initialized():  # launched by torchrun
+        if torch.distributed.get_rank() == 0:
+            print(f"model: {out}")
+        torch.distributed.destroy_process_group()
+    else:
         print(f"model: {out}")
     return 0
 
