@@ -1,12 +1,90 @@
-"""`cedm sample`: not yet available in this version."""
+"""`cedm sample`: generate images from a trained C-EDM model (PNG files, a grid and samples.jsonl)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cedm.commands import add_device, add_home
 from cedm.errors import CedmError
 
-HELP = "(sample: not yet available)"
+HELP = "generate images from a trained model, per cluster or from q(c), with classifier-free guidance"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="model folder")
+    p.add_argument("model", help="model folder (or a model name with --workspace)")
+    p.add_argument("--workspace", default=None, help="look the model up in this workspace's models/ folder")
+    add_home(p)
+    p.add_argument("--n", type=int, default=None, help="number of images (default 64, or one per --clusters entry)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--cluster", type=int, default=None, help="condition every image on this cluster")
+    which.add_argument("--clusters", default=None, help="comma-separated cluster per image, e.g. 3,3,9")
+    which.add_argument("--from-q", action="store_true",
+                       help="draw each image's cluster from the training distribution q(c) (the default)")
+    which.add_argument("--uniform", action="store_true", help="draw clusters uniformly instead of from q(c)")
+    which.add_argument("--uncond", action="store_true", help="no condition (the learned unconditional branch)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="w: 0 unconditional, 1 conditional (default), >1 stronger guidance")
+    p.add_argument("--steps", type=int, default=18, help="sampler steps (Heun: 2 x steps - 1 evaluations)")
+    p.add_argument("--sampler", default="heun", choices=["heun", "euler", "dpmpp2m"])
+    p.add_argument("--churn", type=float, default=0.0, help="Heun stochasticity S_churn (0: deterministic)")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i")
+    p.add_argument("--batch", type=int, default=16, help="images per network batch")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--out", default=None, help="output folder (default <model>/samples/<settings>)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: all cores; 1 is often faster on a busy machine)")
+    add_device(p)
+
+
+def _model_dir(args) -> Path:
+    p = Path(args.model)
+    if (p / "cedm.json").is_file():
+        return p
+    if args.workspace:
+        from cedm.workspace import open_workspace
+
+        d = open_workspace(args.home, args.workspace).derived_dir("models") / args.model
+        if (d / "cedm.json").is_file():
+            return d
+        raise CedmError(f"no model named {args.model!r} in workspace {args.workspace!r}")
+    raise CedmError(f"{args.model} is not a model folder (no cedm.json); give a folder or --workspace")
 
 
 def run(args) -> int:
-    raise CedmError("'cedm sample' is not yet available in this version")
+    from tqdm import tqdm
+
+    from cedm.device import resolve_device
+    from cedm.model.edm import load_model
+    from cedm.sampling.generate import generate, save_samples
+
+    from cedm.commands.train import _set_threads
+
+    model_dir = _model_dir(args)
+    _set_threads(args.threads)
+    clusters = args.cluster
+    if args.clusters is not None:
+        try:
+            clusters = [int(c) for c in args.clusters.split(",") if c.strip()]
+        except ValueError:
+            raise CedmError(f"--clusters must be comma-separated integers, got {args.clusters!r}") from None
+    n = args.n if args.n is not None else (len(clusters) if isinstance(clusters, list) else 64)
+    model = load_model(model_dir, resolve_device(args.device), ema=not args.raw)
+    mode = ("uncond" if args.uncond or model.n_conditions == 0 else f"c{args.cluster}" if args.cluster is not None
+            else "list" if args.clusters else "uniform" if args.uniform else "q")
+    out = Path(args.out) if args.out else (
+        model_dir / "samples" / f"seed{args.seed}-n{n}-{mode}-w{args.guidance:g}-{args.sampler}{args.steps}")
+    bar = tqdm(total=1, unit="step", desc="sample", dynamic_ncols=True)
+
+    def progress(done, total, desc):
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(desc, refresh=True)
+
+    try:
+        images, records = generate(model, n, clusters=clusters, from_q=not args.uniform, uncond=args.uncond,
+                                   guidance=args.guidance, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                                   batch_size=args.batch, progress=progress, churn=args.churn)
+    finally:
+        bar.close()
+    save_samples(images, records, out, extra={"model": str(model_dir), "ema": not args.raw})
+    print(f"{n} images: {out}")
+    return 0

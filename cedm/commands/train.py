@@ -1,13 +1,75 @@
-"""`cedm train`: not yet available in this version."""
-from cedm.commands import add_workspace
-from cedm.errors import CedmError
+"""`cedm train`: train a cluster-conditioned EDM (C-EDM) on a workspace.
 
-HELP = "(train: not yet available)"
+Multi-GPU / multi-machine: launch the same command through torchrun, e.g.
+``torchrun --nproc_per_node 4 -m cedm train WORKSPACE ...`` (gloo on CPU, nccl on GPU; rank 0 writes).
+"""
+from __future__ import annotations
+
+from cedm.commands import add_device, add_workspace
+
+HELP = "train a cluster-conditioned diffusion model (C-EDM) on a workspace"
 
 
 def add_arguments(p) -> None:
     add_workspace(p)
+    p.add_argument("--condition", default="none",
+                   help="kmeans:C, temi:C, labels:NAME (a labeling of this workspace) or none (unconditional)")
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"],
+                   help="network size: small (CPU demo), paper (DDPM++ CIFAR, ~58M parameters), tiny (smoke tests)")
+    p.add_argument("--kimg", type=float, default=1000.0, help="training duration in thousands of images")
+    p.add_argument("--batch", type=int, default=64, help="global batch size (all processes together)")
+    p.add_argument("--batch-gpu", type=int, default=None, help="per-process micro-batch (gradient accumulation)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (after the ramp-up)")
+    p.add_argument("--lr-rampup", type=float, default=None, help="learning-rate ramp-up in kimg (default kimg/10)")
+    p.add_argument("--ema", type=float, default=500.0, help="EMA half-life in kimg")
+    p.add_argument("--p-uncond", type=float, default=0.1,
+                   help="label dropout for classifier-free guidance (0: no guidance possible at sampling)")
+    p.add_argument("--no-xflip", action="store_true", help="disable random horizontal flips")
+    p.add_argument("--dropout", type=float, default=None, help="network dropout (default: the preset's)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="model resolution (default: the workspace's, at most 64); images are resized on the fly")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast on a GPU that supports it, fp32 on CPU")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-kimg", type=float, default=50.0, help="checkpoint (and model update) cadence")
+    p.add_argument("--sample-kimg", type=float, default=100.0, help="sample grid cadence (0: never)")
+    p.add_argument("--out", default=None, help="model name under <workspace>/models (default <condition>-<preset>)")
+    p.add_argument("--resume", action="store_true", help="continue the newest checkpoint of --out")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: all cores; 1 is often faster on a busy machine)")
+    add_device(p)
 
 
 def run(args) -> int:
-    raise CedmError("'cedm train' is not yet available in this version")
+    from cedm.model.train import TrainConfig, train_workspace
+    from cedm.workspace import open_workspace
+
+    ws = open_workspace(args.home, args.workspace)
+    _set_threads(args.threads)
+    config = TrainConfig(preset=args.preset, resolution=args.resolution, kimg=args.kimg, batch=args.batch,
+                         batch_gpu=args.batch_gpu, lr=args.lr, lr_rampup_kimg=args.lr_rampup,
+                         ema_halflife_kimg=args.ema, p_uncond=args.p_uncond, xflip=not args.no_xflip,
+                         dropout=args.dropout, seed=args.seed, precision=args.precision,
+                         checkpoint_kimg=args.checkpoint_kimg, sample_kimg=args.sample_kimg)
+    out = train_workspace(ws, args.condition, name=args.out, preset=args.preset, config=config,
+                          resume=args.resume, device=args.device)
+    import torch
+
+    if torch.distributed.is_initialized():  # launched by torchrun
+        if torch.distributed.get_rank() == 0:
+            print(f"model: {out}")
+        torch.distributed.destroy_process_group()
+    else:
+        print(f"model: {out}")
+    return 0
+
+
+def _set_threads(n: int | None) -> None:
+    if n is not None:
+        if n < 1:
+            from cedm.errors import CedmError
+
+            raise CedmError(f"--threads must be at least 1, got {n}")
+        import torch
+
+        torch.set_num_threads(n)

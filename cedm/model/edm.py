@@ -1,0 +1,211 @@
+"""C-EDM: EDM preconditioning (Karras et al. 2022, table 1) around a class-conditioned diffusers UNet.
+
+    D(x; sigma, c) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma), c)
+
+    c_skip = sd^2 / (sigma^2 + sd^2)       c_out = sigma sd / sqrt(sigma^2 + sd^2)
+    c_in   = 1 / sqrt(sigma^2 + sd^2)      c_noise = ln(sigma) / 4          (sd = sigma_data = 0.5)
+
+The condition c is a cluster id 0..C-1 fed through the UNet's learned class embedding, which has C + 1
+entries: index C is the learned "no condition" that classifier-free guidance needs (it is trained by label
+dropout). C = 0 gives a plain unconditional EDM whose only class is that one.
+
+A model is saved as a folder, never as a pickle::
+
+    <model>/cedm.json        EDM settings, resolution, conditions and q(c), training provenance
+    <model>/unet_ema/        diffusers save_pretrained (config.json + safetensors): EMA weights, for sampling
+    <model>/unet/            the raw training weights
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cedm import io
+from cedm.errors import CedmError
+
+SIGMA_DATA = 0.5
+P_MEAN, P_STD = -1.2, 1.2  # training noise levels: ln(sigma) ~ N(P_mean, P_std^2)
+MODEL_FORMAT = "cedm-model"
+MODEL_FORMAT_VERSION = 1
+PRESETS = ("tiny", "small", "paper")
+
+
+# --- network presets ----------------------------------------------------------------------------
+def unet_config(preset: str, resolution: int, n_conditions: int, dropout: float | None = None) -> dict:
+    """The diffusers ``UNet2DModel`` config for a named size preset.
+
+    Levels halve the resolution down to 8x8 (32 -> 32,16,8; 64 -> 64,32,16,8).
+    - ``paper``: close to EDM's DDPM++ CIFAR network (128 x [2,2,2] channels, 4 res-blocks per level,
+      attention at 16x16, dropout 0.13, about 56M parameters at 32x32); at 64x64, 128 x [1,2,2,2] as for FFHQ.
+    - ``small``: the CPU demo network: 32 channels at full resolution, 64 below, 1 res-block per level,
+      attention only at 8x8 (1.2M parameters at 32x32; measured in bench/edm_speed.py: (64,128,128) was
+      2.7x slower to train on a 2-core CPU).
+    - ``tiny``: for tests and smoke runs.
+    """
+    if preset not in PRESETS:
+        raise CedmError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    resolution = int(resolution)
+    levels = int(round(math.log2(resolution / 8))) + 1 if resolution >= 8 else 0
+    if resolution < 8 or 8 * 2 ** (levels - 1) != resolution:
+        raise CedmError(f"model resolution must be 8 times a power of two (8, 16, 32, 64, 128...), got {resolution}")
+    res_at = [resolution // 2 ** i for i in range(levels)]
+    if preset == "paper":
+        mult = [2] * levels if levels <= 3 else [1] * (levels - 3) + [2, 2, 2]
+        base, channels = 128, [128 * m for m in mult]
+        layers, groups, drop = 4, 32, 0.13
+        attn = [r == 16 for r in res_at]
+    elif preset == "small":
+        base, channels = 32, [32] + [64] * (levels - 1)
+        layers, groups, drop = 1, 32, 0.0
+        attn = [r == 8 for r in res_at]
+    else:  # tiny
+        base, channels = 32, [32] * levels
+        layers, groups, drop = 1, 8, 0.0
+        attn = [r == 8 for r in res_at]
+    if not any(attn):
+        attn[-1] = True
+    return dict(
+        sample_size=resolution, in_channels=3, out_channels=3,
+        block_out_channels=tuple(channels), layers_per_block=layers,
+        time_embedding_dim=4 * base,  # EDM: 4 x model channels (diffusers would use 4 x first level)
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        attention_head_dim=None,  # one head per attention layer, as in DDPM++
+        norm_num_groups=groups, resnet_time_scale_shift="scale_shift",  # EDM's adaptive scale/shift
+        time_embedding_type="positional", flip_sin_to_cos=True, freq_shift=0,
+        dropout=float(drop if dropout is None else dropout),
+        num_class_embeds=int(n_conditions) + 1,  # + the learned "no condition" entry
+    )
+
+
+def _new_unet(config: dict):
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**config)
+
+
+# --- the preconditioned denoiser ----------------------------------------------------------------
+class CEDM(nn.Module):
+    """D(x; sigma, c): the EDM-preconditioned denoiser. ``info`` is the JSON metadata saved with it."""
+
+    def __init__(self, unet, n_conditions: int, sigma_data: float = SIGMA_DATA, info: dict | None = None):
+        super().__init__()
+        self.unet = unet
+        self.n_conditions = int(n_conditions)
+        self.sigma_data = float(sigma_data)
+        self.info = dict(info or {})
+        if unet.config.num_class_embeds != self.n_conditions + 1:
+            raise CedmError(f"network has {unet.config.num_class_embeds} class entries, expected "
+                            f"{self.n_conditions} conditions + 1")
+
+    @classmethod
+    def from_preset(cls, preset: str, resolution: int, n_conditions: int, dropout: float | None = None,
+                    info: dict | None = None) -> "CEDM":
+        info = {"preset": preset, **(info or {})}
+        return cls(_new_unet(unet_config(preset, resolution, n_conditions, dropout)), n_conditions, info=info)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @property
+    def uncond_index(self) -> int:
+        """The class index of the learned "no condition"."""
+        return self.n_conditions
+
+    def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoised estimate of x (B,3,R,R) at noise level sigma (scalar or (B,)); labels (B,) in 0..C,
+        None = unconditional (index C)."""
+        x = x.to(torch.float32)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
+        sigma = sigma.expand(x.shape[0], 1, 1, 1)
+        if class_labels is None:
+            class_labels = torch.full((x.shape[0],), self.uncond_index, dtype=torch.long, device=x.device)
+        sd = self.sigma_data
+        c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
+        c_out = sigma * sd / (sigma ** 2 + sd ** 2).sqrt()
+        c_in = 1 / (sigma ** 2 + sd ** 2).sqrt()
+        c_noise = sigma.flatten().log() / 4
+        dtype = self.unet.dtype
+        F_x = self.unet((c_in * x).to(dtype), c_noise.to(dtype), class_labels=class_labels.long(),
+                        return_dict=False)[0]
+        return c_skip * x + c_out * F_x.to(torch.float32)
+
+
+def edm_loss(model: CEDM, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
+             P_mean: float = P_MEAN, P_std: float = P_STD) -> torch.Tensor:
+    """EDM training loss: sigma log-normal, weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2.
+
+    ``images`` are in [-1, 1]; ``labels`` already carry the dropout to the "no condition" index.
+    Returns the per-image loss (B,), averaged over pixels.
+    """
+    b = images.shape[0]
+    rnd = torch.randn((b, 1, 1, 1), generator=generator, device=images.device)
+    sigma = (rnd * P_std + P_mean).exp()
+    sd = model.sigma_data if not hasattr(model, "module") else model.module.sigma_data
+    weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
+    noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma
+    denoised = model(images + noise, sigma.flatten(), labels)
+    return (weight * (denoised - images) ** 2).mean(dim=(1, 2, 3))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- save / load --------------------------------------------------------------------------------
+def save_model(out_dir, ema: CEDM, raw: CEDM | None = None, info: dict | None = None) -> Path:
+    """Write ``cedm.json`` + ``unet_ema/`` (+ ``unet/``) into ``out_dir``; each part appears atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for sub, m in (("unet_ema", ema), ("unet", raw)):
+        if m is None:
+            continue
+        with io.atomic_dir(out_dir / sub) as tmp:
+            m.unet.save_pretrained(tmp, safe_serialization=True)
+    meta = {**ema.info, **(info or {})}
+    meta.update(format=MODEL_FORMAT, format_version=MODEL_FORMAT_VERSION, sigma_data=ema.sigma_data,
+                resolution=ema.resolution, n_conditions=ema.n_conditions, uncond_index=ema.uncond_index)
+    io.write_json(out_dir / "cedm.json", meta)
+    ema.info = meta
+    return out_dir
+
+
+def read_model_info(model_dir) -> dict:
+    p = Path(model_dir) / "cedm.json"
+    if not p.is_file():
+        raise CedmError(f"{model_dir} is not a cedm model folder (no cedm.json)")
+    try:
+        info = io.read_json(p)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CedmError(f"{p} is not valid JSON: {e}") from e
+    if info.get("format") != MODEL_FORMAT:
+        raise CedmError(f"{p} is not a cedm model description (format {info.get('format')!r})")
+    return info
+
+
+def load_model(model_dir, device="cpu", ema: bool = True) -> CEDM:
+    """Load a saved model folder (EMA weights by default) in eval mode on ``device``."""
+    from diffusers import UNet2DModel
+
+    model_dir = Path(model_dir)
+    info = read_model_info(model_dir)
+    sub = model_dir / ("unet_ema" if ema else "unet")
+    if not (sub / "config.json").is_file():
+        raise CedmError(f"{model_dir} has no {sub.name}/ weights")
+    try:
+        unet = UNet2DModel.from_pretrained(sub, use_safetensors=True, local_files_only=True,
+                                           low_cpu_mem_usage=False)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise CedmError(f"cannot load the network in {sub}: {e}") from e
+    model = CEDM(unet, info["n_conditions"], info.get("sigma_data", SIGMA_DATA), info=info)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def copy_model(model: CEDM) -> CEDM:
+    return copy.deepcopy(model)
