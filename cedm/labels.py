@@ -241,9 +241,11 @@ def _weights_id(model: str, tag: str | None, weights, random_init: bool) -> str:
 
 def _cached(ws, name: str, details: dict) -> Labeling | None:
     found = ws.find_artifact(STAGE_LABELINGS, {"name": name})
-    if found is not None and io.read_json(found / "meta.json").get("details") == details:
-        return load_labeling(ws, name)
-    return None
+    if found is None:
+        return None
+    stored = io.read_json(found / "meta.json").get("details") or {}
+    # the stored details hold these keys plus what was measured (e.g. the logit scale)
+    return load_labeling(ws, name) if all(stored.get(k) == v for k, v in details.items()) else None
 
 
 def clip_pseudo_labels(ws, names, model: str = DEFAULT_MODEL, pretrained: str | None = None, weights=None,
@@ -267,22 +269,20 @@ def clip_pseudo_labels(ws, names, model: str = DEFAULT_MODEL, pretrained: str | 
     save_as = save_as or "clip-" + "".join(c if c.isalnum() or c in "._-" else "-" for c in model)
     details = {"kind": "clip", "model": model, "pretrained": tag,
                "weights": _weights_id(model, tag, weights, _random_init), "names": names,
-               "prompt_names": prompt_names, "prompts": list(PROMPTS), "version": FORMAT_VERSION}
+               "prompt_names": prompt_names, "prompts": list(PROMPTS), "backbone": image_backbone(model, tag),
+               "version": FORMAT_VERSION}
     hit = _cached(ws, save_as, details)
     if hit is not None:
         return hit
-    if progress:
-        progress(0, len(names), f"CLIP text embeddings ({model})")
     net, tokenizer = load_clip(model, tag, weights, device, _random_init)  # fails (offline, bad file) first
     text = text_embeddings(net, tokenizer, prompt_names).cpu().numpy()
     scale = float(net.logit_scale.exp())
     del net
-    backbone = image_backbone(model, tag)
-    image = get_features(ws, backbone, weights=weights, device=device, batch_size=batch_size,
+    image = get_features(ws, details["backbone"], weights=weights, device=device, batch_size=batch_size,
                          normalized=True, progress=progress, pretrained=not _random_init)
     probs = zero_shot_probs(image, text, scale)
-    details["backbone"], details["logit_scale"] = backbone, scale
-    save_labeling(ws, save_as, probs.argmax(1), class_names=names, probs=probs, params=details)
+    save_labeling(ws, save_as, probs.argmax(1), class_names=names, probs=probs,
+                  params={**details, "logit_scale": scale})
     return load_labeling(ws, save_as)
 
 
