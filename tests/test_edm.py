@@ -184,20 +184,21 @@ def test_learning_two_colour_groups(tmp_path):
         assert red_minus_blue > 20 if k == 0 else red_minus_blue < -20
 
 
-def test_train_workspace_with_a_labeling(home, monkeypatch):
+def test_train_workspace_with_a_labeling(home):
+    from cedm.clusters.labelings import save_labeling
     from cedm.workspace import create_from_array
 
     images, labels = blobs(16)
     ws = create_from_array(home, "blobs", images)
-    fake = types.ModuleType("cedm.clusters.labelings")
-    fake.resolve = lambda w, spec: types.SimpleNamespace(labels=labels, q=[0.5, 0.5], names=["a", "b"])
-    monkeypatch.setitem(sys.modules, "cedm.clusters", types.ModuleType("cedm.clusters"))
-    monkeypatch.setitem(sys.modules, "cedm.clusters.labelings", fake)
-    out = train_workspace(ws, "kmeans:2", preset="tiny", kimg=0.032, batch=16, sample_kimg=0, show_progress=False)
-    assert out == ws.derived_dir("models") / "kmeans-2-tiny"
+    save_labeling(ws, "colour", labels, ["red", "blue"])
+    out = train_workspace(ws, "labels:colour", preset="tiny", kimg=0.032, batch=16, sample_kimg=0,
+                          show_progress=False)
+    assert out == ws.derived_dir("models") / "labels-colour-tiny"
     info = json.loads((out / "cedm.json").read_text())
-    assert info["condition"]["spec"] == "kmeans:2" and info["condition"]["q"] == [0.5, 0.5]
-    assert info["condition"]["names"] == ["a", "b"] and info["provenance"]["workspace"] == "blobs"
+    q = np.bincount(labels, minlength=2) / len(labels)
+    assert info["condition"]["spec"] == "labels:colour"
+    np.testing.assert_allclose(info["condition"]["q"], q)
+    assert info["condition"]["class_names"] == ["red", "blue"] and info["provenance"]["workspace"] == "blobs"
     out = train_workspace(ws, "none", preset="tiny", kimg=0.016, batch=16, sample_kimg=0, show_progress=False)
     assert load_model(out).n_conditions == 0
 

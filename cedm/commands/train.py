@@ -33,6 +33,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-kimg", type=float, default=50.0, help="checkpoint (and model update) cadence")
     p.add_argument("--sample-kimg", type=float, default=100.0, help="sample grid cadence (0: never)")
+    p.add_argument("--backbone", default=None,
+                   help="features the kmeans/temi condition is computed from (default: the features default; "
+                        "efficientnet_lite0 works offline)")
     p.add_argument("--out", default=None, help="model name under <workspace>/models (default <condition>-<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the newest checkpoint of --out")
     p.add_argument("--threads", type=int, default=None,
@@ -51,7 +54,7 @@ def run(args) -> int:
                          ema_halflife_kimg=args.ema, p_uncond=args.p_uncond, xflip=not args.no_xflip,
                          dropout=args.dropout, seed=args.seed, precision=args.precision,
                          checkpoint_kimg=args.checkpoint_kimg, sample_kimg=args.sample_kimg)
-    out = train_workspace(ws, args.condition, name=args.out, preset=args.preset, config=config,
+    out = train_workspace(ws, args.condition, backbone=args.backbone, name=args.out, preset=args.preset, config=config,
                           resume=args.resume, device=args.device)
     import torch
 

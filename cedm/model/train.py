@@ -514,7 +514,7 @@ def _save_sample_grid(ema: CEDM, path: Path, n: int) -> None:
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def resolve_condition(ws, spec: str):
+def resolve_condition(ws, spec: str, backbone: str | None = None):
     """(labels or None, n_conditions, q, description) for a condition spec.
 
     ``none``: an unconditional model. Anything else (``kmeans:C``, ``temi:C``, ``labels:NAME``) is a workspace
@@ -527,12 +527,14 @@ def resolve_condition(ws, spec: str):
         from cedm.clusters import labelings
     except ImportError as e:
         raise CedmError(f"condition {spec!r} needs the clustering module (cedm.clusters.labelings): {e}") from e
-    lab = labelings.resolve(ws, spec)
+    lab = labelings.resolve(ws, spec, backbone=backbone)
     labels = np.asarray(lab.labels, dtype=np.int64)
     q = [float(v) for v in np.asarray(lab.q, dtype=np.float64)]
     C = int(getattr(lab, "n_conditions", None) or len(q))
     desc = {"spec": spec, "source": getattr(lab, "source", spec.split(":", 1)[0])}
-    for key in ("names", "original_ids", "artifact", "params"):
+    if spec.split(":", 1)[0] in labelings.METHODS:  # clusters depend on the features they were made from
+        desc["backbone"] = labelings.resolve_backbone(backbone)
+    for key in ("class_names", "original_ids", "artifact", "params"):
         v = getattr(lab, key, None)
         if v is not None:
             desc[key] = v if not isinstance(v, Path) else str(v)
@@ -545,7 +547,8 @@ def default_model_name(spec: str, preset: str) -> str:
 
 def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | None = None, preset: str = "small",
                     config: TrainConfig | None = None, resume: bool = False, progress: ProgressFn | None = None,
-                    device=None, max_steps: int | None = None, show_progress: bool = True, **overrides) -> Path:
+                    device=None, max_steps: int | None = None, show_progress: bool = True,
+                    backbone: str | None = None, **overrides) -> Path:
     """Train on a workspace's images conditioned on ``condition_spec`` (``none``, ``kmeans:C``, ``temi:C``,
     ``labels:NAME``). The model goes to ``out_dir``, default ``<workspace>/models/<name>``
     (name default ``<spec>-<preset>``). ``overrides`` set TrainConfig fields (kimg=..., batch=...)."""
@@ -559,7 +562,7 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
     # Rank 0 resolves (and may compute and cache) the labeling first; the others then read the cache.
     if not dist.main:
         dist.barrier()
-    labels, C, q, desc = resolve_condition(ws, condition_spec)
+    labels, C, q, desc = resolve_condition(ws, condition_spec, backbone=backbone)
     if dist.main:
         dist.barrier()
     provenance = {"workspace": ws.name, "workspace_hash": ws.content_hash, "n_images": ws.n,
