@@ -303,3 +303,20 @@ def test_cli_cluster_export_and_bound(toy_ws, tmp_path, capsys):
     assert "r_C" in text and ("C_max" in text or "note:" in text)
     assert main(["bound", "toy", "--lower", "--start", "20", "--heads", "1", "--epochs", "2"]) == 0
     assert "C* =" in capsys.readouterr().out
+
+
+def test_bound_curve_outlives_its_clusterings(toy_ws):
+    import shutil
+
+    from cedm.clusters import bound as B
+    ws, _, _ = toy_ws
+    kw = dict(heads=2, epochs=2, hidden_dim=16, bottleneck_dim=8)
+    res = B.upper_bound(ws, c0=2, **kw)
+    assert B.cached_curve(ws, **kw) == [(c, r) for c, r in res.curve]
+    for d, _ in ws.list_artifacts("clusters"):  # ship only the curve, not every head
+        shutil.rmtree(d)
+    assert B.cached_curve(ws, **kw) == [(c, r) for c, r in res.curve]
+    assert B.saved_results(ws, B.STAGE_UPPER, **kw)[0]["c_max"] == res.c_max
+    assert B.cached_curve(ws, heads=3, epochs=2, hidden_dim=16, bottleneck_dim=8) == []  # other settings
+    low = B.lower_bound(ws, c_start=20, **kw)
+    assert B.saved_results(ws, B.STAGE_LOWER, **kw)[0]["c_star"] == low.c_star

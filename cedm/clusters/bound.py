@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from cedm import io
 from cedm.errors import CedmError
 
 ALPHA = 0.96
@@ -117,6 +118,9 @@ def upper_bound(source, c0: int = 10, alpha: float = ALPHA, *, seed: int = 0, ba
         return res.utilization
 
     c_max, r, complete, message = search_upper_bound(utilization, n, c0, alpha, rel_tol)
+    if ws is not None:  # keep the curve itself (small), so it outlives the clusterings that made it
+        _save_curve(ws, STAGE_UPPER, dict(backbone=backbone, weights=weights, seed=seed, device=device, **temi_kw),
+                    {"c0": c0, "alpha": alpha}, {"curve": sorted(r.items()), "c_max": c_max, "complete": complete})
     if progress:
         progress(len(runs), len(runs), "bound done")
     return BoundResult(c_max=c_max, alpha=alpha, curve=sorted(r.items()), n_runs=trained[0],
@@ -142,16 +146,45 @@ def lower_bound(source, c_start: int | None = None, *, seed: int = 0, backbone=N
         from cedm.clusters.labelings import cluster_workspace
         res = cluster_workspace(ws, "temi", c_start, backbone=backbone, weights=weights, seed=seed,
                                 device=device, progress=progress, **temi_kw)
+        _save_curve(ws, STAGE_LOWER, dict(backbone=backbone, weights=weights, seed=seed, device=device,
+                                          **{k: v for k, v in temi_kw.items() if k != "gamma"}),
+                    {"c_start": c_start}, {"c_star": res.n_used})
     return LowerBoundResult(c_star=res.n_used, c_start=c_start, seconds=time.perf_counter() - t0, result=res)
 
 
-def cached_curve(ws, backbone=None, weights=None, seed: int = 0, device=None, **temi_kw) -> list[tuple[int, float]]:
-    """(C, r_C) of every cached gamma = 0.6 TEMI run of a workspace with these settings (no training)."""
-    from cedm.clusters.labelings import cluster_params, list_clusterings
+STAGE_UPPER, STAGE_LOWER = "bound", "bound_lower"
+
+
+def _settings_key(ws, backbone=None, weights=None, seed: int = 0, device=None, **temi_kw) -> dict:
+    """The TEMI settings a curve belongs to: a gamma = 0.6 clustering's cache key without C."""
+    from cedm.clusters.labelings import cluster_params
 
     ref = cluster_params(ws, "temi", 2, backbone, weights, seed, device, **temi_kw)
     ref.pop("n_clusters")
+    return ref
+
+
+def _save_curve(ws, stage: str, settings: dict, search: dict, result: dict) -> None:
+    params = {**_settings_key(ws, **settings), **search}
+    with ws.write_artifact(stage, params) as d:
+        io.write_json(d / "result.json", result)
+
+
+def saved_results(ws, stage: str, backbone=None, weights=None, seed: int = 0, device=None, **temi_kw) -> list[dict]:
+    """Saved upper-bound (stage 'bound') or lower-bound ('bound_lower') results for these TEMI settings."""
+    ref = _settings_key(ws, backbone, weights, seed, device, **temi_kw)
+    return [io.read_json(d / "result.json") for d, m in ws.list_artifacts(stage)
+            if {k: m["params"].get(k) for k in ref} == ref]
+
+
+def cached_curve(ws, backbone=None, weights=None, seed: int = 0, device=None, **temi_kw) -> list[tuple[int, float]]:
+    """(C, r_C) of every cached gamma = 0.6 TEMI run and saved bound curve with these settings (no training)."""
+    from cedm.clusters.labelings import list_clusterings
+
+    ref = _settings_key(ws, backbone, weights, seed, device, **temi_kw)
     out = {}
+    for saved in saved_results(ws, STAGE_UPPER, backbone, weights, seed, device, **temi_kw):
+        out.update({int(c): float(r) for c, r in saved["curve"]})
     for p in list_clusterings(ws):
         c = p.get("n_clusters")
         if p.get("n_used") is not None and {k: p.get(k) for k in ref} == ref:
