@@ -65,13 +65,22 @@ def feature_statistics(feats) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance_stats(mu1, sigma1, mu2, sigma2) -> float:
     """FD between N(mu1, sigma1) and N(mu2, sigma2) by pytorch-fid's calculate_frechet_distance."""
+    import contextlib
+    import io as _io
+    import warnings
+
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    try:
-        return float(calculate_frechet_distance(np.asarray(mu1, np.float64), np.asarray(sigma1, np.float64),
-                                                np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)))
-    except ValueError as e:  # a large imaginary part of the matrix square root
-        raise CedmError(f"Fréchet distance failed numerically: {e}") from None
+    # pytorch-fid prints (and scipy warns) when a covariance is singular, as it is with fewer samples than
+    # dimensions; it then regularises with eps on the diagonal, which is the intended behaviour.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(_io.StringIO()):
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*(singular|ill-conditioned).*")
+        try:
+            return float(calculate_frechet_distance(np.asarray(mu1, np.float64), np.asarray(sigma1, np.float64),
+                                                    np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)))
+        except ValueError as e:  # a large imaginary part of the matrix square root
+            raise CedmError(f"Fréchet distance failed numerically: {e}") from None
 
 
 def frechet_distance(feats_a, feats_b) -> float:
