@@ -120,7 +120,9 @@ def run(args) -> int:
     bar = tqdm(total=1, unit="img", desc="eval", dynamic_ncols=True)
 
     def progress(done, total, desc):
-        bar.total, bar.n = total, done
+        if total != bar.total or done < bar.n:  # a new phase: restart the bar so its rate means something
+            bar.reset(total=total)
+        bar.n = done
         bar.set_description_str(desc[:60], refresh=True)
 
     results, notes = [], []
