@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i in every setting and model")
     p.add_argument("--batch", type=int, default=64, help="images per network batch when sampling")
     p.add_argument("--inception-weights", default=None, metavar="PATH",
-                   help=f"local pytorch-fid Inception weights ({'pt_inception-2015-12-05-6726825d.pth'}) for FID")
+                   help="local pytorch-fid FID Inception weights (pt_inception-2015-12-05-6726825d.pth) for FID")
     p.add_argument("--dinov2-weights", default=None, metavar="PATH",
                    help="local weights of the registry's dinov2_vits14 backbone for FD_DINOv2")
     p.add_argument("--offline-only", action="store_true",
