@@ -1,13 +1,151 @@
-"""`cedm eval`: not yet available in this version."""
-from cedm.commands import add_workspace
+"""`cedm eval`: sample quality of trained models against their workspace's real images (see cedm.evaluate)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from cedm.commands import add_device, add_home
 from cedm.errors import CedmError
 
-HELP = "(eval: not yet available)"
+HELP = ("measure trained models: FD_EffNetLite0 (offline Fréchet distance), MSP confidence, and FID / "
+        "FD_DINOv2 when their weights can be had")
 
 
 def add_arguments(p) -> None:
-    add_workspace(p)
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model folders (or model names in --workspace); all get the same seeds")
+    p.add_argument("--workspace", default=None,
+                   help="workspace with the real images (default: the one each model was trained on)")
+    add_home(p)
+    p.add_argument("--n", type=int, default=1000, help="generated images per setting (default 1000)")
+    p.add_argument("--guidance", default="1",
+                   help="comma-separated guidance strengths w, e.g. 0,1,2 (0 unconditional, 1 conditional)")
+    p.add_argument("--uniform", action="store_true", help="draw clusters uniformly instead of from q(c)")
+    p.add_argument("--sampler", default="heun", choices=["heun", "euler", "dpmpp2m"])
+    p.add_argument("--steps", type=int, default=18, help="sampler steps (Heun: 2 x steps - 1 evaluations)")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i in every setting and model")
+    p.add_argument("--batch", type=int, default=64, help="images per network batch when sampling")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="local pytorch-fid FID Inception weights (pt_inception-2015-12-05-6726825d.pth) for FID")
+    p.add_argument("--dinov2-weights", default=None, metavar="PATH",
+                   help="local weights of the registry's dinov2_vits14 backbone for FD_DINOv2")
+    p.add_argument("--offline-only", action="store_true",
+                   help="compute only FD_EffNetLite0 and MSP (no FID / FD_DINOv2 attempt)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write all results to this JSON file")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and BLAS (default: all cores; 1 is often faster on a busy machine)")
+    add_device(p)
+
+
+def _parse_guidance(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise CedmError(f"--guidance must be comma-separated numbers, e.g. 0,1,2; got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise CedmError(f"--guidance needs numbers >= 0, got {text!r}")
+    return values
+
+
+def _resolve_models(args) -> list[tuple[Path, object]]:
+    """(model folder, workspace) for each MODEL argument."""
+    from cedm.model.edm import read_model_info
+    from cedm.workspace import open_workspace
+
+    fixed = open_workspace(args.home, args.workspace) if args.workspace else None
+    out = []
+    for name in args.models:
+        p = Path(name)
+        if not (p / "cedm.json").is_file():
+            if fixed is None:
+                raise CedmError(f"{name} is not a model folder (no cedm.json); give a folder or --workspace")
+            p = fixed.derived_dir("models") / name
+            if not (p / "cedm.json").is_file():
+                raise CedmError(f"no model named {name!r} in workspace {fixed.name!r}")
+        ws = fixed
+        if ws is None:
+            trained_on = (read_model_info(p).get("provenance") or {}).get("workspace")
+            if not trained_on:
+                raise CedmError(f"model {p} does not record its workspace: pass --workspace")
+            ws = open_workspace(args.home, trained_on)
+        out.append((p, ws))
+    return out
+
+
+def _fmt(v, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def format_table(results: list[dict]) -> str:
+    """One line per (model, setting): the numbers the model card quotes."""
+    metrics = ["FD_EffNetLite0"] + [m for m in ("FID", "FD_DINOv2") if any(m in r for r in results)]
+    cols = ["model", "condition", "w", "n"] + metrics + ["MSP", "agree", "seconds"]
+    rows = []
+    for r in results:
+        rows.append([r["model_name"], r["condition"], "-" if r["guidance"] is None else f"{r['guidance']:g}",
+                     str(r["n"])] + [_fmt(r.get(m), 2) for m in metrics]
+                    + [_fmt(r.get("MSP"), 3), _fmt(r.get("agreement"), 3), f"{r['seconds']:.0f}"])
+    if results:
+        r0 = results[0]
+        floor = [_fmt(r0.get(f"{m}_floor"), 2) for m in metrics]
+        rows.append(["real subset", "(noise floor)", "-", str(r0["n"])] + floor
+                    + [_fmt(r0.get("MSP_real"), 3), "-", "-"])
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def run(args) -> int:
-    raise CedmError("'cedm eval' is not yet available in this version")
+    from tqdm import tqdm
+
+    from cedm import io
+    from cedm.commands.train import _set_threads
+    from cedm.evaluate import (DINOV2_SKIPPED, FID_SKIPPED, condition_head, evaluate_model,
+                               guidance_plan)
+    from cedm.model.edm import read_model_info
+
+    guidance = _parse_guidance(args.guidance)
+    if args.n < 2:
+        raise CedmError(f"--n must be at least 2 (a Fréchet distance needs a covariance), got {args.n}")
+    if args.threads is not None:
+        _set_threads(args.threads)
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.threads)
+    models = _resolve_models(args)
+    for model_dir, _ in models:  # refuse impossible settings before hours of sampling
+        guidance_plan(model_dir, guidance)
+    # Unconditional models are scored by the classifier of the first conditioned model that has one.
+    head_from = next((m for m, ws in models if condition_head(m, ws)[0] is not None), None)
+    bar = tqdm(total=1, unit="img", desc="eval", dynamic_ncols=True)
+
+    def progress(done, total, desc):
+        if total != bar.total or done < bar.n:  # a new phase: restart the bar so its rate means something
+            bar.reset(total=total)
+        bar.n = done
+        bar.set_description_str(desc[:60], refresh=True)
+
+    results, notes = [], []
+    try:
+        for model_dir, ws in models:
+            conditioned = read_model_info(model_dir).get("n_conditions", 0) > 0
+            out = evaluate_model(model_dir, ws, n=args.n, seed=args.seed, guidance=guidance,
+                                 from_q=not args.uniform, sampler=args.sampler, steps=args.steps,
+                                 batch_size=args.batch, inception_weights=args.inception_weights,
+                                 dinov2_weights=args.dinov2_weights, extra_metrics=not args.offline_only,
+                                 head_from=None if conditioned else head_from, progress=progress,
+                                 device=args.device)
+            results += out["results"]
+            notes += [m if m in (FID_SKIPPED, DINOV2_SKIPPED) else f"{model_dir.name}: {m}" for m in out["notes"]]
+    finally:
+        bar.close()
+    print(format_table(results))
+    for m in dict.fromkeys(notes):
+        print(f"note: {m}")
+    print("FD_EffNetLite0: Fréchet distance in EfficientNet-Lite0 (ImageNet) pooled features; not FID. "
+          "MSP: mean max. softmax probability of the condition classifier; agree: share of samples it puts "
+          "in their own cluster. Per-setting JSON: <model>/eval/.")
+    if args.json:
+        io.write_json(args.json, {"results": results, "notes": list(dict.fromkeys(notes))})
+        print(f"results: {args.json}")
+    return 0
