@@ -244,6 +244,15 @@ def test_confidence_assigns_dataset_images_to_their_cluster(home, model_dir, met
         assert eng.scorer(mdir) is eng.scorer(mdir)  # resident
         if method == "kmeans":
             _check_best_of(eng, mdir)
+    if method == "kmeans":  # the command line goes through the engine too
+        import json
+
+        from cedm.cli import main
+
+        assert main(["sample", str(mdir), "--n", "2", "--cluster", "1", "--best-of", "2", "--steps", "2",
+                     "--out", str(home / "s")]) == 0
+        lines = [json.loads(x) for x in (home / "s" / "samples.jsonl").read_text().splitlines()]
+        assert [r["condition"] for r in lines] == [1, 1] and all(0 < r["confidence"] <= 1 for r in lines)
 
 
 def _check_best_of(eng, mdir):
