@@ -37,8 +37,8 @@ from cedm.sampling.samplers import edm_sigmas, get_sampler, n_evaluations
 
 log = logging.getLogger(__name__)
 
-# Interactive CPU use: DPM-Solver++(2M) at 12 evaluations (16 guided 32x32 images from the small preset take
-# about 2 s on 2 cores, bench/sampling.py). The paper's setting: EDM Heun, 18 steps = 35 evaluations.
+# Interactive CPU use: DPM-Solver++(2M) at 12 evaluations (16 guided 32x32 images from the small preset: 4.6-6 s
+# on one core of a busy 2-core machine, bench/sampling.py). The paper's setting: EDM Heun, 18 steps = 35 evaluations.
 INTERACTIVE_DEFAULTS = {"sampler": "dpmpp2m", "steps": 12}
 PAPER_DEFAULTS = {"sampler": "heun", "steps": 18}
 
