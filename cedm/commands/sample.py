@@ -28,6 +28,9 @@ def add_arguments(p) -> None:
     p.add_argument("--churn", type=float, default=0.0, help="Heun stochasticity S_churn (0: deterministic)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i")
     p.add_argument("--batch", type=int, default=16, help="images per network batch")
+    p.add_argument("--best-of", type=int, default=1, metavar="K",
+                   help="draw K candidates per image and keep the one the clustering head (TEMI, or k-means "
+                        "centroids) most confidently puts in the image's cluster; records its confidence")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default=None, help="output folder (default <model>/samples/<settings>)")
     p.add_argument("--threads", type=int, default=None,
@@ -52,39 +55,40 @@ def _model_dir(args) -> Path:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from cedm.device import resolve_device
-    from cedm.model.edm import load_model
-    from cedm.sampling.generate import generate, save_samples
-
-    from cedm.commands.train import _set_threads
+    from cedm.inference import InferenceEngine
+    from cedm.sampling.generate import save_samples
 
     model_dir = _model_dir(args)
-    _set_threads(args.threads)
     clusters = args.cluster
     if args.clusters is not None:
         try:
             clusters = [int(c) for c in args.clusters.split(",") if c.strip()]
         except ValueError:
             raise CedmError(f"--clusters must be comma-separated integers, got {args.clusters!r}") from None
+    if args.batch < 1:
+        raise CedmError(f"--batch must be at least 1, got {args.batch}")
     n = args.n if args.n is not None else (len(clusters) if isinstance(clusters, list) else 64)
-    model = load_model(model_dir, resolve_device(args.device), ema=not args.raw)
-    mode = ("uncond" if args.uncond or model.n_conditions == 0 else f"c{args.cluster}" if args.cluster is not None
-            else "list" if args.clusters else "uniform" if args.uniform else "q")
-    out = Path(args.out) if args.out else (
-        model_dir / "samples" / f"seed{args.seed}-n{n}-{mode}-w{args.guidance:g}-{args.sampler}{args.steps}")
-    bar = tqdm(total=1, unit="step", desc="sample", dynamic_ncols=True)
+    with InferenceEngine(device=args.device, threads=args.threads, max_batch=args.batch) as engine:
+        info = engine.model_info(model_dir, ema=not args.raw)
+        mode = ("uncond" if args.uncond or not info.get("n_conditions") else f"c{args.cluster}"
+                if args.cluster is not None else "list" if args.clusters else "uniform" if args.uniform else "q")
+        best = f"-best{args.best_of}" if args.best_of > 1 else ""
+        out = Path(args.out) if args.out else (
+            model_dir / "samples" / f"seed{args.seed}-n{n}-{mode}-w{args.guidance:g}-{args.sampler}{args.steps}{best}")
+        bar = tqdm(total=args.steps, unit="step", desc="sample", dynamic_ncols=True)
 
-    def progress(done, total, desc):
-        bar.total = total
-        bar.n = done
-        bar.set_postfix_str(desc, refresh=True)
+        def progress(step, total):
+            bar.total = total
+            bar.n = step
+            bar.refresh()
 
-    try:
-        images, records = generate(model, n, clusters=clusters, from_q=not args.uniform, uncond=args.uncond,
-                                   guidance=args.guidance, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                                   batch_size=args.batch, progress=progress, churn=args.churn)
-    finally:
-        bar.close()
+        try:
+            images, records = engine.generate(
+                model_dir, n, clusters=clusters, from_q=not args.uniform, uncond=args.uncond,
+                guidance=args.guidance, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                churn=args.churn, best_of=args.best_of, progress=progress, ema=not args.raw)
+        finally:
+            bar.close()
     save_samples(images, records, out, extra={"model": str(model_dir), "ema": not args.raw})
     print(f"{n} images: {out}")
     return 0

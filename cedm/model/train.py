@@ -538,6 +538,9 @@ def resolve_condition(ws, spec: str, backbone: str | None = None):
         v = getattr(lab, key, None)
         if v is not None:
             desc[key] = v if not isinstance(v, Path) else str(v)
+    meta = getattr(lab, "meta", None) or {}
+    if "params" not in desc and meta.get("params"):  # the clustering's cache key: sample confidence finds it
+        desc["params"] = meta["params"]
     return labels, C, q, desc
 
 

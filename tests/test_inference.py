@@ -1,0 +1,267 @@
+"""The inference engine: fast path vs the plain reference, batching of concurrent requests, isolation of
+failures, the queue limit, cancellation, the model cache, and sample confidence / best-of."""
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cedm.errors import CedmError
+from cedm.inference import Cancelled, EngineBusy, InferenceEngine, reference_sample
+from cedm.inference.engine import derived_seed
+from cedm.model.edm import CEDM, save_model
+
+C = 4
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    m = CEDM.from_preset("tiny", 16, C, info={"p_uncond": 0.1, "condition": {"q": [0.1, 0.2, 0.3, 0.4]}})
+    return save_model(tmp_path_factory.mktemp("models") / "tiny", m)
+
+
+@pytest.fixture
+def engine():
+    eng = InferenceEngine(device="cpu", max_batch=64)
+    yield eng
+    eng.close()
+
+
+class Gate:
+    """A progress callback that holds the worker until released (to queue requests behind it)."""
+
+    def __init__(self):
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, step, total):
+        self.entered.set()
+        assert self.release.wait(30)
+
+
+def _ref(model, **kw):
+    return reference_sample(model.eval(), **kw)
+
+
+def test_fast_path_matches_plain_reference(engine, model_dir):
+    from cedm.model.edm import load_model
+
+    model = load_model(model_dir)
+    cases = [dict(n=3, clusters=[0, 2, 3], guidance=2.5, steps=5, sampler="heun", seed=7),
+             dict(n=2, clusters=1, guidance=1.0, steps=6, sampler="dpmpp2m", seed=0),
+             dict(n=2, uncond=True, steps=4, sampler="euler", seed=3),
+             dict(n=2, guidance=1.5, steps=4, sampler="heun", seed=11, churn=5.0)]
+    for kw in cases:
+        x, rec = engine.generate(model_dir, output="float", **kw)
+        ref = _ref(model, **kw)
+        assert x.shape == ref.shape == (kw["n"], 3, 16, 16)
+        assert (x - ref).abs().max() < 1e-3, kw  # float rounding only (2B batch vs two calls)
+        assert [r["seed"] for r in rec] == [kw["seed"] + i for i in range(kw["n"])]
+    # the shortcut w = 1 gives what the explicit two-call guidance formula gives, and uint8 agrees
+    ims, rec = engine.generate(model_dir, n=2, clusters=[1, 2], steps=3, sampler="heun", seed=4)
+    ref8 = ((_ref(model, n=2, clusters=[1, 2], steps=3, sampler="heun", seed=4) + 1) * 127.5).round().clamp(0, 255)
+    assert ims.dtype == np.uint8 and np.abs(ims.astype(int) - ref8.permute(0, 2, 3, 1).numpy()).max() <= 1
+    assert [r["condition"] for r in rec] == [1, 2] and rec[0]["evaluations"] == 5
+
+
+def test_concurrent_requests_are_merged_and_routed(engine, model_dir):
+    gate = Gate()
+    blocker = engine.submit(model_dir, 1, clusters=0, steps=2, progress=gate)
+    assert gate.entered.wait(30)
+    asks = [dict(clusters=c, seed=10 * c, n=2 + c % 2) for c in range(C)] * 2
+    results = [None] * len(asks)
+
+    def client(i):
+        results[i] = engine.generate(model_dir, steps=4, sampler="heun", guidance=2.0, output="float", **asks[i])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(asks))]
+    for t in threads:
+        t.start()
+    while engine.stats["requests"] < 1 + len(asks):
+        time.sleep(0.01)
+    batches_before = engine.stats["batches"]
+    gate.release.set()
+    for t in threads:
+        t.join(60)
+    blocker.result(30)
+    # the blocker's batch, then all 8 requests together in one batch of 20 rows
+    assert engine.stats["batches"] - batches_before == 2
+    for ask, (x, rec) in zip(asks, results):
+        assert [r["condition"] for r in rec] == [ask["clusters"]] * ask["n"]
+        assert [r["seed"] for r in rec] == [ask["seed"] + i for i in range(ask["n"])]
+        solo, _ = engine.generate(model_dir, steps=4, sampler="heun", guidance=2.0, output="float", **ask)
+        assert (x - solo).abs().max() < 1e-4
+    assert engine.stats["failed"] == 0
+
+
+def test_a_failing_request_does_not_affect_others(engine, model_dir):
+    gate = Gate()
+    blocker = engine.submit(model_dir, 1, steps=2, progress=gate)
+    assert gate.entered.wait(30)
+
+    def bad_progress(step, total):
+        if step >= 2:
+            raise RuntimeError("client went away")
+
+    good = [engine.submit(model_dir, 2, clusters=c, steps=4, seed=c) for c in range(3)]
+    bad_cluster = engine.submit(model_dir, 2, clusters=7, steps=4)          # fails in preparation
+    bad_callback = engine.submit(model_dir, 2, clusters=1, steps=4, progress=bad_progress)  # fails mid-batch
+    gate.release.set()
+    blocker.result(30)
+    with pytest.raises(CedmError, match="cluster 7 does not exist"):
+        bad_cluster.result(30)
+    with pytest.raises(RuntimeError, match="client went away"):
+        bad_callback.result(30)
+    for c, t in enumerate(good):
+        ims, rec = t.result(30)
+        assert ims.shape == (2, 16, 16, 3) and [r["condition"] for r in rec] == [c, c]
+
+    # a network failure inside a merged batch: retried one request at a time, only the culprit fails
+    lm = engine._models[engine.cached_models()[0]]
+    real = lm.net.fn
+
+    def faulty(x, sigma, labels):
+        if (labels == 3).any():
+            raise RuntimeError("bad rows")
+        return real(x, sigma, labels)
+
+    lm.net.fn = faulty
+    gate = Gate()
+    blocker = engine.submit(model_dir, 1, clusters=0, steps=2, progress=gate)
+    assert gate.entered.wait(30)
+    tickets = [engine.submit(model_dir, 1, clusters=c, steps=3, seed=5) for c in range(C)]
+    gate.release.set()
+    for c, t in enumerate(tickets):
+        if c == 3:
+            with pytest.raises(RuntimeError, match="bad rows"):
+                t.result(30)
+        else:
+            assert t.result(30)[1][0]["condition"] == c
+    assert engine.stats["retries"] >= 1
+    lm.net.fn = real
+    assert engine.generate(model_dir, 1, clusters=3, steps=2)[0].shape == (1, 16, 16, 3)  # the worker lives on
+
+
+def test_queue_limit_gives_busy(model_dir):
+    with InferenceEngine(device="cpu", max_queue=2) as eng:
+        gate = Gate()
+        first = eng.submit(model_dir, 1, steps=2, progress=gate)
+        assert gate.entered.wait(30)
+        second = eng.submit(model_dir, 1, steps=2)
+        with pytest.raises(EngineBusy, match="busy, try again"):
+            eng.submit(model_dir, 1, steps=2)
+        gate.release.set()
+        first.result(30), second.result(30)
+        eng.generate(model_dir, 1, steps=2)  # room again
+        with pytest.raises(CedmError, match="no cedm.json"):
+            eng.submit(model_dir.parent / "missing", 1)
+        with pytest.raises(CedmError, match="unknown sampler"):
+            eng.submit(model_dir, 1, sampler="ddim")
+
+
+def test_cancellation_stops_work(engine, model_dir):
+    ticket = None
+
+    def cancel_at_2(step, total):
+        if step == 2:
+            ticket.cancel()
+
+    before = engine.stats["evaluations"]
+    ticket = engine.submit(model_dir, 4, steps=50, sampler="heun", progress=cancel_at_2)
+    with pytest.raises(Cancelled):
+        ticket.result(30)
+    assert engine.stats["evaluations"] - before <= 3 * 2 + 1  # not 99: stopped right after step 2
+    assert not ticket.cancel()  # already finished
+
+    # in a merged batch only the cancelled request's rows are dropped; the other one is unchanged
+    gate = Gate()
+    blocker = engine.submit(model_dir, 1, steps=2, progress=gate)
+    assert gate.entered.wait(30)
+    ticket = engine.submit(model_dir, 3, clusters=2, steps=6, sampler="heun", progress=cancel_at_2)
+    keep = engine.submit(model_dir, 2, clusters=1, steps=6, sampler="heun", seed=3, output="float")
+    waiting = engine.submit(model_dir, 1, steps=99, sampler="euler")  # other settings: a later batch
+    assert waiting.cancel()  # never started: settled at once
+    gate.release.set()
+    blocker.result(30)
+    with pytest.raises(Cancelled):
+        ticket.result(30)
+    with pytest.raises(Cancelled):
+        waiting.result(1)
+    x, _ = keep.result(30)
+    solo, _ = engine.generate(model_dir, 2, clusters=1, steps=6, sampler="heun", seed=3, output="float")
+    assert (x - solo).abs().max() < 1e-4
+
+
+def test_model_cache_is_bounded_and_keyed_by_mtime(model_dir, tmp_path):
+    other = save_model(tmp_path / "other", CEDM.from_preset("tiny", 8, 0))
+    with InferenceEngine(device="cpu", max_models=1) as eng:
+        a, _ = eng.generate(other, 2, steps=2)  # unconditional model
+        assert a.shape == (2, 8, 8, 3)
+        eng.generate(model_dir, 1, steps=2)
+        assert [k[0] for k in eng.cached_models()] == [str(model_dir.resolve())]
+        st = os.stat(other / "cedm.json")
+        os.utime(other / "cedm.json", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # "retrained"
+        eng.generate(other, 1, steps=2)
+        assert len(eng.cached_models()) == 1 and eng.stats["model_loads"] == 3
+        assert eng.confidence(other, a) is None  # unconditional: no confidence
+        with pytest.raises(CedmError, match="unconditional"):
+            eng.generate(other, 1, clusters=0, steps=2)
+
+
+# --- sample confidence ---------------------------------------------------------------------------------
+def _two_colour_workspace(home):
+    from cedm.workspace import create_from_array
+
+    rng = np.random.default_rng(0)
+    n = 12
+    base = np.zeros((2 * n, 32, 32, 3), np.float64)
+    base[:n, ..., 0], base[n:, ..., 2] = 220, 220   # red squares vs blue squares
+    base[:, 8:24, 8:24] = 255 - base[:, 8:24, 8:24]
+    images = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    return create_from_array(home, "colours", images), np.repeat([0, 1], n)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "temi"])
+def test_confidence_assigns_dataset_images_to_their_cluster(home, model_dir, method):
+    from cedm.clusters.labelings import cluster_workspace
+
+    ws, truth = _two_colour_workspace(home)
+    extra = dict(epochs=30, batch_size=8, knn=5) if method == "temi" else {}
+    res = cluster_workspace(ws, method, 2, backbone="efficientnet_lite0", **extra)
+    assert len(set(res.assignments[truth == 0])) == 1 and res.assignments[0] != res.assignments[-1]
+    torch.manual_seed(0)
+    m = CEDM.from_preset("tiny", 16, 2, info={"p_uncond": 0.1})
+    cond = {"spec": f"{method}:2", "params": res.params, "original_ids": [1, 0], "n_conditions": 2, "q": [0.5, 0.5]}
+    mdir = save_model(ws.derived_dir("models") / method, m, info={"condition": cond})
+    with InferenceEngine(device="cpu") as eng:
+        ids, msp = eng.confidence(mdir, ws.images)
+        assert ids.shape == msp.shape == (ws.n,) and msp.dtype == np.float32
+        assert np.all((msp >= 0.5) & (msp <= 1.0))
+        # condition k of the model is cluster original_ids[k] of the clustering
+        assert np.array_equal(ids, 1 - res.assignments)
+        assert eng.scorer(mdir) is eng.scorer(mdir)  # resident
+        if method == "kmeans":
+            _check_best_of(eng, mdir)
+    if method == "kmeans":  # the command line goes through the engine too
+        import json
+
+        from cedm.cli import main
+
+        assert main(["sample", str(mdir), "--n", "2", "--cluster", "1", "--best-of", "2", "--steps", "2",
+                     "--out", str(home / "s")]) == 0
+        lines = [json.loads(x) for x in (home / "s" / "samples.jsonl").read_text().splitlines()]
+        assert [r["condition"] for r in lines] == [1, 1] and all(0 < r["confidence"] <= 1 for r in lines)
+
+
+def _check_best_of(eng, mdir):
+    ims, rec = eng.generate(mdir, 2, clusters=0, best_of=3, steps=3, seed=20)
+    scorer = eng.scorer(mdir)
+    for i, r in enumerate(rec):
+        cands = [eng.generate(mdir, 1, clusters=0, steps=3, seed=derived_seed(20 + i, j))[0][0] for j in range(3)]
+        p = scorer.proba(np.stack(cands))[:, 0]
+        assert r["candidate"] == int(p.argmax()) and abs(r["confidence"] - p.max()) < 1e-5
+        assert np.array_equal(ims[i], cands[r["candidate"]]) and r["seed"] == derived_seed(20 + i, r["candidate"])
+    with pytest.raises(CedmError, match="best-of"):
+        eng.generate(mdir, 1, uncond=True, best_of=2, steps=2)
