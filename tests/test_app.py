@@ -264,7 +264,7 @@ def test_cluster_endpoint_rejects_bad_input(demo_app):
     msg = _app_error(c.predict, "demo", OFFLINE, "kmeans", 1, api_name="/cluster")
     assert "minimum value 2" in msg or "at least 2" in msg
     assert "at most 3391" in _app_error(c.predict, "demo", OFFLINE, "kmeans", 5000, api_name="/cluster")
-    assert "unknown clustering method" in _app_error(c.predict, "demo", OFFLINE, "spectral", 5, api_name="/cluster")
+    assert "kmeans" in _app_error(c.predict, "demo", OFFLINE, "spectral", 5, api_name="/cluster")  # not a choice
     assert "unknown backbone" in _app_error(c.predict, "demo", "nope", "kmeans", 5, api_name="/cluster")
     # weights that cannot be had offline: one sentence that offers the offline backbone
     msg = _app_error(c.predict, "demo", "dino_vitb16", "kmeans", 5, api_name="/cluster")

@@ -166,6 +166,14 @@ def check_cluster(res, cluster) -> int:
     return c
 
 
+def cluster_heading(ws, res, c: int, names=None) -> str:
+    """'### cluster 7 · name · 80 images' plus its share of the dataset and mean confidence."""
+    rows = res.assignments == c
+    n = int(rows.sum())
+    mean = f" · mean {confidence_word(res)} {float(res.confidence[rows].mean()):.2f}" if n else ""
+    return f"### {cluster_title(c, n, names)}\n{100 * n / max(ws.n, 1):.1f}% of {ws.name}{mean}"
+
+
 def confidence_word(res) -> str:
     return "centroid cosine" if res.method == "kmeans" else "MSP"
 
@@ -223,8 +231,9 @@ def _palette_index(clusters: np.ndarray, n_clusters: int) -> np.ndarray:
     return (clusters.astype(np.float64) * 0.6180339887) % 1.0 if n_clusters > 1 else np.zeros(len(clusters))
 
 
-def draw_rows(rows: np.ndarray, limit: int = MAP_DRAW_LIMIT, seed: int = 0) -> np.ndarray:
+def draw_rows(rows: np.ndarray, limit: int | None = None, seed: int = 0) -> np.ndarray:
     """Positions (into ``rows``) of the map points that are drawn: all, or a seeded sample above ``limit``."""
+    limit = MAP_DRAW_LIMIT if limit is None else int(limit)
     if len(rows) <= limit:
         return np.arange(len(rows))
     return np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
@@ -249,14 +258,14 @@ def map_figure(ws, rows, xy, res=None, selected: int | None = None, point: int |
         dim = selected is not None
         fig.add_trace(go.Scattergl(
             x=p[:, 0], y=p[:, 1], mode="markers", customdata=custom, text=paths, hovertemplate=hover,
-            marker=dict(size=5, color=colour, colorscale="Turbo", cmin=0, cmax=1, opacity=0.35 if dim else 0.8),
+            marker=dict(size=5, color=colour, colorscale="Turbo", cmin=0, cmax=1, opacity=0.5 if dim else 0.8),
             name="images", showlegend=False))
         if dim:
             sel = cl == int(selected)
             fig.add_trace(go.Scattergl(
                 x=p[sel, 0], y=p[sel, 1], mode="markers", customdata=custom[sel], text=[paths[i] for i in np.flatnonzero(sel)],
                 hovertemplate=hover, name=f"cluster {selected}", showlegend=False,
-                marker=dict(size=9, color="rgba(0,0,0,0)", line=dict(width=1.5, color="#111"))))
+                marker=dict(size=8, color="rgba(0,0,0,0)", line=dict(width=1, color="#222"))))
     else:
         fig.add_trace(go.Scattergl(x=p[:, 0], y=p[:, 1], mode="markers", customdata=np.column_stack([r, -np.ones_like(r), np.zeros(len(r))]),
                                    text=paths, hovertemplate="row %{customdata[0]}<br>%{text}<extra></extra>",
@@ -269,10 +278,10 @@ def map_figure(ws, rows, xy, res=None, selected: int | None = None, point: int |
     fig.update_layout(title=dict(text=f"UMAP of the features · {drawn} · click a point", font=dict(size=13)),
                       margin=dict(l=10, r=10, t=36, b=10), height=520, dragmode="pan",
                       plot_bgcolor="#fafafa", hovermode="closest")
-    # UMAP places small disconnected groups far out: frame the bulk (2nd-98th percentile); the
+    # UMAP places small disconnected groups far out: frame the bulk (5th-95th percentile); the
     # autoscale button shows every point
-    lo, hi = np.percentile(p, 2, axis=0), np.percentile(p, 98, axis=0)
-    pad = 0.15 * np.maximum(hi - lo, 1e-6)
+    lo, hi = np.percentile(p, 5, axis=0), np.percentile(p, 95, axis=0)
+    pad = 0.2 * np.maximum(hi - lo, 1e-6)
     fig.update_xaxes(visible=False, range=[float(lo[0] - pad[0]), float(hi[0] + pad[0])])
     fig.update_yaxes(visible=False, range=[float(lo[1] - pad[1]), float(hi[1] + pad[1])])
     return fig

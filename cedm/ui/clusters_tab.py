@@ -78,7 +78,7 @@ def build_view(ws, backbone: str, spec: str | None, cluster=None, point=None, pa
     v.sizes = cv.sizes_figure(res, selected=c, names=names)
     v.cluster_choices = [(cv.cluster_title(k, int(sizes[k]), names), k) for k in range(res.n_clusters)]
     v.cluster = c
-    v.cluster_info = f"### {cv.cluster_title(c, int(sizes[c]), names)}"
+    v.cluster_info = cv.cluster_heading(ws, res, c, names)
     v.gallery, v.page_info, v.page = cv.cluster_page(ws, res, c, page)
     v.point = point
     if point is not None:
@@ -142,8 +142,8 @@ def build(ctx: AppContext, workspace: gr.Dropdown) -> ClustersTab:
     with gr.Row():
         prev_btn = gr.Button("< previous", size="sm", scale=0, min_width=120)
         page_info = gr.Markdown(first.page_info, elem_id="cedm-cluster-page-info")
-        next_btn = gr.Button("next >", size="sm", scale=0, min_width=120)
-    gallery = gr.Gallery(first.gallery or [], columns=12, height="auto", object_fit="contain", format="png",
+        next_btn = gr.Button("next >", size="sm", scale=0, min_width=120, elem_id="cedm-cluster-next")
+    gallery = gr.Gallery(first.gallery or [], columns=8, height=450, object_fit="contain", format="png",
                          label="cluster images, most confident first", elem_id="cedm-cluster-gallery",
                          allow_preview=True)
     with gr.Row(equal_height=False):

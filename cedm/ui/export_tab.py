@@ -72,9 +72,10 @@ def write_cluster_zip(ws, backbone: str, res, cluster, folder: Path) -> tuple[Pa
             chunk = kept[s:s + _CHUNK]
             order = np.argsort(chunk)
             images = np.asarray(ws.images[chunk[order]])  # sorted rows: one pass over the memory map
-            for k in np.argsort(order):
+            at = np.argsort(order)  # chunk[k] is images[at[k]]
+            for k in range(len(chunk)):  # most confident first
                 buf = _io.BytesIO()
-                Image.fromarray(images[k]).save(buf, "PNG")
+                Image.fromarray(images[at[k]]).save(buf, "PNG")
                 z.writestr(_entry_name(ws.paths[int(chunk[k])], int(chunk[k]), taken), buf.getvalue())
     return path, len(kept), len(rows)
 

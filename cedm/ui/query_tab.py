@@ -52,11 +52,11 @@ def build(ctx: AppContext, workspace: gr.Dropdown, backbone: gr.Dropdown, cluste
             how = gr.Markdown(elem_id="cedm-query-how")
             generate_btn = gr.Button("Generate from this cluster", elem_id="cedm-query-generate", interactive=False)
             generate_note = gr.Markdown(elem_id="cedm-query-generate-note")
-    neighbours = gr.Gallery(columns=8, height=220, object_fit="contain", format="png",
+    neighbours = gr.Gallery(columns=8, height=190, object_fit="contain", format="png",
                             label=f"{N_NEIGHBOURS} nearest neighbours (cosine of features)",
                             elem_id="cedm-query-neighbours")
     cluster_info = gr.Markdown(elem_id="cedm-query-cluster-info")
-    cluster_gallery = gr.Gallery(columns=8, height=250, object_fit="contain", format="png",
+    cluster_gallery = gr.Gallery(columns=8, height=430, object_fit="contain", format="png",
                                  label="its cluster, most confident first", elem_id="cedm-query-cluster")
     with gr.Accordion("Result (as the /query endpoint returns it)", open=False):
         result = gr.JSON(label="result", max_height=260)
@@ -88,7 +88,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, backbone: gr.Dropdown, cluste
         condition_value = {"workspace": r["workspace"], "backbone": r["backbone"],
                            "clustering": r["clustering"], "cluster": best["cluster"]}
         return (labels, f"probabilities: {r['probabilities']} · clustering {r['clustering']} on {r['backbone']}",
-                near, f"### {cv.cluster_title(best['cluster'], best['size'], [None] * best['cluster'] + [best['name']])}  \n{info}",
+                near, f"{cv.cluster_heading(ws, res, best['cluster'], cv.cluster_names(ws, res, r['backbone']))}  \n{info}",
                 items, condition_value, gr.Button(interactive=True))
 
     @guarded
