@@ -63,11 +63,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(tmp: Path):
-    """The real app (stand-in demo, fresh home) served in-process; yields (url, demo, home)."""
+def running_app(tmp: Path, real_demo: bool = False):
+    """The real app (stand-in demo, or the shipped demo; fresh home) served in-process; yields (url, demo, home)."""
     from cedm import workspace as wsp
 
-    demo_dir = make_stand_in_demo(tmp / "demo-src")
+    demo_dir = wsp.REPO_ROOT / "assets" / "demo" if real_demo else make_stand_in_demo(tmp / "demo-src")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(wsp, "DEMO_DIR", demo_dir)
         from cedm.ui.app import build_app, launch_options
@@ -80,6 +80,14 @@ def running_app(tmp: Path):
             yield demo.local_url, demo, home
         finally:
             demo.close()
+
+
+def demo_tree_snapshot() -> dict[str, int]:
+    """Every file of the shipped demo with its size: the app must never write there."""
+    from cedm import workspace as wsp
+
+    shipped = wsp.REPO_ROOT / "assets" / "demo"
+    return {str(p.relative_to(shipped)): p.stat().st_size for p in shipped.rglob("*") if p.is_file()}
 
 
 def client(url: str):

@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.browser_util import COLOURS, DEMO_CLASSES, DEMO_N, client, make_stand_in_demo, make_zip, png_bytes, \
-    running_app, session_workspaces
+from tests.browser_util import COLOURS, DEMO_CLASSES, DEMO_N, client, demo_tree_snapshot, make_stand_in_demo, \
+    make_zip, png_bytes, running_app, session_workspaces
 
 HAS_IMPORTER = importlib.util.find_spec("cedm.dataset.importers") is not None
 needs_importer = pytest.mark.skipif(not HAS_IMPORTER, reason="cedm.dataset.importers is not in this tree yet")
@@ -36,7 +36,8 @@ def _app_error(fn, *args, **kwargs) -> str:
 def test_only_working_actions_are_public(app):
     url, _, _ = app
     api = client(url).view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/import_dataset", "/delete_workspace"}
+    assert set(api["named_endpoints"]) == {"/import_dataset", "/delete_workspace", "/cluster", "/cluster_bound",
+                                           "/query", "/export_assignments", "/export_cluster"}
     assert api["unnamed_endpoints"] == {}
 
 
@@ -217,3 +218,199 @@ def test_app_starts_without_a_demo(tmp_path, monkeypatch):
     monkeypatch.setattr(wsp, "DEMO_DIR", tmp_path / "no-demo")
     demo = build_app(tmp_path / "home")
     assert demo.cedm_context.choices(None) == []
+
+
+# --- clusters, query and export on the shipped demo (features, map and k-means C=50 are precomputed) ---
+OFFLINE = "efficientnet_lite0"
+
+
+@pytest.fixture(scope="module")
+def demo_app(tmp_path_factory):
+    before = demo_tree_snapshot()
+    with running_app(tmp_path_factory.mktemp("demo-app"), real_demo=True) as served:
+        yield served
+    assert demo_tree_snapshot() == before  # everything computed went to the overlay in the home
+
+
+@pytest.fixture(scope="module")
+def demo_ws(demo_app):
+    return demo_app[1].cedm_context.open("demo", None)
+
+
+def _clustering(ws, spec="kmeans:50"):
+    from cedm.ui.cluster_views import get_clustering
+
+    return get_clustering(ws, OFFLINE, spec, compute=False)
+
+
+def test_cluster_endpoint_returns_real_sizes(demo_app, demo_ws):
+    url, _, _ = demo_app
+    c = client(url)
+    s = c.predict("demo", OFFLINE, "kmeans", 50, api_name="/cluster")
+    res = _clustering(demo_ws)
+    assert s["from_cache"] and s["clustering"] == "kmeans:50" and s["n_images"] == demo_ws.n == 3391
+    assert len(s["sizes"]) == 50 and sum(s["sizes"]) == demo_ws.n
+    assert s["sizes"] == np.bincount(res.assignments, minlength=50).tolist()
+    assert s["n_used"] == sum(x > 0 for x in s["sizes"]) and 0 < s["vs_ground_truth"]["ami"] < 1
+    # a new C is computed (into the overlay, not the shipped demo), then served from the cache
+    s3 = c.predict("demo", OFFLINE, "kmeans", 3, api_name="/cluster")
+    assert not s3["from_cache"] and len(s3["sizes"]) == 3 and sum(s3["sizes"]) == demo_ws.n
+    assert c.predict("demo", OFFLINE, "kmeans", 3, api_name="/cluster")["from_cache"]
+
+
+def test_cluster_endpoint_rejects_bad_input(demo_app):
+    url, _, _ = demo_app
+    c = client(url)
+    msg = _app_error(c.predict, "demo", OFFLINE, "kmeans", 1, api_name="/cluster")
+    assert "minimum value 2" in msg or "at least 2" in msg
+    assert "at most 3391" in _app_error(c.predict, "demo", OFFLINE, "kmeans", 5000, api_name="/cluster")
+    assert "kmeans" in _app_error(c.predict, "demo", OFFLINE, "spectral", 5, api_name="/cluster")  # not a choice
+    assert "unknown backbone" in _app_error(c.predict, "demo", "nope", "kmeans", 5, api_name="/cluster")
+    # weights that cannot be had offline: one sentence that offers the offline backbone
+    msg = _app_error(c.predict, "demo", "dino_vitb16", "kmeans", 5, api_name="/cluster")
+    assert OFFLINE in msg and not msg.startswith("Something went wrong")
+
+
+def test_query_with_a_demo_image_finds_itself_and_its_cluster(demo_app, demo_ws, tmp_path):
+    url, _, _ = demo_app
+    from gradio_client import handle_file
+    from PIL import Image
+
+    res = _clustering(demo_ws)
+    c = client(url)
+    for row in (123, 2500):
+        Image.fromarray(np.asarray(demo_ws.images[row])).save(tmp_path / f"q{row}.png")
+        r = c.predict(handle_file(str(tmp_path / f"q{row}.png")), "demo", OFFLINE, "kmeans:50", api_name="/query")
+        first = r["neighbours"][0]
+        assert first["row"] == row and first["file"] == demo_ws.paths[row] and first["cosine"] > 0.99
+        assert len(r["neighbours"]) == 8
+        cos = [n["cosine"] for n in r["neighbours"]]
+        assert cos == sorted(cos, reverse=True) and cos[1] < first["cosine"]
+        top = r["top3"]
+        assert len(top) == 3 and top[0]["cluster"] == int(res.assignments[row]) == first["cluster"]
+        probs = [t["probability"] for t in top]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+        assert "centroid cosine" in r["probabilities"]
+
+
+def test_query_bad_input_is_readable(demo_app, tmp_path):
+    url, _, _ = demo_app
+    from gradio_client import handle_file
+
+    c = client(url)
+    (tmp_path / "q.png").write_bytes(png_bytes(COLOURS[0]))
+    assert "upload or paste" in _app_error(c.predict, None, "demo", OFFLINE, "kmeans:50", api_name="/query")
+    assert "bad clustering" in _app_error(c.predict, handle_file(str(tmp_path / "q.png")), "demo", OFFLINE, "k:3",
+                                          api_name="/query")
+
+
+def test_export_assignments_and_a_cluster_zip(demo_app, demo_ws):
+    url, _, home = demo_app
+    import csv
+    import io
+    import json
+
+    from PIL import Image
+
+    res = _clustering(demo_ws)
+    c = client(url)
+    csv_path, json_path = c.predict("demo", OFFLINE, "kmeans:50", api_name="/export_assignments")
+    rows = list(csv.DictReader(open(csv_path, newline="")))
+    assert len(rows) == demo_ws.n
+    assert [r["path"] for r in rows] == demo_ws.paths
+    assert [int(r["cluster"]) for r in rows] == res.assignments.tolist()
+    np.testing.assert_allclose([float(r["confidence"]) for r in rows], res.confidence, atol=1e-5)
+    doc = json.load(open(json_path))
+    assert doc["clustering"] == "kmeans:50" and len(doc["assignments"]) == demo_ws.n
+    assert doc["assignments"][7] == {"path": demo_ws.paths[7], "cluster": int(res.assignments[7]),
+                                     "confidence": pytest.approx(float(res.confidence[7]), abs=1e-6)}
+    # the files were written to this visitor's own area
+    assert list((home / "sessions").glob("*/exports/*/demo-efficientnet_lite0-kmeans-50.csv"))
+
+    cluster = int(np.argmax(res.sizes))
+    zpath = c.predict("demo", OFFLINE, "kmeans:50", cluster, api_name="/export_cluster")
+    members = np.flatnonzero(res.assignments == cluster)
+    with zipfile.ZipFile(zpath) as z:
+        names = z.namelist()
+        assert sorted(names) == sorted(demo_ws.paths[r].rsplit(".", 1)[0] + ".png" for r in members)
+        r = int(members[0])
+        img = np.asarray(Image.open(io.BytesIO(z.read(demo_ws.paths[r].rsplit(".", 1)[0] + ".png"))))
+        np.testing.assert_array_equal(img, demo_ws.images[r])
+    assert "does not exist" in _app_error(c.predict, "demo", OFFLINE, "kmeans:50", 50, api_name="/export_cluster")
+
+
+def test_zip_entry_names_are_safe():
+    from cedm.ui.export_tab import _entry_name
+
+    taken: set[str] = set()
+    assert _entry_name("pics/a.jpg", 0, taken) == "pics/a.png"
+    assert _entry_name("pics/a.webp", 1, taken) == "pics/a-row1.png"  # same name: both kept
+    assert _entry_name("../../etc/passwd", 2, taken) == "etc/passwd.png"
+    assert _entry_name("/abs/b.png", 3, taken) == "abs/b.png"
+    assert _entry_name("..", 4, taken) == "000004.png"
+
+
+def test_cluster_gallery_is_paged_and_sorted_by_confidence(demo_ws):
+    from cedm.ui import cluster_views as cv
+
+    res = _clustering(demo_ws)
+    c = int(np.argmax(res.sizes))
+    size = int(res.sizes[c])
+    items, info, page = cv.cluster_page(demo_ws, res, c, 0)
+    assert len(items) == cv.PAGE_SIZE and page == 0 and f"of {size:,}" in info
+    rows = cv.members(res, c)
+    conf = res.confidence[rows]
+    assert (np.diff(conf) <= 0).all() and len(rows) == size and (res.assignments[rows] == c).all()
+    np.testing.assert_array_equal(items[0][0], demo_ws.images[rows[0]])
+    last = -(-size // cv.PAGE_SIZE) - 1
+    items, info, page = cv.cluster_page(demo_ws, res, c, 999)
+    assert page == last and len(items) == size - last * cv.PAGE_SIZE
+
+
+def test_query_probabilities_of_kmeans_are_a_softmax_of_centroid_cosine(demo_ws):
+    from cedm.ui import cluster_views as cv
+
+    res = _clustering(demo_ws)
+    x = res.centroids[3] + 0.01 * res.centroids[5]
+    p, how = cv.cluster_probabilities(res, x)
+    cos = res.centroids @ (x / np.linalg.norm(x))
+    expect = np.exp((cos - cos.max()) / cv.KMEANS_TEMPERATURE)
+    np.testing.assert_allclose(p, expect / expect.sum(), rtol=1e-4)
+    assert int(np.argmax(p)) == 3 and "0.1" in how
+
+
+def test_map_figure_draws_a_stated_sample_above_the_limit(demo_ws, monkeypatch):
+    from cedm.features.projection import find_map
+    from cedm.ui import cluster_views as cv
+
+    rows, xy = find_map(demo_ws, OFFLINE)
+    assert len(rows) == demo_ws.n  # the shipped demo's map is precomputed
+    res = _clustering(demo_ws)
+    fig = cv.map_figure(demo_ws, rows, xy, res, selected=4, point=int(np.flatnonzero(res.assignments == 4)[0]))
+    assert len(fig.data[0].x) == demo_ws.n and len(fig.data[1].x) == res.sizes[4] and len(fig.data[2].x) == 1
+    assert "all 3,391 images" in fig.layout.title.text
+    monkeypatch.setattr(cv, "MAP_DRAW_LIMIT", 1000)
+    fig = cv.map_figure(demo_ws, rows, xy, res)
+    assert len(fig.data[0].x) == 1000 and "1,000 of 3,391 images" in fig.layout.title.text
+    drawn = fig.data[0].customdata[:, 0].astype(int)
+    np.testing.assert_allclose(fig.data[0].x, xy[drawn, 0])  # each point keeps its own row
+
+
+def test_bound_curve_helpers():
+    from cedm.ui.cluster_views import c_max_of, curve_figure
+
+    curve = [(10, 1.0), (20, 1.0), (40, 0.9), (30, 0.97), (35, 0.95)]
+    assert c_max_of(curve) == 30
+    assert c_max_of([(10, 1.0), (20, 0.99)]) is None  # no failing C yet: no bound
+    fig = curve_figure(sorted(curve), 30, c_star=12)
+    texts = [a.text for a in fig.layout.annotations]
+    assert any("C_max = 30" in t for t in texts) and any("C* = 12" in t for t in texts)
+
+
+def test_generation_condition_hook():
+    from cedm.ui.app import generation_condition
+
+    assert generation_condition(None) is None and generation_condition({"workspace": "demo"}) is None
+    assert generation_condition({"workspace": "demo", "backbone": OFFLINE, "clustering": "kmeans:50",
+                                 "cluster": "7"}) == {"workspace": "demo", "backbone": OFFLINE,
+                                                      "clustering": "kmeans:50", "cluster": 7}

@@ -14,6 +14,8 @@ import pytest
 from tests.browser_util import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DEMO_N, make_zip, running_app, \
     session_workspaces
 
+DEMO_SIZE = 3391  # images in the shipped demo
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
@@ -53,10 +55,15 @@ def _gallery_images(page):
     return page.locator("#cedm-dataset-gallery img")
 
 
+def _open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
 def test_page_shows_the_demo_and_pages_through_it(app, browser_page):
     url, _, _ = app
     page, errors = browser_page
     page.goto(url)
+    _open_tab(page, "Dataset")  # the app opens on the Clusters tab
     page.get_by_text(f"{DEMO_N} images").first.wait_for()
     gallery = _gallery_images(page)
     gallery.nth(47).wait_for()
@@ -80,6 +87,7 @@ def test_upload_a_zip_shows_the_report_and_the_new_workspace(app, browser_page, 
     url, _, home = app
     page, errors = browser_page
     page.goto(url)
+    _open_tab(page, "Dataset")
     _gallery_images(page).first.wait_for()
     page.get_by_text("Upload images as a new workspace").click()
     page.locator("#cedm-upload input[type=file]").set_input_files(str(make_zip(tmp_path / "holiday.zip")))
@@ -100,3 +108,135 @@ def test_upload_a_zip_shows_the_report_and_the_new_workspace(app, browser_page, 
             break
         time.sleep(0.1)
     assert session_workspaces(home) == []
+
+
+# --- the shipped demo: map, cluster galleries, query -----------------------------------------------
+@pytest.fixture(scope="module")
+def demo_app(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("demo-app"), real_demo=True) as served:
+        yield served
+
+
+MAP = "#cedm-map .js-plotly-plot"
+
+
+def _map_points(page) -> list[int]:
+    """Points per trace, counted from plotly's own data (arrays arrive base64-encoded in plotly >= 6)."""
+    return page.evaluate(f"() => document.querySelector('{MAP}')._fullData.map(t => t.x.length)")
+
+
+def _cluster_gallery_count(page) -> int:
+    return page.evaluate("() => document.querySelectorAll('#cedm-cluster-gallery img').length")
+
+
+def _wait_images_decoded(page, selector: str) -> None:
+    page.wait_for_function(f"() => {{ const im = [...document.querySelectorAll('{selector} img')];"
+                           " return im.length > 0 && im.every(i => i.complete && i.naturalWidth > 0) }")
+
+
+def test_first_screen_shows_the_map_and_a_cluster_gallery(demo_app, browser_page):
+    url, _, _ = demo_app
+    page, errors = browser_page
+    page.goto(url)
+    page.locator(MAP).wait_for()
+    page.wait_for_function(f"() => {{ const gd = document.querySelector('{MAP}');"
+                           " return gd && gd._fullData && gd._fullData.length > 0 }")
+    points = _map_points(page)
+    assert points[0] == DEMO_SIZE  # every image drawn, coloured by cluster
+    selected = points[1]  # the largest cluster is selected at start and outlined
+    _wait_images_decoded(page, "#cedm-cluster-gallery")
+    assert _cluster_gallery_count(page) == min(24, selected)
+    page.locator("#cedm-cluster-info", has_text=f"{selected} images").wait_for()
+    page.locator("#cedm-clusters-status", has_text="C = 50").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "clusters_first_screen.png"), full_page=True)
+    assert errors == []
+
+
+def test_a_click_on_the_map_selects_a_cluster(demo_app, browser_page):
+    url, demo, _ = demo_app
+    page, errors = browser_page
+    page.goto(url)
+    page.locator(MAP).wait_for()
+    _wait_images_decoded(page, "#cedm-cluster-gallery")
+    # the screen position of a point outside the selected cluster, from plotly's own axes
+    target = page.evaluate(f"""() => {{
+        const gd = document.querySelector('{MAP}'), t = gd._fullData[0];
+        const sel = gd._fullData[1].customdata[0][1];
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
+        for (let i = 0; i < t.x.length; i += 7) {{
+            const x = xa.l2p(t.x[i]), y = ya.l2p(t.y[i]);
+            if (t.customdata[i][1] !== sel && x > 40 && y > 40 && x < r.width - 40 && y < r.height - 40)
+                return {{x: r.left + x, y: r.top + y}};
+        }}
+        return null; }}""")
+    assert target is not None
+    page.mouse.move(target["x"], target["y"])
+    page.mouse.click(target["x"], target["y"])
+    info = page.locator("#cedm-point-info", has_text="row ")
+    info.wait_for()
+    text = info.inner_text()
+    row, cluster = int(text.split("row ")[1].split()[0]), int(text.split("cluster ")[1].split()[0])
+    ctx = demo.cedm_context
+    res = __import__("cedm.ui.cluster_views", fromlist=["x"]).get_clustering(
+        ctx.open("demo", None), "efficientnet_lite0", "kmeans:50", compute=False)
+    assert int(res.assignments[row]) == cluster  # the point's own cluster is the one selected
+    size = int(res.sizes[cluster])
+    page.locator("#cedm-cluster-info", has_text=f"cluster {cluster} · ").wait_for()
+    page.wait_for_function(f"() => document.querySelectorAll('#cedm-cluster-gallery img').length === {min(24, size)}")
+    page.wait_for_function(f"() => document.querySelector('{MAP}')._fullData[1].x.length === {size}")
+    page.locator("#cedm-point-image img").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "clusters_after_click.png"), full_page=True)
+    # a click on a size bar selects that cluster too
+    page.locator("#cedm-sizes").scroll_into_view_if_needed()
+    bar = page.evaluate("""() => { const gd = document.querySelector('#cedm-sizes .js-plotly-plot');
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, t = gd._fullData[0];
+        const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
+        return {x: r.left + xa.l2p(t.x[0]), y: r.top + ya.l2p(t.y[0] / 2), cluster: t.customdata[0][0]} }""")
+    page.mouse.move(bar["x"], bar["y"])
+    page.mouse.click(bar["x"], bar["y"])
+    page.locator("#cedm-cluster-info", has_text=f"cluster {bar['cluster']} · ").wait_for()
+    assert errors == []
+
+
+def test_the_dropdown_selects_a_cluster_and_pages_its_gallery(demo_app, browser_page):
+    url, _, _ = demo_app
+    page, errors = browser_page
+    page.goto(url)
+    _wait_images_decoded(page, "#cedm-cluster-gallery")
+    dd = page.locator("#cedm-cluster-select input")
+    dd.click()
+    option = page.get_by_role("option", name=re.compile(r"^cluster 7 · ")).first
+    size = int(option.inner_text().split("· ")[-1].split()[0].replace(",", ""))
+    option.click()
+    page.locator("#cedm-cluster-info", has_text=f"cluster 7 · {size} images").wait_for()
+    page.wait_for_function(f"() => document.querySelectorAll('#cedm-cluster-gallery img').length === {min(24, size)}")
+    if size > 24:
+        page.locator("#cedm-cluster-next").click()
+        page.locator("#cedm-cluster-page-info", has_text="page 2 of").wait_for()
+    assert errors == []
+
+
+def test_an_uploaded_image_gets_a_query_result(demo_app, browser_page, tmp_path):
+    url, demo, _ = demo_app
+    page, errors = browser_page
+    from PIL import Image
+
+    ws = demo.cedm_context.open("demo", None)
+    row = 321
+    Image.fromarray(ws.images[row]).save(tmp_path / "query.png")
+    page.goto(url)
+    page.locator(MAP).wait_for()
+    _open_tab(page, "Query")
+    page.locator("#cedm-query-image input[type=file]").set_input_files(str(tmp_path / "query.png"))
+    page.locator("#cedm-query-image img").wait_for()
+    page.locator("#cedm-query").click()
+    page.locator("#cedm-query-top3", has_text="cluster").first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#cedm-query-neighbours img').length === 8")
+    _wait_images_decoded(page, "#cedm-query-neighbours")
+    _wait_images_decoded(page, "#cedm-query-cluster")
+    page.locator("#cedm-query-neighbours", has_text=ws.paths[row]).first.wait_for()  # itself, first
+    page.locator("#cedm-query-generate").click()
+    page.locator("#cedm-query-generate-note", has_text="set as the condition").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "query_result.png"), full_page=True)
+    assert errors == []

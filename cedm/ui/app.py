@@ -10,7 +10,7 @@ import logging
 import gradio as gr
 
 from cedm import workspace as wsp
-from cedm.ui import dataset_tab
+from cedm.ui import clusters_tab, dataset_tab, export_tab, query_tab
 from cedm.ui.common import MAX_FILE_SIZE, AppContext
 from cedm.ui.sessions import DEFAULT_MAX_AGE_S, Sessions
 
@@ -23,11 +23,22 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S) -> gr.Blo
     ctx = AppContext(home=home, sessions=Sessions(home, max_age_s=session_max_age_s))
     ctx.sessions.sweep()
     with gr.Blocks(title="cedm", analytics_enabled=False, delete_cache=_CACHE_CLEANUP) as demo:
+        condition = gr.State(None)  # the cluster to generate from, set by the Query tab (generation_condition)
         gr.Markdown("# cedm: label-free conditional image generation\n"
                     "Bring unlabeled images, find their clusters, and generate new images per cluster.")
-        with gr.Tab("Dataset"):
-            data = dataset_tab.build(ctx)
+        # the app opens on the Clusters tab: the demo's map and a cluster gallery are the first screen
+        with gr.Tabs(selected="clusters"):
+            with gr.Tab("Dataset", id="dataset"):
+                data = dataset_tab.build(ctx)
+            with gr.Tab("Clusters", id="clusters"):
+                clusters = clusters_tab.build(ctx, data.workspace)
+            with gr.Tab("Query", id="query"):
+                query_tab.build(ctx, data.workspace, clusters.backbone, clusters.clustering, condition)
+            with gr.Tab("Export", id="export"):
+                export_tab.build(ctx, data.workspace, clusters.backbone, clusters.clustering)
         demo.load(data.on_load, None, [data.workspace], api_visibility="private")
+        data.workspace.change(clusters.on_workspace, [data.workspace], clusters.outputs, api_visibility="private",
+                              concurrency_limit=8)
 
         def end_session(request: gr.Request) -> None:  # tab closed or reloaded: drop its uploads
             ctx.sessions.end(request.session_hash)
@@ -37,12 +48,54 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S) -> gr.Blo
     return demo
 
 
+def generation_condition(value: dict | None) -> dict | None:
+    """Hook for the Generate tab: the condition the Query tab's "generate from this cluster" stored in the
+    shared ``condition`` gr.State, checked: {'workspace', 'backbone', 'clustering' (e.g. 'kmeans:50'),
+    'cluster' (an id of that clustering)}, or None when nothing was chosen. The Generate tab takes that
+    state as an input and resolves the labeling with cedm.clusters.labelings.resolve(ws, clustering)."""
+    if not value:
+        return None
+    try:
+        cond = {"workspace": str(value["workspace"]), "backbone": str(value["backbone"]),
+                "clustering": str(value["clustering"]), "cluster": int(value["cluster"])}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return cond
+
+
+# gr.Plot reports no clicks: this forwards plotly's click on a map point or a size bar (its customdata)
+# to a hidden textbox, whose change event selects the cluster on the server. Re-attached whenever a plot
+# is redrawn with a fresh event emitter.
+PLOT_CLICK_JS = """
+() => {
+  const box = () => document.querySelector('#%(box)s textarea, #%(box)s input');
+  const hook = () => {
+    for (const id of ['cedm-map', 'cedm-sizes']) {
+      const gd = document.querySelector('#' + id + ' .js-plotly-plot');
+      if (!gd || !gd.on || gd._cedmHooked === gd._ev) continue;
+      gd._cedmHooked = gd._ev;
+      gd.on('plotly_click', (ev) => {
+        const p = ev && ev.points && ev.points[0];
+        const el = box();
+        if (!p || p.customdata === undefined || !el) return;
+        const cd = p.customdata;  // a row of a 2-D array arrives as a typed array
+        const data = (cd !== null && typeof cd === 'object' && 'length' in cd) ? Array.from(cd) : [cd];
+        el.value = JSON.stringify({plot: id, data: data, t: Date.now()});
+        el.dispatchEvent(new Event('input', {bubbles: true}));
+      });
+    }
+  };
+  setInterval(hook, 400);
+}
+""" % {"box": clusters_tab.CLICK_BOX_ID}
+
+
 def launch_options(demo: gr.Blocks) -> dict:
     """Keyword arguments for ``demo.launch``: serve only the visitor area and assets, cap upload sizes."""
     ctx: AppContext = demo.cedm_context
     ctx.sessions.root.mkdir(parents=True, exist_ok=True)
     return dict(allowed_paths=[str(ctx.sessions.root), str(wsp.REPO_ROOT / "assets")],
-                max_file_size=MAX_FILE_SIZE, show_error=True, footer_links=["api", "gradio"])
+                max_file_size=MAX_FILE_SIZE, show_error=True, footer_links=["api", "gradio"], js=PLOT_CLICK_JS)
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, home=None) -> None:

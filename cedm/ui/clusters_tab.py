@@ -1,0 +1,273 @@
+"""Clusters tab: cluster a workspace (backbone, k-means/TEMI, C), its UMAP map coloured by cluster, a
+cluster's gallery sorted by confidence, the cluster sizes and the utilization-ratio curve with C_max.
+
+Public API endpoints: ``/cluster`` (workspace, backbone, method, C -> summary JSON) and ``/cluster_bound``
+(workspace, backbone -> C_max and the r_C curve). Drawing, paging and selecting are UI-only.
+A click on a map point or a size bar reaches the server through a hidden textbox (see app.PLOT_CLICK_JS):
+gr.Plot itself reports no clicks.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import gradio as gr
+import numpy as np
+
+from cedm import workspace as wsp
+from cedm.errors import CedmError
+from cedm.ui import cluster_views as cv
+from cedm.ui import common
+from cedm.ui.common import AppContext, guarded
+
+CLICK_BOX_ID = "cedm-plot-click"
+
+
+@dataclass
+class ClustersTab:
+    backbone: gr.Dropdown   # feature backbone of the current clustering
+    clustering: gr.Textbox  # the current clustering's spec, e.g. "kmeans:50" (set by the Cluster button)
+    on_workspace: Callable  # refreshes the tab for another workspace (wired to the workspace dropdown)
+    outputs: list           # what on_workspace fills
+
+
+@dataclass
+class View:
+    """Everything the tab shows for one (workspace, backbone, clustering, cluster, point)."""
+    spec: str = ""
+    status: str = ""
+    map: object = None
+    sizes: object = None
+    curve: object = None
+    cluster_choices: list | None = None
+    cluster: int | None = None
+    cluster_info: str = ""
+    gallery: list | None = None
+    page_info: str = ""
+    page: int = 0
+    point_image: object = None
+    point_info: str = ""
+    point: int | None = None
+
+
+def build_view(ws, backbone: str, spec: str | None, cluster=None, point=None, page: int = 0, progress=None,
+               compute: bool = True, summary: dict | None = None) -> View:
+    """Compute what to show (cached parts only when ``compute`` is False: the first screen never waits)."""
+    from cedm.features.projection import find_map, map_2d
+
+    v = View(spec=spec or "", curve=_curve(ws, backbone))
+    res = cv.get_clustering(ws, backbone, spec, compute=compute) if spec else None
+    if res is None:
+        v.status = (f"**{ws.name}** ({ws.n:,} images): no clustering yet. Choose a backbone, a method and C, "
+                    "then press **Cluster**.")
+        found = find_map(ws, backbone)
+        v.map = cv.map_figure(ws, *found) if found else None
+        return v
+    mapped = map_2d(ws, backbone, progress=progress) if compute else find_map(ws, backbone)
+    names = cv.cluster_names(ws, res, backbone)
+    sizes = res.sizes
+    if cluster is None or cluster == "":
+        cluster = int(np.argmax(sizes))
+    c = cv.check_cluster(res, cluster)
+    if point is not None and res.assignments[int(point)] != c:
+        point = None  # a point belongs to the cluster shown
+    summary = summary or cv.summary(ws, backbone, res, cached=True)
+    v.status = cv.summary_markdown(summary)
+    v.map = cv.map_figure(ws, *mapped, res=res, selected=c, point=point) if mapped else None
+    v.sizes = cv.sizes_figure(res, selected=c, names=names)
+    v.cluster_choices = [(cv.cluster_title(k, int(sizes[k]), names), k) for k in range(res.n_clusters)]
+    v.cluster = c
+    v.cluster_info = cv.cluster_heading(ws, res, c, names)
+    v.gallery, v.page_info, v.page = cv.cluster_page(ws, res, c, page)
+    v.point = point
+    if point is not None:
+        r = int(point)
+        v.point_image = np.asarray(ws.images[r])
+        v.point_info = (f"**row {r}** · `{ws.paths[r]}`  \ncluster {int(res.assignments[r])} · "
+                        f"{cv.confidence_word(res)} {float(res.confidence[r]):.3f}")
+    return v
+
+
+def _curve(ws, backbone: str):
+    from cedm.clusters.bound import cached_curve
+
+    curve = cached_curve(ws, backbone=backbone)
+    return cv.curve_figure(curve, cv.c_max_of(curve), cv.c_star_of(ws, backbone))
+
+
+def bound_json(res) -> dict:
+    return {"c_max": res.c_max, "alpha": res.alpha, "curve": [[int(c), round(float(r), 4)] for c, r in res.curve],
+            "complete": res.complete, "message": res.message, "n_runs": res.n_runs,
+            "seconds": round(res.seconds, 2)}
+
+
+# --- layout and wiring --------------------------------------------------------------------------
+def build(ctx: AppContext, workspace: gr.Dropdown) -> ClustersTab:
+    demo_ws = ctx.open(wsp.DEMO_NAME, None) if ctx.demo_available else None
+    choices, default_backbone = cv.backbone_choices(demo_ws)
+    spec = cv.latest_clustering(demo_ws, default_backbone) if demo_ws else None
+    first = build_view(demo_ws, default_backbone, spec, compute=False) if demo_ws else View(
+        status="Upload images in the Dataset tab to start.")
+
+    status = gr.Markdown(first.status, elem_id="cedm-clusters-status")
+    with gr.Row(equal_height=True):
+        backbone = gr.Dropdown(choices=choices, value=default_backbone, label="feature backbone", scale=2,
+                               info="features are computed once per backbone and cached",
+                               allow_custom_value=True)  # API callers name any registered backbone
+        method = gr.Radio([(name, m) for m, name in cv.METHODS.items()],
+                          value=cv.parse_spec(spec)[0] if spec else cv.DEFAULT_METHOD, label="method", scale=1)
+        n_clusters = gr.Number(value=cv.parse_spec(spec)[1] if spec else cv.DEFAULT_C, label="clusters C",
+                               precision=0, minimum=2, scale=1)
+        with gr.Column(scale=1, min_width=160):
+            cluster_btn = gr.Button("Cluster", variant="primary", elem_id="cedm-cluster")
+            cancel_btn = gr.Button("Cancel", size="sm")
+    clustering = gr.Textbox(first.spec, label="current clustering", interactive=False, visible="hidden",
+                            elem_id="cedm-clustering")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            map_plot = gr.Plot(first.map, label="map", elem_id="cedm-map", show_label=False)
+        with gr.Column(scale=1, min_width=220):
+            point_image = gr.Image(first.point_image, label="selected point", interactive=False, height=200,
+                                   elem_id="cedm-point-image", buttons=[])
+            point_info = gr.Markdown(first.point_info or "Click a point on the map to see its image.",
+                                     elem_id="cedm-point-info")
+    with gr.Row(equal_height=True):
+        cluster_dd = gr.Dropdown(choices=first.cluster_choices or [], value=first.cluster, label="cluster",
+                                 info="or click a point on the map or a bar below", scale=2,
+                                 elem_id="cedm-cluster-select")
+        cluster_info = gr.Markdown(first.cluster_info, elem_id="cedm-cluster-info")
+    page = gr.State(first.page)
+    point = gr.State(first.point)
+    with gr.Row():
+        prev_btn = gr.Button("< previous", size="sm", scale=0, min_width=120)
+        page_info = gr.Markdown(first.page_info, elem_id="cedm-cluster-page-info")
+        next_btn = gr.Button("next >", size="sm", scale=0, min_width=120, elem_id="cedm-cluster-next")
+    gallery = gr.Gallery(first.gallery or [], columns=8, height=450, object_fit="contain", format="png",
+                         label="cluster images, most confident first", elem_id="cedm-cluster-gallery",
+                         allow_preview=True)
+    with gr.Row(equal_height=False):
+        sizes_plot = gr.Plot(first.sizes, elem_id="cedm-sizes", show_label=False)
+        with gr.Column():
+            curve_plot = gr.Plot(first.curve, elem_id="cedm-curve", show_label=False)
+            with gr.Row():
+                bound_btn = gr.Button("Compute bound (C_max)", size="sm", elem_id="cedm-bound")
+                bound_cancel = gr.Button("Cancel", size="sm")
+            gr.Markdown("C_max: the largest C at which TEMI (gamma = 0.6) still uses at least alpha = 0.96 of its "
+                        "clusters; found by doubling C, then bisecting (several TEMI runs, each cached).")
+    with gr.Accordion("Summary (as the /cluster endpoint returns it)", open=False):
+        summary_json = gr.JSON(label="summary", elem_id="cedm-cluster-summary", max_height=240)
+        bound_out = gr.JSON(label="bound", max_height=200)
+    click_box = gr.Textbox(visible="hidden", elem_id=CLICK_BOX_ID)
+
+    view_outputs = [clustering, status, map_plot, sizes_plot, curve_plot, cluster_dd, cluster_info, gallery,
+                    page_info, page, point_image, point_info, point]
+
+    def render(v: View) -> tuple:
+        return (v.spec, v.status, v.map, v.sizes, v.curve,
+                gr.Dropdown(choices=v.cluster_choices or [], value=v.cluster), v.cluster_info, v.gallery or [],
+                v.page_info, v.page, v.point_image, v.point_info or "Click a point on the map to see its image.",
+                v.point)
+
+    # --- handlers -------------------------------------------------------------------------------
+    @guarded
+    def cluster(workspace_name: str, backbone_name: str, method_name: str, c, request: gr.Request,
+                progress=gr.Progress()) -> dict:
+        """Cluster a workspace's features (k-means or TEMI, C clusters); cached. Returns sizes and agreement."""
+        from cedm.clusters.labelings import find_clusters
+        from cedm.features import features_artifact
+
+        ws = ctx.open(workspace_name, request)
+        backbone_name = backbone_name or cv.backbone_choices(ws)[1]
+        method_name, c = cv.parse_spec(cv.spec_of(method_name, c))
+        report = common.progress_callback(progress, ctx.sessions, request)
+        cached = find_clusters(ws, method_name, c, backbone=backbone_name) is not None
+        if not cached:
+            features_artifact(ws, backbone_name, progress=report)  # with progress; fails early when offline
+        res = cv.get_clustering(ws, backbone_name, f"{method_name}:{c}", progress=report)
+        return cv.summary(ws, backbone_name, res, cached)
+
+    @guarded
+    def show_clustering(workspace_name: str, backbone_name: str, summary: dict, request: gr.Request,
+                        progress=gr.Progress()):
+        ws = ctx.open(workspace_name, request)
+        report = common.progress_callback(progress, ctx.sessions, request)
+        v = build_view(ws, backbone_name, summary["clustering"], progress=report, summary=summary)
+        return render(v)
+
+    @guarded
+    def select_cluster(workspace_name, backbone_name, spec, c, request: gr.Request):
+        return render(build_view(ctx.open(workspace_name, request), backbone_name, spec, cluster=c))
+
+    @guarded
+    def plot_click(value: str, workspace_name, backbone_name, spec, request: gr.Request):
+        try:
+            click = json.loads(value or "{}")
+            data = [int(float(x)) for x in click.get("data", [])[:2]]
+        except (ValueError, TypeError, AttributeError):
+            raise CedmError("could not read the clicked point") from None
+        if not data or not spec:
+            raise gr.Error("nothing to select here yet: cluster first", print_exception=False)
+        ws = ctx.open(workspace_name, request)
+        if click.get("plot") == "cedm-map" and len(data) >= 2 and data[1] >= 0:
+            row = data[0]
+            if not 0 <= row < ws.n:
+                raise CedmError(f"row {row} is not in this workspace")
+            return render(build_view(ws, backbone_name, spec, cluster=data[1], point=row))
+        return render(build_view(ws, backbone_name, spec, cluster=data[0]))
+
+    def pager(delta: int):
+        @guarded
+        def turn(workspace_name, backbone_name, spec, c, current, request: gr.Request):
+            res = cv.get_clustering(ctx.open(workspace_name, request), backbone_name, spec, compute=False)
+            if res is None:
+                raise CedmError("this clustering is not computed: press Cluster first")
+            return cv.cluster_page(ctx.open(workspace_name, request), res, c, int(current or 0) + delta)
+        return turn
+
+    @guarded
+    def on_workspace(workspace_name: str, request: gr.Request):
+        if not workspace_name:
+            return (gr.Dropdown(choices=[], value=None),) + render(View(status="Upload images to start."))
+        ws = ctx.open(workspace_name, request)
+        labels, default = cv.backbone_choices(ws)
+        spec = cv.latest_clustering(ws, default)
+        return (gr.Dropdown(choices=labels, value=default),) + render(build_view(ws, default, spec, compute=False))
+
+    @guarded
+    def cluster_bound(workspace_name: str, backbone_name: str, request: gr.Request, progress=gr.Progress()) -> dict:
+        """C_max of a workspace: TEMI (gamma = 0.6) utilization ratio r_C, doubling C until r_C < 0.96, then bisecting."""
+        from cedm.clusters.bound import upper_bound
+
+        ws = ctx.open(workspace_name, request)
+        res = upper_bound(ws, backbone=backbone_name, progress=common.progress_callback(progress, ctx.sessions, request))
+        return bound_json(res)
+
+    @guarded
+    def show_bound(workspace_name: str, backbone_name: str, request: gr.Request):
+        return _curve(ctx.open(workspace_name, request), backbone_name)
+
+    @guarded
+    def cancel(request: gr.Request):
+        ctx.sessions.request_cancel(request.session_hash)
+        gr.Info("cancelling the running step")
+
+    # --- wiring: public endpoints first step of each chain (.success runs from the browser) -------
+    cluster_btn.click(cluster, [workspace, backbone, method, n_clusters], [summary_json], api_name="cluster",
+                      concurrency_limit=2
+                      ).success(show_clustering, [workspace, backbone, summary_json], view_outputs,
+                                api_visibility="private")
+    bound_btn.click(cluster_bound, [workspace, backbone], [bound_out], api_name="cluster_bound", concurrency_limit=1
+                    ).success(show_bound, [workspace, backbone], [curve_plot], api_visibility="private")
+    for btn in (cancel_btn, bound_cancel):
+        btn.click(cancel, None, None, api_visibility="private", concurrency_limit=None)
+    cluster_dd.input(select_cluster, [workspace, backbone, clustering, cluster_dd], view_outputs,
+                     api_visibility="private", concurrency_limit=8)
+    click_box.change(plot_click, [click_box, workspace, backbone, clustering], view_outputs,
+                     api_visibility="private", concurrency_limit=8)
+    prev_btn.click(pager(-1), [workspace, backbone, clustering, cluster_dd, page], [gallery, page_info, page],
+                   api_visibility="private", concurrency_limit=8)
+    next_btn.click(pager(+1), [workspace, backbone, clustering, cluster_dd, page], [gallery, page_info, page],
+                   api_visibility="private", concurrency_limit=8)
+    return ClustersTab(backbone=backbone, clustering=clustering, on_workspace=on_workspace,
+                       outputs=[backbone] + view_outputs)
