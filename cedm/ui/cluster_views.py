@@ -16,7 +16,7 @@ from cedm.errors import CedmError
 
 log = logging.getLogger("cedm.ui")
 
-DEFAULT_METHOD, DEFAULT_C = "kmeans", 50
+DEFAULT_METHOD, DEFAULT_C = "kmeans", 20  # the shipped demo model conditions on kmeans:20
 METHODS = {"kmeans": "k-means", "temi": "TEMI"}
 PAGE_SIZE = 24
 MAP_DRAW_LIMIT = 20_000       # points drawn in the browser; more are sampled (seeded) and the map says so
