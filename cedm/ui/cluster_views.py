@@ -71,9 +71,12 @@ def backbone_choices(ws) -> tuple[list[tuple[str, str]], str]:
 
 
 def latest_clustering(ws, backbone: str) -> str | None:
-    """The spec of the most recent cached clustering on ``backbone`` (gamma = 1 TEMI runs excluded)."""
-    from cedm.clusters.labelings import list_clusterings
+    """The clustering to show first: the default (the shipped model's condition) when it is cached, else the
+    spec of the most recent cached clustering on ``backbone`` (gamma = 1 TEMI runs excluded)."""
+    from cedm.clusters.labelings import find_clusters, list_clusterings
 
+    if find_clusters(ws, DEFAULT_METHOD, DEFAULT_C, backbone=backbone) is not None:
+        return f"{DEFAULT_METHOD}:{DEFAULT_C}"
     for p in reversed(list_clusterings(ws)):
         if p.get("backbone") == backbone and p.get("weights") is None and p.get("seed") == 0 \
                 and (p.get("temi") or {}).get("gamma", 0.6) == 0.6:
