@@ -63,8 +63,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(tmp: Path, real_demo: bool = False):
-    """The real app (stand-in demo, or the shipped demo; fresh home) served in-process; yields (url, demo, home)."""
+def running_app(tmp: Path, real_demo: bool = False, **app_kw):
+    """The real app (stand-in demo, or the shipped demo; fresh home) served in-process; yields (url, demo, home).
+    ``app_kw``: more build_app arguments (e.g. model_dirs)."""
     from cedm import workspace as wsp
 
     demo_dir = wsp.REPO_ROOT / "assets" / "demo" if real_demo else make_stand_in_demo(tmp / "demo-src")
@@ -73,7 +74,7 @@ def running_app(tmp: Path, real_demo: bool = False):
         from cedm.ui.app import build_app, launch_options
 
         home = tmp / "home"
-        demo = build_app(home)
+        demo = build_app(home, **app_kw)
         demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                             quiet=True, **launch_options(demo))
         try:
