@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.browser_util import COLOURS, DEMO_CLASSES, DEMO_N, client, demo_tree_snapshot, make_stand_in_demo, \
-    make_zip, png_bytes, running_app, session_workspaces
+    make_tiny_models, make_zip, png_bytes, running_app, session_workspaces
 
 HAS_IMPORTER = importlib.util.find_spec("cedm.dataset.importers") is not None
 needs_importer = pytest.mark.skipif(not HAS_IMPORTER, reason="cedm.dataset.importers is not in this tree yet")
@@ -419,17 +419,7 @@ def test_generation_condition_hook():
 # --- generate (tiny random-init models) and labels -------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    from cedm.model.edm import CEDM, save_model
-
-    root = tmp_path_factory.mktemp("shipped")
-    for name, C, p_uncond in (("tiny-c4", 4, 0.1), ("tiny-nodrop", 4, 0.0), ("tiny-uncond", 0, 0.0)):
-        m = CEDM.from_preset("tiny", 16, C, info={"p_uncond": p_uncond,
-                                                  "condition": {"spec": "kmeans:4" if C else "none",
-                                                                "q": [0.1, 0.2, 0.3, 0.4][:C]}})
-        save_model(root / name, m)
-    (root / "not-a-model").mkdir()
-    (root / "not-a-model" / "cedm.json").write_text("{broken")
-    return root
+    return make_tiny_models(tmp_path_factory.mktemp("shipped"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.browser_util import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DEMO_N, make_zip, running_app, \
+from tests.browser_util import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DEMO_N, make_tiny_models, make_zip, running_app, \
     session_workspaces
 
 DEMO_SIZE = 3391  # images in the shipped demo
@@ -239,4 +239,46 @@ def test_an_uploaded_image_gets_a_query_result(demo_app, browser_page, tmp_path)
     page.locator("#cedm-query-generate").click()
     page.locator("#cedm-query-generate-note", has_text="set as the condition").wait_for()
     page.screenshot(path=str(ARTIFACTS / "query_result.png"), full_page=True)
+    assert errors == []
+
+
+@pytest.fixture(scope="module")
+def gen_app(tmp_path_factory):
+    models = make_tiny_models(tmp_path_factory.mktemp("shipped"))
+    with running_app(tmp_path_factory.mktemp("gen-app"), model_dirs=[models]) as served:
+        yield served
+
+
+def test_generate_with_a_moved_slider_shows_images(gen_app, browser_page):
+    url, _, _ = gen_app
+    page, errors = browser_page
+    page.goto(url)
+    _open_tab(page, "Generate")
+    page.wait_for_function("() => (document.querySelector('#cedm-gen-model input') || {}).value?.startsWith('tiny-c4')")
+    box = page.locator("#cedm-gen-guidance input[type=number]")
+    box.wait_for()
+    page.wait_for_function("() => document.querySelector('#cedm-gen-guidance input[type=number]').value === '2'")
+    box.fill("3.5")
+    box.press("Enter")
+    page.locator("#cedm-gen-go").click()
+    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 8")
+    page.wait_for_function("""() => [...document.querySelectorAll('#cedm-gen-gallery img')]
+                                     .every(i => i.complete && i.naturalWidth > 0)""")
+    # each image's caption carries its cluster and the moved guidance strength
+    page.locator("#cedm-gen-gallery", has_text="w 3.5").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "generate.png"), full_page=True)
+
+    # the two shared-seed comparisons: a row unconditional + a row conditioned, then one seed at five w
+    page.locator("#cedm-gen-same-noise").click()
+    page.locator("#cedm-gen-gallery", has_text="unconditional").first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 16")
+    page.locator("#cedm-gen-sweep").click()
+    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 5")
+    page.locator("#cedm-gen-gallery", has_text="w 6").first.wait_for()
+
+    # a model without label dropout: the slider is switched off, with the reason
+    page.locator("#cedm-gen-model input").click()
+    page.get_by_role("option", name=re.compile("tiny-nodrop")).click()
+    page.locator("#cedm-gen-guidance-note", has_text="p_uncond = 0").wait_for()
+    assert page.locator("#cedm-gen-guidance input[type=number]").is_disabled()
     assert errors == []

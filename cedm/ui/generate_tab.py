@@ -92,7 +92,7 @@ def request_of(entry: ModelEntry, mode: str, cluster, guidance, query_value=None
 def caption(record: dict, conf) -> str:
     c = record.get("condition")
     parts = ["unconditional" if c is None else f"cluster {c}"]
-    if record.get("guidance") not in (None, 1.0) and c is not None:
+    if record.get("guidance") is not None and c is not None:
         parts.append(f"w {record['guidance']:g}")
     if conf is not None:
         parts.append(f"conf {conf:.2f}")
@@ -233,7 +233,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
                 same_noise = gr.Button("Same noise: unconditional vs conditioned", elem_id="cedm-gen-same-noise")
                 sweep = gr.Button("Guidance sweep (one seed)", elem_id="cedm-gen-sweep")
         with gr.Column(scale=2, min_width=400):
-            gallery = gr.Gallery(columns=8, height=420, object_fit="contain", format="png", label="generated",
+            gallery = gr.Gallery(columns=4, height=460, object_fit="contain", format="png", label="generated",
                                  elem_id="cedm-gen-gallery")
             with gr.Accordion("Records (as the /generate endpoint returns them)", open=False):
                 records = gr.JSON(label="records", max_height=260)
@@ -298,7 +298,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         items, all_recs = [], []
         for w, (images, recs) in zip(SWEEP, results):
             conf = confidences(engine, entry, images)
-            items.append((images[0], f"w {w:g} · " + caption(recs[0], conf[0])))
+            items.append((images[0], caption(recs[0], conf[0])))
             all_recs.append({**recs[0], "model": entry.name, "confidence": conf[0]})
         return gr.Gallery(value=items, columns=len(SWEEP)), all_recs
 
