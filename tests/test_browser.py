@@ -237,6 +237,11 @@ def test_an_uploaded_image_gets_a_query_result(demo_app, browser_page, tmp_path)
     _wait_images_decoded(page, "#cedm-query-cluster")
     page.locator("#cedm-query-neighbours", has_text=ws.paths[row]).first.wait_for()  # itself, first
     page.locator("#cedm-query-generate").click()
+    # the Generate tab opens with the query's cluster as the condition
+    page.locator("#cedm-gen-query-note", has_text="query cluster").wait_for()
+    assert page.get_by_role("tab", name="Generate").get_attribute("aria-selected") == "true"
+    assert page.locator("#cedm-gen-condition input[value=\"the query image's cluster\"]").is_checked()
+    _open_tab(page, "Query")
     page.locator("#cedm-query-generate-note", has_text="set as the condition").wait_for()
     page.screenshot(path=str(ARTIFACTS / "query_result.png"), full_page=True)
     assert errors == []
@@ -281,4 +286,24 @@ def test_generate_with_a_moved_slider_shows_images(gen_app, browser_page):
     page.get_by_role("option", name=re.compile("tiny-nodrop")).click()
     page.locator("#cedm-gen-guidance-note", has_text="p_uncond = 0").wait_for()
     assert page.locator("#cedm-gen-guidance input[type=number]").is_disabled()
+    assert errors == []
+
+
+def test_labels_tab_compares_the_clustering_with_labels(demo_app, browser_page):
+    url, _, _ = demo_app
+    page, errors = browser_page
+    page.goto(url)
+    page.locator(MAP).wait_for()
+    _open_tab(page, "Labels")
+    page.wait_for_function("() => (document.querySelector('#cedm-labels-labeling input') || {}).value === 'labels:imagenet'")
+    page.locator("#cedm-labels-compare").click()
+    page.locator("#cedm-labels-metrics", has_text="AMI").wait_for()
+    page.locator("#cedm-labels-metrics", has_text="vs ground truth").wait_for()
+    page.wait_for_function("() => { const g = document.querySelector('#cedm-labels-heatmap .js-plotly-plot');"
+                           " return g && g._fullData && g._fullData[0].type === 'heatmap'; }")
+    names = page.locator("#cedm-labels-cluster-names textarea").input_value()
+    spec = re.search(r"(kmeans|temi):(\d+) vs labels:imagenet", page.locator("#cedm-labels-metrics").inner_text())
+    assert spec and names.startswith("cluster 0: ") and "%" in names
+    assert len(names.splitlines()) == int(spec.group(2))  # one name per cluster of the current clustering
+    page.screenshot(path=str(ARTIFACTS / "labels.png"), full_page=True)
     assert errors == []

@@ -39,10 +39,11 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
             with gr.Tab("Generate", id="generate"):
                 gen = generate_tab.build(ctx, data.workspace, condition, shipped_dirs=model_dirs)
             with gr.Tab("Labels", id="labels"):
-                labels_tab.build(ctx, data.workspace, clusters)
+                labels_load = labels_tab.build(ctx, data.workspace, clusters)
             with gr.Tab("Export", id="export"):
                 export_tab.build(ctx, data.workspace, clusters.backbone, clusters.clustering)
         demo.load(data.on_load, None, [data.workspace], api_visibility="private")
+        demo.load(*labels_load, api_visibility="private")
         demo.load(gen.on_model, [gen.model, data.workspace], gen.init_outputs, api_visibility="private")
         # "Generate from this cluster" (Query tab) opens the Generate tab with that cluster as the condition
         condition.change(lambda v: gr.Tabs(selected="generate") if generation_condition(v) else gr.Tabs(),

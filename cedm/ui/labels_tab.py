@@ -84,7 +84,8 @@ def labeling_choices(ws) -> list[str]:
     return [f"labels:{n}" for n in list_labelings(ws)] + (["gt"] if ws.ground_truth is not None else [])
 
 
-def build(ctx: AppContext, workspace: gr.Dropdown, clusters) -> None:
+def build(ctx: AppContext, workspace: gr.Dropdown, clusters) -> tuple:
+    """The tab; returns (refresh, inputs, outputs) for the page's load event (the saved labelings)."""
     gr.Markdown("Name the clusters: label every image with CLIP over names you give (or the dataset's "
                 "ground-truth names), or offline with the ImageNet classifier; then see how the clustering "
                 "agrees with those labels. The other tabs show the names of the latest labels.")
@@ -166,3 +167,4 @@ def build(ctx: AppContext, workspace: gr.Dropdown, clusters) -> None:
                        concurrency_limit=2
                        ).success(clusters.on_workspace, [workspace], clusters.outputs, api_visibility="private")
     workspace.change(refresh_choices, [workspace, labeling], [labeling, use_gt], api_visibility="private")
+    return refresh_choices, [workspace, labeling], [labeling, use_gt]
