@@ -424,7 +424,8 @@ def model_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gen_app(tmp_path_factory, model_dirs):
-    with running_app(tmp_path_factory.mktemp("gen-app"), model_dirs=[model_dirs]) as served:
+    # the shipped demo, like demo_app: both patch where "demo" lives while they run side by side
+    with running_app(tmp_path_factory.mktemp("gen-app"), real_demo=True, model_dirs=[model_dirs]) as served:
         yield served
 
 

@@ -250,7 +250,7 @@ def test_an_uploaded_image_gets_a_query_result(demo_app, browser_page, tmp_path)
 @pytest.fixture(scope="module")
 def gen_app(tmp_path_factory):
     models = make_tiny_models(tmp_path_factory.mktemp("shipped"))
-    with running_app(tmp_path_factory.mktemp("gen-app"), model_dirs=[models]) as served:
+    with running_app(tmp_path_factory.mktemp("gen-app"), real_demo=True, model_dirs=[models]) as served:
         yield served
 
 
