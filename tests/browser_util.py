@@ -39,6 +39,21 @@ def make_stand_in_demo(folder: Path) -> Path:
     return ws.root
 
 
+def make_tiny_models(root: Path) -> Path:
+    """Random-init 16 px models as a stand-in for shipped checkpoints: conditional with label dropout, conditional
+    without (p_uncond = 0: no guidance), unconditional; plus a broken folder that must not be listed."""
+    from cedm.model.edm import CEDM, save_model
+
+    for name, C, p_uncond in (("tiny-c4", 4, 0.1), ("tiny-nodrop", 4, 0.0), ("tiny-uncond", 0, 0.0)):
+        m = CEDM.from_preset("tiny", 16, C, info={"p_uncond": p_uncond,
+                                                  "condition": {"spec": "kmeans:4" if C else "none",
+                                                                "q": [0.1, 0.2, 0.3, 0.4][:C]}})
+        save_model(root / name, m)
+    (root / "not-a-model").mkdir(parents=True, exist_ok=True)
+    (root / "not-a-model" / "cedm.json").write_text("{broken")
+    return root
+
+
 def png_bytes(colour, size=(40, 30)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((size[1], size[0], 3), colour, np.uint8)).save(buf, "PNG")
@@ -63,8 +78,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(tmp: Path, real_demo: bool = False):
-    """The real app (stand-in demo, or the shipped demo; fresh home) served in-process; yields (url, demo, home)."""
+def running_app(tmp: Path, real_demo: bool = False, **app_kw):
+    """The real app (stand-in demo, or the shipped demo; fresh home) served in-process; yields (url, demo, home).
+    ``app_kw``: more build_app arguments (e.g. model_dirs)."""
     from cedm import workspace as wsp
 
     demo_dir = wsp.REPO_ROOT / "assets" / "demo" if real_demo else make_stand_in_demo(tmp / "demo-src")
@@ -73,7 +89,7 @@ def running_app(tmp: Path, real_demo: bool = False):
         from cedm.ui.app import build_app, launch_options
 
         home = tmp / "home"
-        demo = build_app(home)
+        demo = build_app(home, **app_kw)
         demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                             quiet=True, **launch_options(demo))
         try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.browser_util import COLOURS, DEMO_CLASSES, DEMO_N, client, demo_tree_snapshot, make_stand_in_demo, \
-    make_zip, png_bytes, running_app, session_workspaces
+    make_tiny_models, make_zip, png_bytes, running_app, session_workspaces
 
 HAS_IMPORTER = importlib.util.find_spec("cedm.dataset.importers") is not None
 needs_importer = pytest.mark.skipif(not HAS_IMPORTER, reason="cedm.dataset.importers is not in this tree yet")
@@ -37,7 +37,7 @@ def test_only_working_actions_are_public(app):
     url, _, _ = app
     api = client(url).view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == {"/import_dataset", "/delete_workspace", "/cluster", "/cluster_bound",
-                                           "/query", "/export_assignments", "/export_cluster"}
+                                           "/query", "/export_assignments", "/export_cluster", "/generate", "/compare"}
     assert api["unnamed_endpoints"] == {}
 
 
@@ -414,3 +414,131 @@ def test_generation_condition_hook():
     assert generation_condition({"workspace": "demo", "backbone": OFFLINE, "clustering": "kmeans:50",
                                  "cluster": "7"}) == {"workspace": "demo", "backbone": OFFLINE,
                                                       "clustering": "kmeans:50", "cluster": 7}
+
+
+# --- generate (tiny random-init models) and labels -------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    return make_tiny_models(tmp_path_factory.mktemp("shipped"))
+
+
+@pytest.fixture(scope="module")
+def gen_app(tmp_path_factory, model_dirs):
+    # the shipped demo, like demo_app: both patch where "demo" lives while they run side by side
+    with running_app(tmp_path_factory.mktemp("gen-app"), real_demo=True, model_dirs=[model_dirs]) as served:
+        yield served
+
+
+def _gallery_pixels(gallery) -> list[np.ndarray]:
+    from PIL import Image
+
+    paths = [item["image"]["path"] if isinstance(item["image"], dict) else item["image"] for item in gallery]
+    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+
+
+def test_model_registry_lists_shipped_then_workspace_models(model_dirs, tmp_path):
+    from cedm import workspace as wsp
+    from cedm.errors import CedmError
+    from cedm.model.edm import CEDM, save_model
+    from cedm.model.registry import find_model, list_models
+
+    ws = wsp.create_from_array(tmp_path, "mine", np.zeros((4, 16, 16, 3), np.uint8))
+    save_model(ws.derived_dir("models") / "kmeans-2", CEDM.from_preset("tiny", 16, 2))
+    names = [e.name for e in list_models(ws, shipped_dirs=[model_dirs])]
+    assert names == ["tiny-c4", "tiny-nodrop", "tiny-uncond", "mine/kmeans-2"]  # the broken folder is left out
+    assert find_model(list_models(None, shipped_dirs=[model_dirs]), "tiny-c4").n_conditions == 4
+    with pytest.raises(CedmError, match="unknown model"):
+        find_model(list_models(None, shipped_dirs=[model_dirs]), "../etc")
+
+
+def test_generate_endpoint_returns_conditioned_deterministic_images(gen_app):
+    url, _, _ = gen_app
+    c = client(url)
+    args = dict(model="tiny-c4", condition="a cluster", guidance=2.0, steps=3, sampler="dpmpp2m", seed=5, n=3,
+                api_name="/generate")
+    gallery, records = c.predict(cluster=2, **args)
+    assert len(gallery) == 3 and len(records) == 3
+    assert [r["condition"] for r in records] == [2, 2, 2]
+    assert [r["seed"] for r in records] == [5, 6, 7] and {r["guidance"] for r in records} == {2.0}
+    assert all(r["model"] == "tiny-c4" and r["steps"] == 3 for r in records)
+    assert all(item["caption"].startswith("cluster 2 · w 2") for item in gallery)
+    first = _gallery_pixels(gallery)
+    assert first[0].shape == (16, 16, 3)
+    again, _ = c.predict(cluster=2, **args)  # same request: the very same images
+    assert all(np.array_equal(a, b) for a, b in zip(first, _gallery_pixels(again)))
+    other, other_records = c.predict(cluster=1, **args)  # same seeds, other cluster: same starting noise
+    assert [r["seed"] for r in other_records] == [5, 6, 7] and [r["condition"] for r in other_records] == [1] * 3
+    # the guidance slider changes the result (w = 0 is the unconditional branch)
+    uncond, _ = c.predict(cluster=2, **{**args, "guidance": 0.0})
+    assert not all(np.array_equal(a, b) for a, b in zip(first, _gallery_pixels(uncond)))
+
+
+def test_generate_other_conditions(gen_app):
+    url, _, _ = gen_app
+    c = client(url)
+    common = dict(cluster=None, guidance=1.0, steps=2, sampler="euler", seed=0, n=6, api_name="/generate")
+    _, rec = c.predict(model="tiny-c4", condition="drawn from q(c)", **common)
+    assert all(r["condition"] in range(4) for r in rec)
+    _, rec = c.predict(model="tiny-c4", condition="none (unconditional)", **common)
+    assert all(r["condition"] is None for r in rec)
+    gallery, rec = c.predict(model="tiny-uncond", condition="a cluster", **{**common, "n": 2})
+    assert len(gallery) == 2 and all(r["condition"] is None for r in rec)
+
+
+def test_generate_refuses_what_the_model_cannot_do(gen_app):
+    url, _, _ = gen_app
+    c = client(url)
+    base = dict(model="tiny-nodrop", condition="a cluster", cluster=0, guidance=2.0, steps=2, sampler="dpmpp2m",
+                seed=0, n=1, api_name="/generate")
+    msg = _app_error(c.predict, **base)
+    assert "p_uncond = 0" in msg and "guidance 1" in msg
+    _, rec = c.predict(**{**base, "guidance": 1.0})  # plain conditional works
+    assert rec[0]["condition"] == 0
+    assert "does not exist" in _app_error(c.predict, **{**base, "guidance": 1.0, "cluster": 9})
+    assert "unknown model" in _app_error(c.predict, **{**base, "model": "/etc"})
+    assert "16" in _app_error(c.predict, **{**base, "guidance": 1.0, "n": 40})
+    assert "query" in _app_error(c.predict, **{**base, "model": "tiny-c4", "condition": "the query image's cluster"})
+
+
+def test_query_condition_must_match_the_models_clustering(model_dirs):
+    from cedm.errors import CedmError
+    from cedm.model.registry import find_model, list_models
+    from cedm.ui.generate_tab import QUERY, request_of
+
+    entry = find_model(list_models(None, shipped_dirs=[model_dirs]), "tiny-c4")
+    ok = {"workspace": "demo", "backbone": OFFLINE, "clustering": "kmeans:4", "cluster": 3}
+    assert request_of(entry, QUERY, None, 2.0, ok) == {"clusters": 3, "guidance": 2.0}
+    with pytest.raises(CedmError, match="conditioned on kmeans:4"):
+        request_of(entry, QUERY, None, 2.0, {**ok, "clustering": "kmeans:50"})
+    entry.info["condition"]["original_ids"] = [0, 2, 3, 5]  # an empty cluster 1 was renumbered away
+    assert request_of(entry, QUERY, None, 1.0, {**ok, "cluster": 5})["clusters"] == 3
+    with pytest.raises(CedmError, match="empty"):
+        request_of(entry, QUERY, None, 1.0, {**ok, "cluster": 1})
+
+
+def test_compare_endpoint_on_the_demo(demo_app):
+    url, _, _ = demo_app
+    r = client(url).predict("demo", OFFLINE, "kmeans:20", "labels:imagenet", api_name="/compare")
+    for part in (r["metrics"], r["vs_ground_truth"]):
+        assert 0 <= part["nmi"] <= 1 and 0 <= part["ami"] <= 1 and 0 <= part["accuracy"] <= 1
+        assert -1 <= part["ari"] <= 1
+    assert r["metrics"]["nmi"] > 0.05  # clusters of a real classifier's features share information with it
+    assert len(r["names"]) == 20 and r["names"][0].startswith("cluster 0: ") and "%" in r["names"][0]
+    table = np.asarray(r["contingency"]["table"])
+    assert table.shape == (20, len(r["contingency"]["labels"])) and table.sum() == r["metrics"]["n_compared"]
+    assert "no labeling named" in _app_error(client(url).predict, "demo", OFFLINE, "kmeans:20", "labels:nope",
+                                              api_name="/compare")
+
+
+def test_contingency_heatmap_is_limited_to_a_readable_size():
+    from cedm.ui.labels_tab import HEATMAP_COLS, HEATMAP_ROWS, heatmap
+
+    rng = np.random.default_rng(0)
+    table = rng.integers(0, 9, (60, 80))
+    fig = heatmap({"clustering": "kmeans:60", "labels": "labels:x",
+                   "contingency": {"table": table.tolist(), "clusters": list(range(60)),
+                                   "labels": [f"l{j}" for j in range(80)]}})
+    z = np.asarray(fig.data[0].z)
+    assert z.shape == (HEATMAP_ROWS, HEATMAP_COLS)
+    np.testing.assert_allclose(z.sum(1) <= 1 + 1e-9, True)
+    assert fig.data[0].y[0] == f"cluster {int(np.argmax(table.sum(1)))}"  # largest cluster first

@@ -13,7 +13,7 @@ import pytest
 
 from cedm.ui.cluster_views import DEFAULT_C, get_clustering
 
-from tests.browser_util import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DEMO_N, make_zip, running_app, \
+from tests.browser_util import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DEMO_N, make_tiny_models, make_zip, running_app, \
     session_workspaces
 
 DEMO_SIZE = 3391  # images in the shipped demo
@@ -238,6 +238,73 @@ def test_an_uploaded_image_gets_a_query_result(demo_app, browser_page, tmp_path)
     _wait_images_decoded(page, "#cedm-query-cluster")
     page.locator("#cedm-query-neighbours", has_text=ws.paths[row]).first.wait_for()  # itself, first
     page.locator("#cedm-query-generate").click()
+    # the Generate tab opens with the query's cluster as the condition
+    page.locator("#cedm-gen-query-note", has_text="query cluster").wait_for()
+    assert page.get_by_role("tab", name="Generate").get_attribute("aria-selected") == "true"
+    assert page.locator("#cedm-gen-condition input[value=\"the query image's cluster\"]").is_checked()
+    _open_tab(page, "Query")
     page.locator("#cedm-query-generate-note", has_text="set as the condition").wait_for()
     page.screenshot(path=str(ARTIFACTS / "query_result.png"), full_page=True)
+    assert errors == []
+
+
+@pytest.fixture(scope="module")
+def gen_app(tmp_path_factory):
+    models = make_tiny_models(tmp_path_factory.mktemp("shipped"))
+    with running_app(tmp_path_factory.mktemp("gen-app"), real_demo=True, model_dirs=[models]) as served:
+        yield served
+
+
+def test_generate_with_a_moved_slider_shows_images(gen_app, browser_page):
+    url, _, _ = gen_app
+    page, errors = browser_page
+    page.goto(url)
+    _open_tab(page, "Generate")
+    page.wait_for_function("() => (document.querySelector('#cedm-gen-model input') || {}).value?.startsWith('tiny-c4')")
+    box = page.locator("#cedm-gen-guidance input[type=number]")
+    box.wait_for()
+    page.wait_for_function("() => document.querySelector('#cedm-gen-guidance input[type=number]').value === '2'")
+    box.fill("3.5")
+    box.press("Enter")
+    page.locator("#cedm-gen-go").click()
+    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 8")
+    page.wait_for_function("""() => [...document.querySelectorAll('#cedm-gen-gallery img')]
+                                     .every(i => i.complete && i.naturalWidth > 0)""")
+    # each image's caption carries its cluster and the moved guidance strength
+    page.locator("#cedm-gen-gallery", has_text="w 3.5").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "generate.png"), full_page=True)
+
+    # the two shared-seed comparisons: a row unconditional + a row conditioned, then one seed at five w
+    page.locator("#cedm-gen-same-noise").click()
+    page.locator("#cedm-gen-gallery", has_text="unconditional").first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 16")
+    page.locator("#cedm-gen-sweep").click()
+    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 5")
+    page.locator("#cedm-gen-gallery", has_text="w 6").first.wait_for()
+
+    # a model without label dropout: the slider is switched off, with the reason
+    page.locator("#cedm-gen-model input").click()
+    page.get_by_role("option", name=re.compile("tiny-nodrop")).click()
+    page.locator("#cedm-gen-guidance-note", has_text="p_uncond = 0").wait_for()
+    assert page.locator("#cedm-gen-guidance input[type=number]").is_disabled()
+    assert errors == []
+
+
+def test_labels_tab_compares_the_clustering_with_labels(demo_app, browser_page):
+    url, _, _ = demo_app
+    page, errors = browser_page
+    page.goto(url)
+    page.locator(MAP).wait_for()
+    _open_tab(page, "Labels")
+    page.wait_for_function("() => (document.querySelector('#cedm-labels-labeling input') || {}).value === 'labels:imagenet'")
+    page.locator("#cedm-labels-compare").click()
+    page.locator("#cedm-labels-metrics", has_text="AMI").wait_for()
+    page.locator("#cedm-labels-metrics", has_text="vs ground truth").wait_for()
+    page.wait_for_function("() => { const g = document.querySelector('#cedm-labels-heatmap .js-plotly-plot');"
+                           " return g && g._fullData && g._fullData[0].type === 'heatmap'; }")
+    names = page.locator("#cedm-labels-cluster-names textarea").input_value()
+    spec = re.search(r"(kmeans|temi):(\d+) vs labels:imagenet", page.locator("#cedm-labels-metrics").inner_text())
+    assert spec and names.startswith("cluster 0: ") and "%" in names
+    assert len(names.splitlines()) == int(spec.group(2))  # one name per cluster of the current clustering
+    page.screenshot(path=str(ARTIFACTS / "labels.png"), full_page=True)
     assert errors == []

@@ -10,7 +10,7 @@ import logging
 import gradio as gr
 
 from cedm import workspace as wsp
-from cedm.ui import clusters_tab, dataset_tab, export_tab, query_tab
+from cedm.ui import clusters_tab, dataset_tab, export_tab, generate_tab, labels_tab, query_tab
 from cedm.ui.common import MAX_FILE_SIZE, AppContext
 from cedm.ui.sessions import DEFAULT_MAX_AGE_S, Sessions
 
@@ -18,7 +18,9 @@ from cedm.ui.sessions import DEFAULT_MAX_AGE_S, Sessions
 _CACHE_CLEANUP = (3600, 7200)
 
 
-def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S) -> gr.Blocks:
+def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dirs=None) -> gr.Blocks:
+    """The app. ``model_dirs``: folders of shipped models (default ``<repo>/checkpoints``; each subfolder with a
+    cedm.json is one); models trained in the open workspace are listed too."""
     home = wsp.resolve_home(home)
     ctx = AppContext(home=home, sessions=Sessions(home, max_age_s=session_max_age_s))
     ctx.sessions.sweep()
@@ -27,16 +29,25 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S) -> gr.Blo
         gr.Markdown("# cedm: label-free conditional image generation\n"
                     "Bring unlabeled images, find their clusters, and generate new images per cluster.")
         # the app opens on the Clusters tab: the demo's map and a cluster gallery are the first screen
-        with gr.Tabs(selected="clusters"):
+        with gr.Tabs(selected="clusters") as tabs:
             with gr.Tab("Dataset", id="dataset"):
                 data = dataset_tab.build(ctx)
             with gr.Tab("Clusters", id="clusters"):
                 clusters = clusters_tab.build(ctx, data.workspace)
             with gr.Tab("Query", id="query"):
                 query_tab.build(ctx, data.workspace, clusters.backbone, clusters.clustering, condition)
+            with gr.Tab("Generate", id="generate"):
+                gen = generate_tab.build(ctx, data.workspace, condition, shipped_dirs=model_dirs)
+            with gr.Tab("Labels", id="labels"):
+                labels_load = labels_tab.build(ctx, data.workspace, clusters)
             with gr.Tab("Export", id="export"):
                 export_tab.build(ctx, data.workspace, clusters.backbone, clusters.clustering)
         demo.load(data.on_load, None, [data.workspace], api_visibility="private")
+        demo.load(*labels_load, api_visibility="private")
+        demo.load(gen.on_model, [gen.model, data.workspace], gen.init_outputs, api_visibility="private")
+        # "Generate from this cluster" (Query tab) opens the Generate tab with that cluster as the condition
+        condition.change(lambda v: gr.Tabs(selected="generate") if generation_condition(v) else gr.Tabs(),
+                         [condition], [tabs], api_visibility="private")
         data.workspace.change(clusters.on_workspace, [data.workspace], clusters.outputs, api_visibility="private",
                               concurrency_limit=8)
 
