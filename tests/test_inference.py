@@ -265,3 +265,14 @@ def _check_best_of(eng, mdir):
         assert np.array_equal(ims[i], cands[r["candidate"]]) and r["seed"] == derived_seed(20 + i, r["candidate"])
     with pytest.raises(CedmError, match="best-of"):
         eng.generate(mdir, 1, uncond=True, best_of=2, steps=2)
+
+
+def test_shipped_model_finds_its_clustering_in_the_demo(home):
+    from cedm.inference.confidence import find_condition_artifact
+    from cedm.model.edm import read_model_info
+    from cedm.workspace import DEMO_DIR, REPO_ROOT
+
+    model = REPO_ROOT / "checkpoints" / "demo-kmeans20"
+    folder, params = find_condition_artifact(model, read_model_info(model))
+    assert folder.is_relative_to(DEMO_DIR) and params["method"] == "kmeans" and params["n_clusters"] == 20
+    assert params["backbone"] == "efficientnet_lite0"

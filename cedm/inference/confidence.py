@@ -65,12 +65,17 @@ class ConditionScorer:
         return to_condition[best], p.max(1).astype(np.float32)
 
 
-def _workspace_of(model_dir: Path):
-    """The workspace a model folder was trained in: ``<root>/models/<name>`` (or the demo's overlay)."""
-    from cedm.workspace import Workspace, open_demo
+def _workspace_of(model_dir: Path, info: dict | None = None):
+    """The workspace a model folder was trained in: ``<root>/models/<name>`` (or the demo's overlay); for a
+    model shipped elsewhere (checkpoints/), the shipped demo when its provenance names the demo's dataset."""
+    from cedm.workspace import DEMO_DIR, Workspace, open_demo
 
     parent = model_dir.resolve().parent
     if parent.name != "models":
+        prov = (info or {}).get("provenance") or {}
+        if (DEMO_DIR / "manifest.json").is_file() and prov.get("workspace_hash") == \
+                io.read_json(DEMO_DIR / "manifest.json")["content_hash"]:
+            return open_demo()
         return None
     root = parent.parent
     if (root / "manifest.json").is_file():
@@ -97,7 +102,7 @@ def find_condition_artifact(model_dir, info: dict) -> tuple[Path, dict]:
     art = cond.get("artifact")
     if art and (Path(art) / "meta.json").is_file():
         return Path(art), io.read_json(Path(art) / "meta.json")["params"]
-    ws = _workspace_of(Path(model_dir))
+    ws = _workspace_of(Path(model_dir), info)
     if ws is None:
         raise CedmError(f"cannot find the clustering of {model_dir}: it does not lie in a workspace's models/ "
                         "folder and its cedm.json names no existing clustering artifact")
