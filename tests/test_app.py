@@ -542,3 +542,20 @@ def test_contingency_heatmap_is_limited_to_a_readable_size():
     assert z.shape == (HEATMAP_ROWS, HEATMAP_COLS)
     np.testing.assert_allclose(z.sum(1) <= 1 + 1e-9, True)
     assert fig.data[0].y[0] == f"cluster {int(np.argmax(table.sum(1)))}"  # largest cluster first
+
+
+def test_first_batch_of_the_shipped_model_is_ready_and_reproducible(demo_app):
+    from cedm.inference import get_engine
+    from cedm.model.registry import find_model, list_models
+    from cedm.ui.generate_tab import DEFAULT_GUIDANCE, FIRST_N, FROM_Q, first_batch
+
+    url, _, _ = demo_app
+    entry = find_model(list_models(None), "demo-kmeans20")
+    assert list_models(None)[0].name == "demo-kmeans20"  # the app opens with the shipped C-EDM selected
+    items, recs = first_batch(get_engine(), entry)
+    assert len(items) == FIRST_N and {r["guidance"] for r in recs} == {DEFAULT_GUIDANCE}
+    gallery, records = client(url).predict(model="demo-kmeans20", condition=FROM_Q, cluster=None,
+                                           guidance=DEFAULT_GUIDANCE, steps=12, sampler="dpmpp2m", seed=0,
+                                           n=FIRST_N, api_name="/generate")
+    assert [r["condition"] for r in records] == [r["condition"] for r in recs]
+    np.testing.assert_array_equal(np.stack(_gallery_pixels(gallery)), np.stack([img for img, _ in items]))

@@ -45,6 +45,7 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
         demo.load(data.on_load, None, [data.workspace], api_visibility="private")
         demo.load(*labels_load, api_visibility="private")
         demo.load(gen.on_model, [gen.model, data.workspace], gen.init_outputs, api_visibility="private")
+        demo.load(gen.on_open, [gen.model, data.workspace], gen.open_outputs, api_visibility="private")
         # "Generate from this cluster" (Query tab) opens the Generate tab with that cluster as the condition
         condition.change(lambda v: gr.Tabs(selected="generate") if generation_condition(v) else gr.Tabs(),
                          [condition], [tabs], api_visibility="private")

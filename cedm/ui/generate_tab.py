@@ -89,6 +89,37 @@ def request_of(entry: ModelEntry, mode: str, cluster, guidance, query_value=None
     return {"clusters": None, "from_q": True, "guidance": guidance}
 
 
+_FIRST: dict = {}
+_FIRST_LOCK = threading.Lock()
+FIRST_N = 8
+
+
+def first_batch(engine, entry: ModelEntry) -> list:
+    """The batch shown when the page opens: FIRST_N images drawn from q(c) at the default guidance (seeds
+    0..FIRST_N-1, the tab's default sampler and steps), computed once per model and kept in memory, so every
+    visitor sees generated images at once; the Generate button with the defaults reproduces it exactly."""
+    key = (str(entry.path), (entry.path / "cedm.json").stat().st_mtime_ns)
+    with _FIRST_LOCK:
+        if key not in _FIRST:
+            w = DEFAULT_GUIDANCE if guidance_note(entry) is None else 1.0
+            cond = request_of(entry, FROM_Q if entry.n_conditions else NONE, None, w)
+            images, recs = engine.generate(str(entry.path), FIRST_N, seed=0, steps=12, sampler="dpmpp2m", **cond)
+            conf = confidences(engine, entry, images)
+            for r, c in zip(recs, conf):
+                r.update(model=entry.name, confidence=c)
+            _FIRST[key] = ([(img, caption(r, c)) for img, r, c in zip(images, recs, conf)], recs)
+        return _FIRST[key]
+
+
+def guarded_first(entry: ModelEntry) -> None:
+    from cedm.inference import get_engine
+
+    try:
+        first_batch(get_engine(), entry)
+    except Exception:
+        log.exception("first batch of %s failed", entry.name)
+
+
 def caption(record: dict, conf) -> str:
     c = record.get("condition")
     parts = ["unconditional" if c is None else f"cluster {c}"]
@@ -206,6 +237,8 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         return list_models(ws, shipped_dirs=shipped_dirs)
 
     first = list_models(None, shipped_dirs=shipped_dirs)
+    if first:  # start the first batch now, in the background, so it is ready when the first page opens
+        threading.Thread(target=guarded_first, args=(first[0],), daemon=True, name="cedm-first-batch").start()
     gr.Markdown("Sample new images from a trained model. Guidance w: 0 = unconditional, 1 = conditional, "
                 "larger = more typical of the cluster (less varied).")
     with gr.Row(equal_height=False):
@@ -353,6 +386,14 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         return gr.Radio(value=QUERY), (f"query cluster: {cond['cluster']} of {cond['clustering']} on "
                                        f"{cond['backbone']} ({cond['workspace']})")
 
+    def on_open(model_name, workspace_name, request: gr.Request):
+        """Page load: the first batch of the selected model (computed once, then served from memory)."""
+        try:
+            return first_batch(get_engine(), entry_of(model_name, workspace_name, request))
+        except Exception:  # the page must open even if the model cannot sample; Generate shows the reason
+            log.exception("first batch failed")
+            return [], None
+
     inputs = [model, mode, cluster, guidance, steps, sampler, seed, n, workspace, condition]
     go.click(generate, inputs, [gallery, records], api_name="generate", concurrency_limit=4)
     same_noise.click(compare_same_noise, inputs, [gallery, records], api_visibility="private", concurrency_limit=4)
@@ -361,9 +402,11 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
     model.change(on_model, [model, workspace], [cluster, mode, guidance, guidance_info], api_visibility="private")
     workspace.change(on_workspace, [workspace, model], [model], api_visibility="private")
     condition.change(on_query, [condition], [mode, query_note], api_visibility="private")
-    return GenerateTab(on_model=on_model, model=model, init_outputs=[cluster, mode, guidance, guidance_info])
+    return GenerateTab(on_model=on_model, model=model, init_outputs=[cluster, mode, guidance, guidance_info],
+                       on_open=on_open, open_outputs=[gallery, records])
 
 
 class GenerateTab:
-    def __init__(self, on_model, model, init_outputs):
+    def __init__(self, on_model, model, init_outputs, on_open, open_outputs):
         self.on_model, self.model, self.init_outputs = on_model, model, init_outputs
+        self.on_open, self.open_outputs = on_open, open_outputs
