@@ -97,7 +97,8 @@ FIRST_N = 8
 def first_batch(engine, entry: ModelEntry) -> list:
     """The batch shown when the page opens: FIRST_N images drawn from q(c) at the default guidance (seeds
     0..FIRST_N-1, the tab's default sampler and steps), computed once per model and kept in memory, so every
-    visitor sees generated images at once; the Generate button with the defaults reproduces it exactly."""
+    visitor sees generated images at once; Generate with condition 'drawn from q(c)' and the default settings
+    reproduces it exactly."""
     key = (str(entry.path), (entry.path / "cedm.json").stat().st_mtime_ns)
     with _FIRST_LOCK:
         if key not in _FIRST:
