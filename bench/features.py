@@ -15,7 +15,6 @@ Writes bench/results/features.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil

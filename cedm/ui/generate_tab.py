@@ -66,7 +66,7 @@ def query_condition(entry: ModelEntry, value: dict | None) -> int:
     if cond["clustering"] != spec or (backbone and cond["backbone"] != backbone):
         raise CedmError(f"the query's cluster is of {cond['clustering']} on {cond['backbone']}, but model "
                         f"{entry.name} is conditioned on {spec}" + (f" on {backbone}" if backbone else "") +
-                        f": choose that clustering in the Clusters tab and query again")
+                        ": choose that clustering in the Clusters tab and query again")
     return condition_index(entry, cond["cluster"])
 
 
@@ -105,10 +105,7 @@ def first_batch(engine, entry: ModelEntry) -> list:
             w = DEFAULT_GUIDANCE if guidance_note(entry) is None else 1.0
             cond = request_of(entry, FROM_Q if entry.n_conditions else NONE, None, w)
             images, recs = engine.generate(str(entry.path), FIRST_N, seed=0, steps=12, sampler="dpmpp2m", **cond)
-            conf = confidences(engine, entry, images)
-            for r, c in zip(recs, conf):
-                r.update(model=entry.name, confidence=c)
-            _FIRST[key] = ([(img, caption(r, c)) for img, r, c in zip(images, recs, conf)], recs)
+            _FIRST[key] = captioned(engine, entry, images, recs)
         return _FIRST[key]
 
 
@@ -130,6 +127,13 @@ def caption(record: dict, conf) -> str:
         parts.append(f"conf {conf:.2f}")
     parts.append(f"seed {record['seed']}")
     return " · ".join(parts)
+
+
+def captioned(engine, entry: ModelEntry, images, recs) -> tuple[list, list]:
+    """Gallery items (image, caption) and records with the model name and each image's confidence."""
+    conf = confidences(engine, entry, images)
+    recs = [{**r, "model": entry.name, "confidence": c} for r, c in zip(recs, conf)]
+    return [(img, caption(r, c)) for img, r, c in zip(images, recs, conf)], recs
 
 
 def confidences(engine, entry: ModelEntry, images) -> list:
@@ -288,10 +292,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         engine = get_engine()
         (images, recs), = run_jobs(engine, entry, [dict(n=n, seed=seed, **cond)], steps, sampler, runs,
                                    session_of(request), progress)
-        conf = confidences(engine, entry, images)
-        for r, c in zip(recs, conf):
-            r.update(model=entry.name, confidence=c)
-        return [(img, caption(r, c)) for img, r, c in zip(images, recs, conf)], recs
+        return captioned(engine, entry, images, recs)
 
     @guarded
     def compare_same_noise(model_name, condition_mode, cluster_id, guidance_w, n_steps, sampler_name, seed_value,
@@ -309,9 +310,8 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         results = run_jobs(engine, entry, jobs, n_steps, sampler_name, runs, session_of(request), progress)
         items, all_recs = [], []
         for images, recs in results:
-            conf = confidences(engine, entry, images)
-            items += [(img, caption(r, c)) for img, r, c in zip(images, recs, conf)]
-            all_recs += [{**r, "model": entry.name, "confidence": c} for r, c in zip(recs, conf)]
+            its, rs = captioned(engine, entry, images, recs)
+            items, all_recs = items + its, all_recs + rs
         return gr.Gallery(value=items, columns=n_images), all_recs
 
     @guarded
@@ -330,10 +330,9 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         engine = get_engine()
         results = run_jobs(engine, entry, jobs, n_steps, sampler_name, runs, session_of(request), progress)
         items, all_recs = [], []
-        for w, (images, recs) in zip(SWEEP, results):
-            conf = confidences(engine, entry, images)
-            items.append((images[0], caption(recs[0], conf[0])))
-            all_recs.append({**recs[0], "model": entry.name, "confidence": conf[0]})
+        for images, recs in results:
+            its, rs = captioned(engine, entry, images[:1], recs[:1])
+            items, all_recs = items + its, all_recs + rs
         return gr.Gallery(value=items, columns=len(SWEEP)), all_recs
 
     def stop(request: gr.Request):
