@@ -15,7 +15,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cedm.clusters import metrics  # noqa: E402
 from cedm.clusters.kmeans import kmeans  # noqa: E402
 from cedm.clusters.temi import CPU_SCHEDULE, PAPER_SCHEDULE, MultiHead, mine_neighbors, temi, temi_loss  # noqa: E402
+from timing import timed  # noqa: E402  (bench/timing.py; scripts run as python bench/<name>.py)
 
 
 def synthetic(n, d=768, k=100, seed=0):
@@ -35,15 +35,6 @@ def synthetic(n, d=768, k=100, seed=0):
     return x / np.linalg.norm(x, axis=1, keepdims=True), y
 
 
-def timed(fn, repeat=1):
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def step_time(heads, d, c, batch, device, looped: bool, steps=3):
@@ -70,7 +61,7 @@ def step_time(heads, d, c, batch, device, looped: bool, steps=3):
         opt.step()
 
     step()  # warm-up
-    t, _ = timed(lambda: [step() for _ in range(steps)], repeat=3)  # best of 3: the machine may be shared
+    t, _ = timed(lambda: [step() for _ in range(steps)], 3)  # best of 3: the machine may be shared
     return t / steps
 
 

@@ -27,22 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cedm.inference import INTERACTIVE_DEFAULTS, InferenceEngine, reference_sample  # noqa: E402
 from cedm.model.edm import CEDM, count_parameters, load_model, save_model  # noqa: E402
+from timing import timed  # noqa: E402  (bench/timing.py; scripts run as python bench/<name>.py)
 
 C, W, STEPS, SAMPLER = 10, 2.0, 18, "heun"
 
 
-def timed(fn, reps=1):
-    """(best seconds, last result) over reps runs."""
-    best, out = float("inf"), None
-    for _ in range(reps):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def flops_per_eval(model, device):

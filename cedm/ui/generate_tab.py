@@ -42,6 +42,12 @@ def guidance_note(entry: ModelEntry) -> str | None:
     return None
 
 
+def require_both_branches(entry: ModelEntry, what: str) -> None:
+    """Comparisons across guidance need a conditional model trained with label dropout (p_uncond > 0)."""
+    if entry.n_conditions == 0 or entry.p_uncond <= 0:
+        raise CedmError(f"{what} needs a conditional model with an unconditional branch: {guidance_note(entry)}")
+
+
 def condition_index(entry: ModelEntry, cluster: int) -> int:
     """The model's condition index of a cluster id of its clustering (empty clusters were renumbered away)."""
     ids = (entry.info.get("condition") or {}).get("original_ids")
@@ -298,9 +304,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
     def compare_same_noise(model_name, condition_mode, cluster_id, guidance_w, n_steps, sampler_name, seed_value,
                            n_images, workspace_name, query_value, request: gr.Request, progress=gr.Progress()):
         entry = entry_of(model_name, workspace_name, request)
-        if entry.n_conditions == 0 or entry.p_uncond <= 0:
-            raise CedmError(f"this comparison needs a conditional model with an unconditional branch: "
-                            f"{guidance_note(entry)}")
+        require_both_branches(entry, "this comparison")
         n_steps, seed_value, n_images = check_numbers(n_steps, seed_value, n_images)
         n_images = min(n_images, 8)  # one row each
         cond = request_of(entry, CLUSTER if condition_mode in (NONE, FROM_Q) else condition_mode, cluster_id,
@@ -318,9 +322,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
     def guidance_sweep(model_name, condition_mode, cluster_id, guidance_w, n_steps, sampler_name, seed_value,
                        n_images, workspace_name, query_value, request: gr.Request, progress=gr.Progress()):
         entry = entry_of(model_name, workspace_name, request)
-        if entry.n_conditions == 0 or entry.p_uncond <= 0:
-            raise CedmError(f"a guidance sweep needs a conditional model with an unconditional branch: "
-                            f"{guidance_note(entry)}")
+        require_both_branches(entry, "a guidance sweep")
         n_steps, seed_value, _ = check_numbers(n_steps, seed_value, 1)
         mode_ = CLUSTER if condition_mode in (NONE, FROM_Q) else condition_mode
         jobs = []
