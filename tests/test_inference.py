@@ -25,7 +25,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture
 def engine():
-    eng = InferenceEngine(device="cpu", max_batch=64)
+    # float32: these tests compare results exactly across batch compositions (bf16 is tested on its own)
+    eng = InferenceEngine(device="cpu", max_batch=64, dtype="fp32")
     yield eng
     eng.close()
 
@@ -64,6 +65,25 @@ def test_fast_path_matches_plain_reference(engine, model_dir):
     ref8 = ((_ref(model, n=2, clusters=[1, 2], steps=3, sampler="heun", seed=4) + 1) * 127.5).round().clamp(0, 255)
     assert ims.dtype == np.uint8 and np.abs(ims.astype(int) - ref8.permute(0, 2, 3, 1).numpy()).max() <= 1
     assert [r["condition"] for r in rec] == [1, 2] and rec[0]["evaluations"] == 5
+
+
+def test_default_precision_is_bf16_where_the_cpu_has_it(model_dir, monkeypatch):
+    from cedm.device import cpu_has_native_bf16
+    from cedm.model.edm import load_model
+
+    native = cpu_has_native_bf16()
+    kw = dict(n=4, clusters=[0, 1, 2, 3], guidance=2.0, steps=6, sampler="heun", seed=5)
+    ref = _ref(load_model(model_dir), **kw)
+    with InferenceEngine(device="cpu") as eng:
+        assert eng.dtype == (torch.bfloat16 if native else None)
+        x, _ = eng.generate(model_dir, output="float", **kw)
+    # bf16 rounding moves a sample by a few uint8 levels at most, never to another image
+    assert 0 < (x - ref).abs().max() < 0.1 if native else (x - ref).abs().max() < 1e-3
+    monkeypatch.setenv("CEDM_CPU_BF16", "0")
+    with InferenceEngine(device="cpu", dtype="auto") as eng:
+        assert eng.dtype is None
+    with pytest.raises(CedmError, match="unknown dtype 'int8'"):
+        InferenceEngine(device="cpu", dtype="int8")
 
 
 def test_concurrent_requests_are_merged_and_routed(engine, model_dir):
@@ -235,7 +255,7 @@ def test_confidence_assigns_dataset_images_to_their_cluster(home, model_dir, met
     m = CEDM.from_preset("tiny", 16, 2, info={"p_uncond": 0.1})
     cond = {"spec": f"{method}:2", "params": res.params, "original_ids": [1, 0], "n_conditions": 2, "q": [0.5, 0.5]}
     mdir = save_model(ws.derived_dir("models") / method, m, info={"condition": cond})
-    with InferenceEngine(device="cpu") as eng:
+    with InferenceEngine(device="cpu", dtype="fp32") as eng:  # best-of compares candidates bit for bit
         ids, msp = eng.confidence(mdir, ws.images)
         assert ids.shape == msp.shape == (ws.n,) and msp.dtype == np.float32
         assert np.all((msp >= 0.5) & (msp <= 1.0))

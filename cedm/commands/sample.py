@@ -35,6 +35,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="output folder (default <model>/samples/<settings>)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: all cores; 1 is often faster on a busy machine)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="network precision (auto: bf16 where the hardware has it natively, CUDA or AMX CPUs, else "
+                        "fp32; fp32: the same images, up to float rounding, on any machine)")
     add_device(p)
 
 
@@ -68,7 +71,8 @@ def run(args) -> int:
     if args.batch < 1:
         raise CedmError(f"--batch must be at least 1, got {args.batch}")
     n = args.n if args.n is not None else (len(clusters) if isinstance(clusters, list) else 64)
-    with InferenceEngine(device=args.device, threads=args.threads, max_batch=args.batch) as engine:
+    with InferenceEngine(device=args.device, threads=args.threads, max_batch=args.batch,
+                         dtype=args.dtype) as engine:
         info = engine.model_info(model_dir, ema=not args.raw)
         mode = ("uncond" if args.uncond or not info.get("n_conditions") else f"c{args.cluster}"
                 if args.cluster is not None else "list" if args.clusters else "uniform" if args.uniform else "q")

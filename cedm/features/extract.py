@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from cedm import io
+from cedm.device import cpu_has_native_bf16
 from cedm.errors import CedmError
 from cedm.features.backbones import (DEFAULT_BACKBONE, BackboneSpec, build_backbone, get_spec,
                                      weights_identity)
@@ -46,10 +47,8 @@ def _autocast_dtype(device):
 
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and os.environ.get("CEDM_CPU_BF16", "1") != "0":
-        native = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
-            getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        return torch.bfloat16 if native else None  # emulated bf16 would be slower than fp32
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
     return None
 
 
