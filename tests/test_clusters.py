@@ -9,7 +9,8 @@ import torch
 
 from cedm.clusters import bound, metrics
 from cedm.clusters.kmeans import assign_to_centroids, kmeans
-from cedm.clusters.temi import MultiHead, assign, load_head, mine_neighbors, save_head, temi, temi_loss
+from cedm.clusters.temi import (MultiHead, assign, exact_neighbors_torch, load_head, mine_neighbors, save_head, temi,
+                               temi_loss)
 from cedm.errors import CedmError
 
 # Small heads and a short, many-step schedule: converges on the toy data in a few seconds.
@@ -94,6 +95,11 @@ def test_neighbors_exclude_self_and_follow_structure():
     approx = mine_neighbors(x, 20, exact_limit=100)  # the approximate (IVF) index used for large N
     assert approx.shape == (600, 20) and (y[approx] == y[:, None]).mean() > 0.95
     assert not (approx == np.arange(600)[:, None]).any()
+    # the torch search (what CUDA devices use) finds the same neighbours as faiss, in chunks
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    fast = exact_neighbors_torch(xn, 50, torch.device("cpu"), chunk=128)
+    assert fast.shape == nb.shape and not (fast == np.arange(600)[:, None]).any()
+    assert np.mean([len(set(a) & set(b)) / 50 for a, b in zip(fast, nb)]) > 0.999
 
 
 def test_temi_recovers_clusters_and_utilization_drops_far_above():
@@ -227,6 +233,7 @@ def test_lower_bound_gamma_one_collapses_to_true_count():
 def toy_ws(home, monkeypatch):
     """A 40-image workspace whose 'features' are 4 noisy blobs (a fake cedm.features module)."""
     import cedm
+    import cedm.features.backbones  # noqa: F401  (the real registry, which the CLI's parser reads)
     from cedm.workspace import create_from_array
 
     x, y = blobs(0.05, k=4, per=10, d=32)

@@ -101,7 +101,7 @@ def upper_bound(source, c0: int = 10, alpha: float = ALPHA, *, seed: int = 0, ba
     runs, trained = {}, [0]
     if ws is None:
         settings = resolve_settings(resolve_device(device), seed=seed, **temi_kw)
-        nbrs = mine_neighbors(feats, settings["knn"], seed=seed)
+        nbrs = mine_neighbors(feats, settings["knn"], seed=seed, device=resolve_device(device))
 
     def utilization(c: int) -> float:
         if progress:

@@ -18,6 +18,7 @@ import numpy as np
 
 from cedm import io
 from cedm.clusters.result import ClusterResult
+from cedm.device import resolve_device
 from cedm.errors import CedmError
 
 STAGE_CLUSTERS, STAGE_KNN, STAGE_LABELINGS = "clusters", "knn", "labelings"
@@ -42,7 +43,8 @@ def _features_key(backbone, weights) -> dict:
     return {"backbone": resolve_backbone(backbone), "weights": str(weights) if weights else None}
 
 
-def workspace_neighbors(ws, backbone=None, weights=None, m: int = 50, feats: np.ndarray | None = None) -> np.ndarray:
+def workspace_neighbors(ws, backbone=None, weights=None, m: int = 50, feats: np.ndarray | None = None,
+                        device=None) -> np.ndarray:
     """The (N, m) kNN table of a workspace's features, mined once and cached (stage ``knn``)."""
     from cedm.clusters.temi import EXACT_KNN_LIMIT, mine_neighbors
 
@@ -52,7 +54,7 @@ def workspace_neighbors(ws, backbone=None, weights=None, m: int = 50, feats: np.
     if found is not None:
         return io.load_npy(found / "neighbors.npy")
     feats = workspace_features(ws, backbone, weights) if feats is None else feats
-    nbrs = mine_neighbors(feats, m)
+    nbrs = mine_neighbors(feats, m, device=device)
     with ws.write_artifact(STAGE_KNN, params) as d:
         io.save_npy(d / "neighbors.npy", nbrs)
     return nbrs
@@ -100,7 +102,8 @@ def cluster_workspace(ws, method: str, n_clusters: int, backbone=None, weights=N
     else:
         from cedm.clusters.temi import temi
         settings = params["temi"]
-        nbrs = workspace_neighbors(ws, backbone, weights, settings["knn"], feats=feats)
+        nbrs = workspace_neighbors(ws, backbone, weights, settings["knn"], feats=feats,
+                                   device=resolve_device(device))
         res = temi(feats, n_clusters, neighbors=nbrs, device=device, progress=progress, **settings)
     with ws.write_artifact(STAGE_CLUSTERS, params, info={"info": res.info, "n_used": res.n_used}) as d:
         io.save_npy(d / "assignments.npy", res.assignments)

@@ -81,15 +81,21 @@ def resolve_settings(device=None, **settings) -> dict:
 
 
 # --- neighbours ----------------------------------------------------------------------------------
-def mine_neighbors(features, m: int = 50, exact_limit: int = EXACT_KNN_LIMIT, seed: int = 0) -> np.ndarray:
-    """(N, m) int64 indices of each row's m most cosine-similar other rows (never itself)."""
-    import faiss
+def mine_neighbors(features, m: int = 50, exact_limit: int = EXACT_KNN_LIMIT, seed: int = 0,
+                   device=None) -> np.ndarray:
+    """(N, m) int64 indices of each row's m most cosine-similar other rows (never itself).
 
+    Exact up to ``exact_limit`` rows, an approximate faiss IVF index above. On a CUDA ``device`` the exact
+    search runs as chunked matmuls in torch (faiss from PyPI is CPU-only; 50k x 768 takes well under a second)."""
     x = l2_normalize(features)
     n, d = x.shape
     if n < 2:
         raise CedmError("TEMI needs at least 2 images")
     m = int(min(m, n - 1))
+    if device is not None and torch.device(device).type == "cuda" and n <= exact_limit:
+        return exact_neighbors_torch(x, m, torch.device(device))
+    import faiss
+
     if n <= exact_limit:
         index = faiss.IndexFlatIP(d)
     else:  # approximate: inverted lists over a coarse k-means, several probed per query
@@ -113,6 +119,18 @@ def mine_neighbors(features, m: int = 50, exact_limit: int = EXACT_KNN_LIMIT, se
         if bad.any():
             idx = np.where(bad, idx[:, :1], idx)
         out[s:s + len(idx)] = idx
+    return out
+
+
+def exact_neighbors_torch(x: np.ndarray, m: int, device, chunk: int = 4096) -> np.ndarray:
+    """Exact cosine kNN of unit rows by chunked matmul + top-k on ``device``, self excluded."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    out = np.empty((len(x), m), dtype=np.int64)
+    for s in range(0, len(x), chunk):
+        sims = xt[s:s + chunk] @ xt.T  # float32 (TF32 if the process turned it on: near-ties may swap)
+        rows = torch.arange(s, s + len(sims), device=device)
+        sims[torch.arange(len(sims), device=device), rows] = -float("inf")
+        out[s:s + len(sims)] = sims.topk(m, dim=1).indices.cpu().numpy()
     return out
 
 
@@ -205,7 +223,7 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
     n = len(x_np)
     t0 = time.perf_counter()
     if neighbors is None:
-        neighbors = mine_neighbors(x_np, cfg.knn, seed=cfg.seed)
+        neighbors = mine_neighbors(x_np, cfg.knn, seed=cfg.seed, device=dev)
     elif len(neighbors) != n:
         raise CedmError("neighbour table does not match the features")
     t_knn = time.perf_counter() - t0

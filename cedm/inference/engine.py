@@ -91,6 +91,12 @@ class FastNet:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.compiled = bool(compile_mode)
+        if self.compiled:
+            # one graph per bucket shape, and every loaded model shares the UNet's forward code object: above
+            # dynamo's recompile limit (8) torch silently falls back to eager for new shapes
+            import torch._dynamo.config as dynamo_config
+            limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 64))
         self.fn = torch.compile(model, dynamic=False, mode=compile_mode) if self.compiled else model
         self.max_rows = int(max_rows)
         self.evaluations = 0
