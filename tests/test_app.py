@@ -37,7 +37,8 @@ def test_only_working_actions_are_public(app):
     url, _, _ = app
     api = client(url).view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == {"/import_dataset", "/delete_workspace", "/cluster", "/cluster_bound",
-                                           "/query", "/export_assignments", "/export_cluster", "/generate", "/compare"}
+                                           "/query", "/export_assignments", "/export_cluster", "/train", "/generate",
+                                           "/compare"}
     assert api["unnamed_endpoints"] == {}
 
 
@@ -218,6 +219,35 @@ def test_app_starts_without_a_demo(tmp_path, monkeypatch):
     monkeypatch.setattr(wsp, "DEMO_DIR", tmp_path / "no-demo")
     demo = build_app(tmp_path / "home")
     assert demo.cedm_context.choices(None) == []
+
+
+def test_train_endpoint_trains_continues_and_lists_the_model(app):
+    """The Train tab's endpoint on the stand-in demo (16 px, 3 ground-truth classes): a short conditional run,
+    then the same name with a larger budget continues it; bad settings and a busy app are refused."""
+    import json as _json
+
+    from cedm.model.registry import list_models
+    from cedm.ui import train_tab
+
+    url, demo, home = app
+    c = client(url)
+    s = c.predict("demo", "gt", "", "tiny", 16, 0.064, "gt-tiny", api_name="/train")
+    ws = demo.cedm_context.open("demo", None)
+    assert s["model"] == f"{ws.name}/gt-tiny" and s["n_conditions"] == 3 and s["complete"] and s["kimg_done"] == 0.064
+    assert "--resume" in s["command_line"] and "--out gt-tiny" in s["command_line"]
+    folder = ws.derived_dir("models") / "gt-tiny"
+    assert folder.is_relative_to(home)  # the read-only demo got it in its overlay
+    assert [e.name for e in list_models(ws, shipped_dirs=[]) if e.source == "workspace"] == [s["model"]]
+    s2 = c.predict("demo", "gt", "", "tiny", 16, 0.128, "gt-tiny", api_name="/train")
+    assert s2["complete"] and s2["kimg_done"] == 0.128
+    steps = [_json.loads(line)["step"] for line in (folder / "training" / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 4  # continued from step 2, not restarted
+    assert "at most 100" in _app_error(c.predict, "demo", "gt", "", "tiny", 16, 5000, "", api_name="/train")
+    assert "above the workspace" in _app_error(c.predict, "demo", "gt", "", "tiny", 32, 1, "", api_name="/train")
+    assert "paper" in _app_error(c.predict, "demo", "gt", "", "paper", 16, 1, "", api_name="/train")
+    with train_tab._TRAINING:  # someone else is training
+        assert "another training" in _app_error(c.predict, "demo", "none", "", "tiny", 16, 0.032, "",
+                                                api_name="/train")
 
 
 # --- clusters, query and export on the shipped demo (features, map and k-means C=50 are precomputed) ---

@@ -290,6 +290,35 @@ def test_generate_with_a_moved_slider_shows_images(gen_app, browser_page):
     assert errors == []
 
 
+def test_train_tab_trains_a_model_that_generate_then_offers(app, browser_page):
+    """Stand-in demo (16 px, ground truth): a short run from the Train tab, its samples shown, and the model
+    selected in the Generate tab, which samples it."""
+    url, _, _ = app
+    page, errors = browser_page
+    page.goto(url)
+    _open_tab(page, "Train")
+    # the resolution follows the workspace: 16 px images offer 16 px only
+    page.wait_for_function("() => document.querySelector('#cedm-train-resolution input').value === '16'")
+    page.locator("#cedm-train-condition textarea, #cedm-train-condition input").first.fill("gt")
+    page.locator("#cedm-train-preset input").click()
+    page.get_by_role("option", name="tiny").click()
+    kimg = page.locator("#cedm-train-kimg input")
+    kimg.fill("0.064")
+    kimg.press("Enter")
+    page.locator("#cedm-train-name textarea, #cedm-train-name input").first.fill("browser-tiny")
+    page.locator("#cedm-train-go").click()
+    page.locator("#cedm-train-status", has_text="browser-tiny").wait_for()
+    page.locator("#cedm-train-status", has_text="complete").wait_for()
+    page.wait_for_function("() => { const i = document.querySelector('#cedm-train-samples img');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
+    page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
+    _open_tab(page, "Generate")
+    page.wait_for_function("() => (document.querySelector('#cedm-gen-model input') || {}).value?.includes('browser-tiny')")
+    page.locator("#cedm-gen-go").click()
+    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 8")
+    assert errors == []
+
+
 def test_labels_tab_compares_the_clustering_with_labels(demo_app, browser_page):
     url, _, _ = demo_app
     page, errors = browser_page

@@ -143,6 +143,16 @@ def test_exact_resume(tmp_path):
         assert fa == (tmp_path / "split" / sub / "diffusion_pytorch_model.safetensors").read_bytes()
     info = json.loads((tmp_path / "split" / "cedm.json").read_text())
     assert info["training"]["complete"] and info["training"]["steps"] == 6
+    # a Stop request (should_stop) between checkpoints leaves a checkpoint at that step; resuming finishes the same
+    asked = []
+    train(images, labels, 2, tmp_path / "stopped", cfg, show_progress=False,
+          should_stop=lambda: asked.append(1) or len(asked) >= 3)  # step 3: between checkpoints
+    part = json.loads((tmp_path / "stopped" / "cedm.json").read_text())["training"]
+    assert part["steps"] == 3 and not part["complete"]
+    train(images, labels, 2, tmp_path / "stopped", cfg, resume=True, show_progress=False)
+    c = load_file(str(list_checkpoints(tmp_path / "stopped" / "training")[-1].with_suffix(".safetensors")))
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert not list((tmp_path / "full" / "training").glob("samples-*.png"))  # sample_kimg = 0: never
     # a different seed gives different weights (the comparison above can fail)
     train(images, labels, 2, tmp_path / "seed1", tiny_cfg(dropout=0.2, seed=1), show_progress=False)
     assert param_digest(load_model(tmp_path / "seed1")) != param_digest(load_model(tmp_path / "full"))
@@ -198,8 +208,9 @@ def test_train_workspace_with_a_labeling(home):
     assert info["condition"]["spec"] == "labels:colour"
     np.testing.assert_allclose(info["condition"]["q"], q)
     assert info["condition"]["class_names"] == ["red", "blue"] and info["provenance"]["workspace"] == "blobs"
-    out = train_workspace(ws, "none", preset="tiny", kimg=0.016, batch=16, sample_kimg=0, show_progress=False)
+    out = train_workspace(ws, "none", preset="tiny", kimg=0.016, batch=16, sample_kimg=None, show_progress=False)
     assert load_model(out).n_conditions == 0
+    assert [p.name for p in (out / "training").glob("samples-*.png")] == ["samples-000000001.png"]  # at the end
 
 
 # --- generation ---------------------------------------------------------------------------------

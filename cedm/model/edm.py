@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import threading
 from pathlib import Path
 
 import torch
@@ -83,10 +84,19 @@ def unet_config(preset: str, resolution: int, n_conditions: int, dropout: float 
     )
 
 
-def _new_unet(config: dict):
-    from diffusers import UNet2DModel
+_IMPORT_LOCK = threading.Lock()
 
-    return UNet2DModel(**config)
+
+def unet_class():
+    """diffusers' UNet2DModel, imported under a lock: diffusers resolves its names lazily, and two threads doing
+    that first import at once (the app's first-batch thread and a request) can see a half-made module."""
+    with _IMPORT_LOCK:
+        from diffusers import UNet2DModel
+    return UNet2DModel
+
+
+def _new_unet(config: dict):
+    return unet_class()(**config)
 
 
 # --- the preconditioned denoiser ----------------------------------------------------------------
@@ -191,8 +201,7 @@ def read_model_info(model_dir) -> dict:
 
 def load_model(model_dir, device="cpu", ema: bool = True) -> CEDM:
     """Load a saved model folder (EMA weights by default) in eval mode on ``device``."""
-    from diffusers import UNet2DModel
-
+    UNet2DModel = unet_class()
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     sub = model_dir / ("unet_ema" if ema else "unet")

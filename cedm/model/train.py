@@ -243,7 +243,7 @@ ProgressFn = Callable[[int, int, str], None]
 def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_dir, config: TrainConfig | None = None,
           q: list[float] | None = None, progress: ProgressFn | None = None, resume: bool = False,
           condition: dict | None = None, provenance: dict | None = None, device=None, max_steps: int | None = None,
-          show_progress: bool = True) -> Path:
+          show_progress: bool = True, should_stop: Callable[[], bool] | None = None) -> Path:
     """Train a C-EDM model on uint8 ``images`` (N, R, R, 3) (a memmap is fine: batches are read row by row).
 
     ``labels``: int per image in 0..C-1, -1 = no condition (trained as unconditional); None when C = 0.
@@ -252,6 +252,7 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     ``resume``: continue from the newest checkpoint in ``out_dir`` (a fresh start if there is none);
     without it, an ``out_dir`` that already holds a model is refused.
     ``max_steps``: stop (with a checkpoint) after this many steps in this call; a later ``resume`` goes on.
+    ``should_stop()``: asked after every step; True stops the same way (a Stop button; single process only).
     Under torchrun every rank calls this; rank 0 writes. Returns the model folder.
     """
     config = (config or TrainConfig()).resolved(images.shape[1] if hasattr(images, "shape") else 0)
@@ -262,6 +263,8 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     dist = setup_distributed(device)
     if config.batch % dist.world:
         raise CedmError(f"batch {config.batch} is not divisible by the number of processes {dist.world}")
+    if should_stop is not None and dist.world > 1:
+        raise CedmError("should_stop is for single-process training (under torchrun, use max_steps)")
     per_rank = config.batch // dist.world
     micro = int(config.batch_gpu or per_rank)
     if micro <= 0 or per_rank % micro:
@@ -427,11 +430,16 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
                         progress(step * config.batch, total_steps * config.batch, desc)
             if bar is not None:
                 bar.update(1)
-            if step % ckpt_every == 0 or step == stop_step:
+            saved = step % ckpt_every == 0 or step == stop_step
+            if saved:
                 write_state(done=step == total_steps)
+            if should_stop is not None and step < stop_step and should_stop():
+                if not saved:
+                    write_state(done=False)  # stopped by the caller: checkpoint here, so a resume loses nothing
+                break
             if sample_every and step % sample_every == 0 and step != total_steps:
                 sample_grid()
-        if step == total_steps and step > start_step and sample_every is not None:
+        if step == total_steps and step > start_step and sample_every != 0:  # None: at the end only; 0: never
             sample_grid()
     finally:
         if bar is not None:
@@ -551,7 +559,8 @@ def default_model_name(spec: str, preset: str) -> str:
 def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | None = None, preset: str = "small",
                     config: TrainConfig | None = None, resume: bool = False, progress: ProgressFn | None = None,
                     device=None, max_steps: int | None = None, show_progress: bool = True,
-                    backbone: str | None = None, **overrides) -> Path:
+                    backbone: str | None = None, should_stop: Callable[[], bool] | None = None,
+                    **overrides) -> Path:
     """Train on a workspace's images conditioned on ``condition_spec`` (``none``, ``kmeans:C``, ``temi:C``,
     ``labels:NAME``). The model goes to ``out_dir``, default ``<workspace>/models/<name>``
     (name default ``<spec>-<preset>``). ``overrides`` set TrainConfig fields (kimg=..., batch=...)."""
@@ -572,4 +581,4 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
                   "workspace_resolution": ws.resolution}
     return train(ws.images, labels, C, out_dir, config, q=q if C else None, progress=progress, resume=resume,
                  condition=desc, provenance=provenance, device=device, max_steps=max_steps,
-                 show_progress=show_progress)
+                 show_progress=show_progress, should_stop=should_stop)

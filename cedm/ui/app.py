@@ -10,7 +10,7 @@ import logging
 import gradio as gr
 
 from cedm import workspace as wsp
-from cedm.ui import clusters_tab, dataset_tab, export_tab, generate_tab, labels_tab, query_tab
+from cedm.ui import clusters_tab, dataset_tab, export_tab, generate_tab, labels_tab, query_tab, train_tab
 from cedm.ui.common import MAX_FILE_SIZE, AppContext
 from cedm.ui.sessions import DEFAULT_MAX_AGE_S, Sessions
 
@@ -36,6 +36,8 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
                 clusters = clusters_tab.build(ctx, data.workspace)
             with gr.Tab("Query", id="query"):
                 query_tab.build(ctx, data.workspace, clusters.backbone, clusters.clustering, condition)
+            with gr.Tab("Train", id="train"):
+                train = train_tab.build(ctx, data.workspace, clusters.clustering, clusters.backbone)
             with gr.Tab("Generate", id="generate"):
                 gen = generate_tab.build(ctx, data.workspace, condition, shipped_dirs=model_dirs)
             with gr.Tab("Labels", id="labels"):
@@ -49,6 +51,9 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
         # "Generate from this cluster" (Query tab) opens the Generate tab with that cluster as the condition
         condition.change(lambda v: gr.Tabs(selected="generate") if generation_condition(v) else gr.Tabs(),
                          [condition], [tabs], api_visibility="private")
+        # a model trained in the Train tab joins the Generate tab's list, selected
+        train.trained.change(gen.on_workspace, [data.workspace, train.trained], [gen.model], api_visibility="private")
+        demo.load(train.on_workspace, [data.workspace, train.resolution], [train.resolution], api_visibility="private")
         data.workspace.change(clusters.on_workspace, [data.workspace], clusters.outputs, api_visibility="private",
                               concurrency_limit=8)
 

@@ -405,10 +405,11 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
     workspace.change(on_workspace, [workspace, model], [model], api_visibility="private")
     condition.change(on_query, [condition], [mode, query_note], api_visibility="private")
     return GenerateTab(on_model=on_model, model=model, init_outputs=[cluster, mode, guidance, guidance_info],
-                       on_open=on_open, open_outputs=[gallery, records])
+                       on_open=on_open, open_outputs=[gallery, records], on_workspace=on_workspace)
 
 
 class GenerateTab:
-    def __init__(self, on_model, model, init_outputs, on_open, open_outputs):
+    def __init__(self, on_model, model, init_outputs, on_open, open_outputs, on_workspace):
         self.on_model, self.model, self.init_outputs = on_model, model, init_outputs
         self.on_open, self.open_outputs = on_open, open_outputs
+        self.on_workspace = on_workspace  # (workspace, model name to select) -> the refreshed model dropdown
