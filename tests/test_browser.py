@@ -57,6 +57,12 @@ def _gallery_images(page):
     return page.locator("#cedm-dataset-gallery img")
 
 
+def _wait_for_model_settings(page) -> None:
+    """The Generate tab fills a model's clusters (and resets the guidance) after the model is chosen: a click
+    before that would sample with no cluster, or have the moved slider overwritten."""
+    page.wait_for_function("() => (document.querySelector('#cedm-gen-cluster input') || {}).value?.startsWith('cluster')")
+
+
 def _open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
@@ -113,6 +119,36 @@ def test_upload_a_zip_shows_the_report_and_the_new_workspace(app, browser_page, 
 
 
 # --- the shipped demo: map, cluster galleries, query -----------------------------------------------
+def test_train_tab_trains_a_model_that_generate_then_offers(app, browser_page):
+    """Stand-in demo (16 px, ground truth): a short run from the Train tab, its samples shown, and the model
+    selected in the Generate tab, which samples it."""
+    url, _, _ = app  # before demo_app exists: both patch where "demo" lives (the stand-in must be it here)
+    page, errors = browser_page
+    page.goto(url)
+    _open_tab(page, "Train")
+    # the resolution follows the workspace: 16 px images offer 16 px only
+    page.wait_for_function("() => document.querySelector('#cedm-train-resolution input').value === '16'")
+    page.locator("#cedm-train-condition textarea, #cedm-train-condition input").first.fill("gt")
+    page.locator("#cedm-train-preset input").click()
+    page.get_by_role("option", name="tiny").click()
+    kimg = page.locator("#cedm-train-kimg input")
+    kimg.fill("0.064")
+    kimg.press("Enter")
+    page.locator("#cedm-train-name textarea, #cedm-train-name input").first.fill("browser-tiny")
+    page.locator("#cedm-train-go").click()
+    page.locator("#cedm-train-status", has_text="browser-tiny").wait_for()
+    page.locator("#cedm-train-status", has_text="complete").wait_for()
+    page.wait_for_function("() => { const i = document.querySelector('#cedm-train-samples img');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
+    page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
+    _open_tab(page, "Generate")
+    page.wait_for_function("() => (document.querySelector('#cedm-gen-model input') || {}).value?.includes('browser-tiny')")
+    _wait_for_model_settings(page)
+    page.locator("#cedm-gen-go").click()
+    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 8")
+    assert errors == []
+
+
 @pytest.fixture(scope="module")
 def demo_app(tmp_path_factory):
     with running_app(tmp_path_factory.mktemp("demo-app"), real_demo=True) as served:
@@ -261,8 +297,8 @@ def test_generate_with_a_moved_slider_shows_images(gen_app, browser_page):
     page.goto(url)
     _open_tab(page, "Generate")
     page.wait_for_function("() => (document.querySelector('#cedm-gen-model input') || {}).value?.startsWith('tiny-c4')")
+    _wait_for_model_settings(page)
     box = page.locator("#cedm-gen-guidance input[type=number]")
-    box.wait_for()
     page.wait_for_function("() => document.querySelector('#cedm-gen-guidance input[type=number]').value === '2'")
     box.fill("3.5")
     box.press("Enter")
@@ -287,35 +323,6 @@ def test_generate_with_a_moved_slider_shows_images(gen_app, browser_page):
     page.get_by_role("option", name=re.compile("tiny-nodrop")).click()
     page.locator("#cedm-gen-guidance-note", has_text="p_uncond = 0").wait_for()
     assert page.locator("#cedm-gen-guidance input[type=number]").is_disabled()
-    assert errors == []
-
-
-def test_train_tab_trains_a_model_that_generate_then_offers(app, browser_page):
-    """Stand-in demo (16 px, ground truth): a short run from the Train tab, its samples shown, and the model
-    selected in the Generate tab, which samples it."""
-    url, _, _ = app
-    page, errors = browser_page
-    page.goto(url)
-    _open_tab(page, "Train")
-    # the resolution follows the workspace: 16 px images offer 16 px only
-    page.wait_for_function("() => document.querySelector('#cedm-train-resolution input').value === '16'")
-    page.locator("#cedm-train-condition textarea, #cedm-train-condition input").first.fill("gt")
-    page.locator("#cedm-train-preset input").click()
-    page.get_by_role("option", name="tiny").click()
-    kimg = page.locator("#cedm-train-kimg input")
-    kimg.fill("0.064")
-    kimg.press("Enter")
-    page.locator("#cedm-train-name textarea, #cedm-train-name input").first.fill("browser-tiny")
-    page.locator("#cedm-train-go").click()
-    page.locator("#cedm-train-status", has_text="browser-tiny").wait_for()
-    page.locator("#cedm-train-status", has_text="complete").wait_for()
-    page.wait_for_function("() => { const i = document.querySelector('#cedm-train-samples img');"
-                           " return i && i.complete && i.naturalWidth > 0; }")
-    page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
-    _open_tab(page, "Generate")
-    page.wait_for_function("() => (document.querySelector('#cedm-gen-model input') || {}).value?.includes('browser-tiny')")
-    page.locator("#cedm-gen-go").click()
-    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 8")
     assert errors == []
 
 
