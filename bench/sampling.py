@@ -4,8 +4,9 @@
 as two separate network calls per evaluation (the official C-EDM code). *engine*: InferenceEngine.generate with
 its defaults: inference mode, guidance as one call of batch 2B, bf16 autocast where the hardware has it (CUDA,
 AMX CPUs), and on CUDA channels-last + torch.compile with CUDA graphs. Where that default is bf16 on a CPU, the
-engine with dtype='fp32' (float-close to the reference) is timed too. Both use the EDM Heun sampler with 18 steps (35 evaluations) and guidance w = 2, the same
-per-image seeds and clusters; "max|diff|" is the largest difference of their outputs (images in [-1, 1]).
+engine with dtype='fp32' (float-close to the reference) is timed too. Both use the EDM Heun sampler with 18
+steps (35 evaluations) and guidance w = 2, the same per-image seeds and clusters; "max|diff|" is the largest
+difference of their outputs (images in [-1, 1]).
 
 Also: 16 images with the interactive defaults (INTERACTIVE_DEFAULTS); and under load, 16 concurrent clients
 each asking for 4 images vs the same 16 requests one by one. On CUDA: model FLOPs per evaluation (torch's
@@ -79,7 +80,8 @@ def bench_preset(preset, R, device, batches, tmp, threads, reps, peak):
             t_ours, (x_ours, _) = timed(lambda: eng.generate(mdir, output="float", **kw), reps)
             t_ref, x_ref = timed(lambda: reference_sample(ref_model, **kw), reps if B <= 16 else 1)
             row = {"preset": preset, "resolution": R, "params_M": round(count_parameters(m) / 1e6, 2),
-                   "device": str(device), "dtype": str(eng.dtype or torch.float32).replace("torch.", ""), "batch": B, "ref_s": round(t_ref, 3), "ours_s": round(t_ours, 3),
+                   "device": str(device), "dtype": str(eng.dtype or torch.float32).replace("torch.", ""),
+                   "batch": B, "ref_s": round(t_ref, 3), "ours_s": round(t_ours, 3),
                    "ref_img_s": round(B / t_ref, 2), "ours_img_s": round(B / t_ours, 2),
                    "speedup": round(t_ref / t_ours, 2),
                    "max_abs_diff": float((x_ours.cpu() - x_ref.cpu()).abs().max())}

@@ -60,7 +60,8 @@ def _gallery_images(page):
 def _wait_for_model_settings(page) -> None:
     """The Generate tab fills a model's clusters (and resets the guidance) after the model is chosen: a click
     before that would sample with no cluster, or have the moved slider overwritten."""
-    page.wait_for_function("() => (document.querySelector('#cedm-gen-cluster input') || {}).value?.startsWith('cluster')")
+    page.wait_for_function(
+        "() => (document.querySelector('#cedm-gen-cluster input') || {}).value?.startsWith('cluster')")
 
 
 def _open_tab(page, name: str) -> None:
@@ -142,7 +143,8 @@ def test_train_tab_trains_a_model_that_generate_then_offers(app, browser_page):
                            " return i && i.complete && i.naturalWidth > 0; }")
     page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
     _open_tab(page, "Generate")
-    page.wait_for_function("() => (document.querySelector('#cedm-gen-model input') || {}).value?.includes('browser-tiny')")
+    page.wait_for_function(
+        "() => (document.querySelector('#cedm-gen-model input') || {}).value?.includes('browser-tiny')")
     _wait_for_model_settings(page)
     page.locator("#cedm-gen-go").click()
     page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 8")

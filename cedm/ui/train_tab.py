@@ -62,7 +62,9 @@ def cli_command(ws_name: str, condition: str, backbone: str | None, preset: str,
                 name: str) -> str:
     """The command line that continues (or repeats) this training for a longer budget."""
     parts = ["cedm", "train", ws_name, "--condition", condition]
-    if backbone and condition.split(":", 1)[0] in ("kmeans", "temi"):
+    from cedm.clusters.labelings import METHODS
+
+    if backbone and condition.split(":", 1)[0] in METHODS:  # clusters depend on the features they came from
         parts += ["--backbone", backbone]
     parts += ["--preset", preset, "--resolution", str(resolution), "--batch", str(BATCH), "--lr", f"{LR:g}",
               "--kimg", f"{kimg:g}", "--out", name, "--resume"]
