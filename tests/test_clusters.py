@@ -294,6 +294,23 @@ def test_save_labeling_and_compact(toy_ws):
         L.save_labeling(ws, "range", labels, ["a", "b"])
 
 
+def test_row_sets_round_trip_and_resolve(toy_ws):
+    from cedm.clusters import labelings as L
+    ws, _, _ = toy_ws
+    L.save_rows(ws, "picks", [5, 3, 3, 9])
+    assert L.load_rows(ws, "picks").tolist() == [3, 5, 9] and L.list_row_sets(ws) == ["picks"]
+    lab = L.resolve(ws, "rows:picks")
+    assert lab.class_names == ["rest", "picks"] and np.flatnonzero(lab.labels).tolist() == [3, 5, 9]
+    assert L.rows_from_paths(ws, [ws.paths[7], ws.paths[2]]).tolist() == [2, 7]
+    for bad in ([], [ws.n], [-1]):
+        with pytest.raises(CedmError):
+            L.save_rows(ws, "bad", bad)
+    with pytest.raises(CedmError, match="no row set"):
+        L.resolve(ws, "rows:nope")
+    with pytest.raises(CedmError, match="not in workspace"):
+        L.rows_from_paths(ws, ["no/such.png"])
+
+
 def test_cli_cluster_export_and_bound(toy_ws, tmp_path, capsys):
     from cedm.cli import main
     ws, y, _ = toy_ws

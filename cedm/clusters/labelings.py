@@ -7,6 +7,7 @@ the bound's utilization curve grows run by run. Named labelings (e.g. CLIP pseud
 
     kmeans:C    k-means with C clusters          temi:C    TEMI with C clusters
     gt          the workspace's ground truth     labels:NAME  a labeling saved with save_labeling
+    rows:NAME   a named set of rows (a selection, few-shot picks): 1 = in the set, 0 = the rest
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from cedm.clusters.result import ClusterResult
 from cedm.device import resolve_device
 from cedm.errors import CedmError
 
-STAGE_CLUSTERS, STAGE_KNN, STAGE_LABELINGS = "clusters", "knn", "labelings"
+STAGE_CLUSTERS, STAGE_KNN, STAGE_LABELINGS, STAGE_ROWSETS = "clusters", "knn", "labelings", "rowsets"
 METHODS = ("kmeans", "temi")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -183,8 +184,7 @@ def from_clusters(res: ClusterResult, name: str | None = None) -> Labeling:
 def save_labeling(ws, name: str, labels, class_names: list[str] | None = None, probs=None,
                   params: dict | None = None) -> Path:
     """Store a named labeling (e.g. CLIP pseudo-labels) for ``labels:NAME``; replaces one of the same name."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise CedmError(f"invalid labeling name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    _check_label_name(name, "labeling")
     labels = np.asarray(labels)
     if labels.shape != (ws.n,) or not np.issubdtype(labels.dtype, np.integer):
         raise CedmError(f"labels must be {ws.n} integers (one per image), got {labels.dtype} {labels.shape}")
@@ -220,6 +220,59 @@ def list_labelings(ws) -> list[str]:
     return sorted({m["params"]["name"] for _, m in ws.list_artifacts(STAGE_LABELINGS)})
 
 
+# --- named row sets (selections, few-shot picks) -------------------------------------------------
+def _check_label_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise CedmError(f"invalid {what} name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def save_rows(ws, name: str, rows, note: str = "") -> Path:
+    """Store a named set of image rows (``rows:NAME``); replaces a set of the same name."""
+    _check_label_name(name, "row set")
+    try:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise CedmError("rows must be integer row numbers") from None
+    if len(rows) == 0:
+        raise CedmError(f"row set {name!r} is empty: pick at least one image")
+    if rows.min() < 0 or rows.max() >= ws.n:
+        raise CedmError(f"rows must lie in [0, {ws.n - 1}] for workspace {ws.name!r}")
+    rows = np.unique(rows)
+    with ws.write_artifact(STAGE_ROWSETS, {"name": name}, info={"n_rows": int(len(rows)), "note": note}) as d:
+        io.save_npy(d / "rows.npy", rows)
+    return ws.find_artifact(STAGE_ROWSETS, {"name": name})
+
+
+def rows_from_paths(ws, paths) -> np.ndarray:
+    """Rows of the given source paths (as in ``ws.paths``); unknown paths are a CedmError naming them."""
+    index = {p: i for i, p in enumerate(ws.paths)}
+    wanted = [str(p).strip() for p in paths if str(p).strip()]
+    missing = [p for p in wanted if p not in index]
+    if missing:
+        raise CedmError(f"{len(missing)} path(s) are not in workspace {ws.name!r}, e.g. {missing[0]!r}")
+    return np.array(sorted({index[p] for p in wanted}), dtype=np.int64)
+
+
+def load_rows(ws, name: str) -> np.ndarray:
+    found = ws.find_artifact(STAGE_ROWSETS, {"name": name})
+    if found is None:
+        known = ", ".join(list_row_sets(ws)) or "none"
+        raise CedmError(f"no row set named {name!r} in workspace {ws.name!r} (saved: {known})")
+    return io.load_npy(found / "rows.npy")
+
+
+def list_row_sets(ws) -> list[str]:
+    return sorted({m["params"]["name"] for _, m in ws.list_artifacts(STAGE_ROWSETS)})
+
+
+def rows_labeling(ws, name: str) -> Labeling:
+    """Two classes: 0 = the rest, 1 = the rows of set ``name``."""
+    labels = np.zeros(ws.n, dtype=np.int64)
+    labels[load_rows(ws, name)] = 1
+    return Labeling(name=f"rows:{name}", labels=labels, class_names=["rest", name])
+
+
 def resolve(ws, spec: str, backbone=None, weights=None, seed: int = 0, device=None, progress=None,
             **temi_kw) -> Labeling:
     """The compacted Labeling for ``spec`` (kmeans:C, temi:C, gt, labels:NAME); clusters are computed if needed."""
@@ -232,6 +285,8 @@ def resolve(ws, spec: str, backbone=None, weights=None, seed: int = 0, device=No
         return Labeling(name="gt", labels=gt.labels, class_names=list(gt.names)).compact()
     if method == "labels" and arg:
         return load_labeling(ws, arg).compact()
+    if method == "rows" and arg:
+        return rows_labeling(ws, arg)
     if method in METHODS:
         try:
             c = int(arg)
@@ -240,4 +295,4 @@ def resolve(ws, spec: str, backbone=None, weights=None, seed: int = 0, device=No
         res = cluster_workspace(ws, method, c, backbone=backbone, weights=weights, seed=seed, device=device,
                                 progress=progress, **temi_kw)
         return from_clusters(res, spec).compact()
-    raise CedmError(f"unknown labeling {spec!r}: use kmeans:C, temi:C, gt or labels:NAME")
+    raise CedmError(f"unknown labeling {spec!r}: use kmeans:C, temi:C, gt, labels:NAME or rows:NAME")
