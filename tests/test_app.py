@@ -39,7 +39,7 @@ def test_only_working_actions_are_public(app):
     api = client(url).view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == {"/import_dataset", "/delete_workspace", "/cluster", "/cluster_bound",
                                            "/query", "/export_assignments", "/export_cluster", "/train", "/generate",
-                                           "/compare"}
+                                           "/compare", "/download_model", "/upload_model"}
     assert api["unnamed_endpoints"] == {}
 
 

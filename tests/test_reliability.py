@@ -354,3 +354,80 @@ def test_import_overwrite_refuses_to_delete_models_without_force(tmp_path):
     assert (ws.root / "models" / "my-model" / "cedm.json").is_file()
     r = _cli("import", str(src), "--name", "pics", "--resolution", "16", "--overwrite", "--force", home=home)
     assert r.returncode == 0 and not (ws.root / "models" / "my-model").exists()
+
+
+# --- 6. a model travels as a zip ------------------------------------------------------------------------------
+def _zip_of(path: Path, entries: dict) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for k, v in entries.items():
+            z.writestr(k, v)
+    return path
+
+
+def test_model_zip_round_trip_and_hostile_zips(model_dirs_tiny, tmp_path):
+    import torch
+
+    from cedm.errors import CedmError
+    from cedm.model.edm import load_model
+    from cedm.model.package import install_model_zip, pack_model
+
+    src = model_dirs_tiny / "tiny-c4"
+    z = pack_model(src, tmp_path / "tiny.zip")
+    with zipfile.ZipFile(z) as f:
+        assert sorted(f.namelist()) == ["tiny-c4/cedm.json", "tiny-c4/unet_ema/config.json",
+                                        "tiny-c4/unet_ema/diffusion_pytorch_model.safetensors"]
+    got = install_model_zip(z, tmp_path / "models")
+    assert got == tmp_path / "models" / "tiny-c4"
+    a, b = load_model(src), load_model(got)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(CedmError, match="already exists"):
+        install_model_zip(z, tmp_path / "models")
+    assert install_model_zip(z, tmp_path / "models", name="copy").name == "copy"
+
+    good = {n: zipfile.ZipFile(z).read(n) for n in zipfile.ZipFile(z).namelist()}
+    cfg = good["tiny-c4/unet_ema/config.json"]
+    hostile = {
+        "pickle": ({**good, "tiny-c4/unet_ema/model.bin": b"\x80\x04evil"}, "never pickles"),
+        "traversal": ({"../evil/cedm.json": b"{}"}, "one folder"),
+        "two models": ({**good, "other/cedm.json": b"{}"}, "one folder"),
+        "no weights": ({"m/cedm.json": good["tiny-c4/cedm.json"], "m/unet_ema/config.json": cfg}, "lacks"),
+        "fake weights": ({**good, "tiny-c4/unet_ema/diffusion_pytorch_model.safetensors": b"\xff" * 64},
+                         "not a safetensors"),
+        "not json": ({**good, "tiny-c4/cedm.json": b"\x00\x01"}, "not valid JSON"),
+    }
+    for what, (entries, msg) in hostile.items():
+        with pytest.raises(CedmError, match=msg):
+            install_model_zip(_zip_of(tmp_path / f"{what}.zip", entries), tmp_path / "hostile")
+        assert not (tmp_path / "hostile").exists() or [p.name for p in (tmp_path / "hostile").iterdir()] == [], what
+    with pytest.raises(CedmError, match="invalid model name"):
+        install_model_zip(z, tmp_path / "hostile", name="../up")
+    with pytest.raises(CedmError, match="not a zip"):
+        install_model_zip(tmp_path / "tiny.zip.missing", tmp_path / "hostile")
+
+
+def test_download_a_model_sample_it_with_the_cli_and_upload_it_elsewhere(model_dirs_tiny, tmp_path):
+    from gradio_client import handle_file
+
+    with running_app(tmp_path / "pub", model_dirs=[model_dirs_tiny]) as (url, demo, home):
+        alice, bob = client(url), client(url)
+        z = Path(alice.predict("demo", "tiny-c4", api_name="/download_model"))
+        assert z.name == "tiny-c4.zip"
+        folder = tmp_path / "unzipped"
+        zipfile.ZipFile(z).extractall(folder)
+        r = _cli("sample", str(folder / "tiny-c4"), "--n", "2", "--cluster", "1", "--steps", "2", "--sampler", "euler",
+                 "--out", str(tmp_path / "samples"), "--threads", "1", home=tmp_path / "cli-home")
+        assert r.returncode == 0, r.stderr
+        assert len(list((tmp_path / "samples").glob("*.png"))) >= 2
+        s = bob.predict("demo", handle_file(str(z)), "mine", api_name="/upload_model")
+        assert s["model"].endswith("/mine") and s["n_conditions"] == 4
+        _, rec = bob.predict(model=s["model"], condition="a cluster", cluster=2, guidance=1.0, steps=2,
+                             sampler="euler", seed=0, n=1, workspace="demo", api_name="/generate")
+        assert rec[0]["condition"] == 2
+        # public mode: it went into bob's own area; alice does not have it
+        assert "unknown model" in _app_error(alice.predict, model=s["model"], condition="a cluster", cluster=2,
+                                             guidance=1.0, steps=2, sampler="euler", seed=0, n=1, workspace="demo",
+                                             api_name="/generate")
+        assert "never pickles" in _app_error(
+            bob.predict, "demo", handle_file(str(_zip_of(tmp_path / "evil.zip", {"m/cedm.json": b"{}",
+                                                                                  "m/x.pkl": b"\x80"}))), "",
+            api_name="/upload_model")

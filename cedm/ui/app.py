@@ -14,7 +14,8 @@ import logging
 import gradio as gr
 
 from cedm import workspace as wsp
-from cedm.ui import clusters_tab, dataset_tab, export_tab, generate_tab, labels_tab, query_tab, train_tab
+from cedm.ui import clusters_tab, dataset_tab, export_tab, generate_tab, labels_tab, models_tab, query_tab, \
+    train_tab
 from cedm.ui.common import MAX_FILE_SIZE, AppContext
 from cedm.ui.sessions import DEFAULT_MAX_AGE_S, LocalArea, Sessions, is_public
 
@@ -54,6 +55,8 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
                 labels_load = labels_tab.build(ctx, data.workspace, clusters)
             with gr.Tab("Export", id="export"):
                 export_tab.build(ctx, data.workspace, clusters.backbone, clusters.clustering)
+            with gr.Tab("Models", id="models"):
+                models = models_tab.build(ctx, data.workspace, shipped_dirs=model_dirs)
         demo.load(data.on_load, None, [data.workspace], api_visibility="private")
         demo.load(*labels_load, api_visibility="private")
         demo.load(gen.on_model, [gen.model, data.workspace], gen.init_outputs, api_visibility="private")
@@ -63,6 +66,9 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
                          [condition], [tabs], api_visibility="private")
         # a model trained in the Train tab joins the Generate tab's list, selected
         train.trained.change(gen.on_workspace, [data.workspace, train.trained], [gen.model], api_visibility="private")
+        models.uploaded.change(gen.on_workspace, [data.workspace, models.uploaded], [gen.model], api_visibility="private")
+        train.trained.change(models.on_workspace, [data.workspace], [models.model], api_visibility="private")
+        demo.load(models.on_workspace, [data.workspace], [models.model], api_visibility="private")
         demo.load(train.on_workspace, [data.workspace, train.resolution], [train.resolution], api_visibility="private")
         data.workspace.change(clusters.on_workspace, [data.workspace], clusters.outputs, api_visibility="private",
                               concurrency_limit=8)
