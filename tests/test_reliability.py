@@ -431,3 +431,31 @@ def test_download_a_model_sample_it_with_the_cli_and_upload_it_elsewhere(model_d
             bob.predict, "demo", handle_file(str(_zip_of(tmp_path / "evil.zip", {"m/cedm.json": b"{}",
                                                                                   "m/x.pkl": b"\x80"}))), "",
             api_name="/upload_model")
+
+
+def test_local_training_of_a_cli_workspace_is_an_ordinary_model_and_a_cancel_keeps_its_checkpoint(local_app):
+    """In local mode the Train endpoint trains a CLI-made workspace into its own models/ (what `cedm sample
+    --workspace` and `cedm train --resume` use); a client's cancel stops the run at a step with a checkpoint
+    (today it trained on to the end), and Train continues it."""
+    import json as _json
+
+    from cedm import workspace as wsp
+    from cedm.ui import train_tab
+
+    url, _, home = local_app
+    wsp.create_from_array(home, "cli-train", _images(n=40, seed=3))
+    c = client(url)
+    job = c.submit("cli-train", "none", "", "tiny", 16, 20.0, "long-run", api_name="/train")
+    folder = home / "workspaces" / "cli-train" / "models" / "long-run"
+    wait_for(lambda: train_tab._TRAINING.locked() and (folder / "training").is_dir(), "the training to start")
+    job.cancel()
+    wait_for(lambda: not train_tab._TRAINING.locked() and (folder / "cedm.json").is_file(), "the training to stop")
+    t = _json.loads((folder / "cedm.json").read_text())["training"]
+    assert not t["complete"] and 0 < t["kimg_done"] < 20.0
+    done = t["kimg_done"]
+    s = c.predict("cli-train", "none", "", "tiny", 16, done + 0.064, "long-run", api_name="/train")
+    assert s["complete"] and s["kimg_done"] == pytest.approx(done + 0.064) and s["model"] == "cli-train/long-run"
+    assert s["command_line"].startswith("cedm train cli-train ")
+    r = _cli("sample", "long-run", "--workspace", "cli-train", "--n", "1", "--steps", "2", "--sampler", "euler",
+             "--uncond", "--out", str(home.parent / "s"), "--threads", "1", home=home)
+    assert r.returncode == 0, r.stderr
