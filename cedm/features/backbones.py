@@ -127,7 +127,7 @@ def availability(name: str) -> tuple[str, str]:
     size = f" {spec.download_mb} MB" if spec.download_mb else ""
     if hub.downloads_allowed():
         return "downloadable", f"downloads{size} on first use"
-    return "off", f"needs a download{size.replace(' ', ' of ', 1)} (downloads are off)"
+    return "off", f"needs downloading{size}; downloads are off"
 
 
 def weights_identity(name: str, weights: str | os.PathLike | None = None, pretrained: bool = True) -> str:

@@ -57,6 +57,7 @@ def get_clustering(ws, backbone: str, spec: str, progress=None, compute: bool = 
 def backbone_choices(ws) -> tuple[list[tuple[str, str]], str]:
     """(label, name) of every backbone, those with cached features first; and the default choice."""
     from cedm.features import OFFLINE_BACKBONE, list_backbones, list_features
+    from cedm.features.backbones import availability
 
     cached = []
     if ws is not None:
@@ -65,8 +66,8 @@ def backbone_choices(ws) -> tuple[list[tuple[str, str]], str]:
             if b in list_backbones() and b not in cached:
                 cached.append(b)
     order = cached + [b for b in list_backbones() if b not in cached]
-    labels = [(f"{b} (features ready)" if b in cached else
-               f"{b} (works offline)" if b == OFFLINE_BACKBONE else b, b) for b in order]
+    # what a click would do: read cached features, run offline, use cached weights, download, or need downloads
+    labels = [(f"{b} (features ready)" if b in cached else f"{b} ({availability(b)[1]})", b) for b in order]
     return labels, (cached[0] if cached else OFFLINE_BACKBONE)
 
 
