@@ -10,6 +10,7 @@ The server listens on 127.0.0.1 only, answers from files the test made, and logs
         a missing repo: 404 RepoNotFound; an unknown revision: 404 RevisionNotFound
     HEAD/GET /<old-org>/<old-name>/resolve/...   for a renamed repo: 307 relative redirect to the new name
     GET /cdn/<sha256>                            the bytes (Content-Length, ETag)
+    GET /files/<name>                            a plain file (like pytorch-fid's release download)
 
 Run as a script it registers the tiny CLIP model and then runs the cedm command line in this process:
 ``python tests/local_hub.py CFG_DIR -- features ws --backbone dinov2_vits14 ...``.
@@ -36,6 +37,7 @@ class LocalHub:
         self.repos: dict[str, dict] = {}      # repo -> {"commit": sha1, "files": {name: (sha256, bytes path)}}
         self.renamed: dict[str, str] = {}     # old repo id -> new repo id
         self.blobs: dict[str, Path] = {}
+        self.static: dict[str, Path] = {}     # /files/<name> -> file
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._servers: list[http.server.ThreadingHTTPServer] = []
@@ -109,6 +111,8 @@ def _handler(hub: LocalHub):
             if len(parts) == 2 and parts[0] == "cdn" and parts[1] in hub.blobs:
                 data = hub.blobs[parts[1]].read_bytes()
                 return self._send(200, {"ETag": f'"{parts[1]}"', "Content-Type": "application/octet-stream"}, data)
+            if len(parts) == 2 and parts[0] == "files" and parts[1] in hub.static:
+                return self._send(200, {"Content-Type": "application/octet-stream"}, hub.static[parts[1]].read_bytes())
             if len(parts) < 5 or parts[2] != "resolve":
                 return self._send(404, {"X-Error-Code": "RepoNotFound"}, b"not found")
             repo, revision, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])

@@ -247,3 +247,44 @@ def test_real_download_path_cli_then_offline_then_the_app(served, clean_env, hom
     assert [p for _, p in srv.seen()[before:]] == [
         f"/{DINOV2_REPO}/resolve/main/model.safetensors", f"/cdn/{served.sha['dinov2']}",
         f"/{TINY_CLIP_REPO}/resolve/main/open_clip_model.safetensors", f"/cdn/{served.sha['clip']}"]
+
+
+def test_fid_inception_and_dinov2_download_when_allowed(served, clean_env, tmp_path):
+    """FID's Inception (pytorch-fid's release file; its sha256 prefix in the name is checked) and FD_DINOv2's
+    weights come through the same policy, and the metric records name the exact files."""
+    import hashlib
+
+    from cedm import evaluate as ev
+    from tests.test_evaluate import _random_fid_inception_state
+
+    src = tmp_path / "inception.pth"
+    _random_fid_inception_state(src)
+    name = f"pt_inception-test-{hashlib.sha256(src.read_bytes()).hexdigest()[:8]}.pth"
+    served.hub.static[name] = src
+    mp = clean_env
+    mp.setattr(ev, "INCEPTION_URL", f"{served.hub.url}/files/{name}")
+    mp.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    mp.setenv("HF_ENDPOINT", served.hub.url)
+    mp.setenv("HF_HOME", str(tmp_path / "hf"))
+    mp.setenv(hub.ALLOW_ENV, "1")
+    from collections import OrderedDict
+
+    from cedm.features import extract
+    mp.setattr(extract, "_MODELS", OrderedDict())
+    before, calls = len(served.hub.seen()), []
+    nets, notes = ev.metric_nets(device="cpu", progress=lambda d, t, desc: calls.append(desc))
+    assert [n.metric for n in nets] == ["FD_EffNetLite0", "FID", "FD_DINOv2"] and notes == []
+    fid, dino = nets[1], nets[2]
+    assert fid.weights_file == {"source": "url", "repo": ev.INCEPTION_URL, "revision": None, "filename": name,
+                                "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+    assert dino.weights_file == _record(DINOV2_REPO, served.hub, served.sha["dinov2"], "model.safetensors")
+    assert fid.fn(_images()).shape == (N_IMAGES, 2048)
+    assert f"downloading {name}" in calls and f"downloading {DINOV2_REPO}/model.safetensors" in calls
+    assert [p for _, p in served.hub.seen()[before:]] == [f"/files/{name}",
+                                                          f"/{DINOV2_REPO}/resolve/main/model.safetensors",
+                                                          f"/cdn/{served.sha['dinov2']}"]
+    # a file whose content does not match the hash in its name is refused (nothing kept)
+    served.hub.static["pt_inception-bad-00000000.pth"] = src
+    mp.setattr(ev, "INCEPTION_URL", f"{served.hub.url}/files/pt_inception-bad-00000000.pth")
+    assert ev.find_inception_weights() is None
+    assert not (tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-bad-00000000.pth").exists()
