@@ -223,11 +223,24 @@ def hub_file(repo: str, filenames: tuple[str, ...], revision: str | None = None)
     raise DownloadFailed(f"{repo} has none of {', '.join(filenames)}")
 
 
+def missing_message(what: str, alternatives: str, error: Exception | None = None) -> str:
+    """One sentence: why ``what`` (e.g. 'the dino_vitb16 weights') is missing, how to allow downloads, and the
+    caller's offline ``alternatives``."""
+    if isinstance(error, DownloadsOff):
+        allow = ("unset HF_HUB_OFFLINE and pass --allow-downloads" if hub_offline() else
+                 f"allow them with --allow-downloads (or {ALLOW_ENV}=1, or the app's settings)")
+        return (f"{what} are not in the local model cache and downloads are off ({download_policy().reason}): "
+                f"{allow}, {alternatives}")
+    detail = f" ({error})" if isinstance(error, DownloadFailed) else \
+        " (no internet connection or the model hub is unreachable)"
+    return f"{what} could not be downloaded{detail}: {alternatives}"
+
+
 def file_record(path: str | os.PathLike, source: str = "file", repo: str | None = None) -> WeightsFile:
     """A local (or package-shipped) weights file as a :class:`WeightsFile`."""
     return WeightsFile(str(path), source, repo, None, Path(path).name)
 
 
-__all__ = ["ALLOW_ENV", "DownloadPolicy", "DownloadsOff", "DownloadFailed", "WeightsFile", "cache_dir",
+__all__ = ["ALLOW_ENV", "DownloadFailed", "DownloadPolicy", "DownloadsOff", "WeightsFile", "cache_dir",
            "cached_hub_file", "download_policy", "download_progress", "downloads_allowed", "endpoint",
-           "file_record", "hub_file", "hub_offline", "on_space", "set_allow_downloads"]
+           "file_record", "hub_file", "hub_offline", "missing_message", "on_space", "set_allow_downloads"]

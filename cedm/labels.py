@@ -115,14 +115,8 @@ def clip_offline_message(model: str, tag: str | None, error: Exception | None = 
     """One sentence: why the CLIP weights are missing and what to do instead."""
     from cedm import hub
 
-    alternatives = "use ImageNet classifier labels with --imagenet or pass a local weights file with --weights PATH"
-    if isinstance(error, hub.DownloadsOff):
-        return (f"the open_clip {model} ({tag}) weights are not in the local model cache and downloads are off "
-                f"({hub.download_policy().reason}): allow them with --allow-downloads (or {hub.ALLOW_ENV}=1, "
-                f"or the app's settings), {alternatives}")
-    detail = f" ({error})" if isinstance(error, hub.DownloadFailed) else \
-        " (no internet connection or the model hub is unreachable)"
-    return f"the open_clip {model} ({tag}) weights could not be downloaded{detail}: {alternatives}"
+    return hub.missing_message(f"the open_clip {model} ({tag}) weights", "use ImageNet classifier labels with "
+                               "--imagenet or pass a local weights file with --weights PATH", error)
 
 
 def _create(model: str, tag: str | None):

@@ -13,6 +13,7 @@ import torch
 
 from cedm import hub, io
 from cedm.cli import main
+from cedm.errors import CedmError
 from cedm.features import backbones
 from cedm.workspace import create_from_array
 from tests import local_hub
@@ -138,7 +139,7 @@ def test_nothing_touches_the_network_when_downloads_are_off(served, clean_env, h
         hub.hub_file(TINY_CLIP_REPO, ("open_clip_model.safetensors",))
     nets, notes = ev.metric_nets(device="cpu")
     assert [n.metric for n in nets] == ["FD_EffNetLite0"] and notes == [ev.FID_SKIPPED, ev.DINOV2_SKIPPED]
-    with pytest.raises(Exception):
+    with pytest.raises(CedmError, match="downloads are off"):
         labels.load_clip(TINY_CLIP, TINY_CLIP_TAG, device="cpu")
     # a Space allows downloads, and its start-up still fetches nothing
     mp.setenv("SPACE_ID", "someone/cedm")
@@ -228,7 +229,7 @@ def test_real_download_path_cli_then_offline_then_the_app(served, clean_env, hom
     mp.setattr(labels, "DEFAULT_MODEL", TINY_CLIP)
     mp.setitem(labels.DEFAULT_TAGS, TINY_CLIP, TINY_CLIP_TAG)
     before = len(srv.seen())
-    with running_app(tmp_path / "app") as (url, demo, app_home):
+    with running_app(tmp_path / "app") as (url, demo, _):
         from gradio_client import handle_file
         c = client(url)
         rep = c.predict([handle_file(str(make_zip(tmp_path / "pics.zip", n_images=N_IMAGES, junk=False)))], "",

@@ -90,14 +90,8 @@ def get_spec(name: str) -> BackboneSpec:
 # --- weights ------------------------------------------------------------------------------------
 def offline_message(name: str, error: Exception | None = None) -> str:
     """One sentence: why the weights of backbone ``name`` are missing and what to do instead."""
-    alternatives = f"use the offline backbone {OFFLINE_BACKBONE} or pass a local weights file with --weights PATH"
-    if isinstance(error, hub.DownloadsOff):
-        return (f"the {name} weights are not in the local model cache and downloads are off "
-                f"({hub.download_policy().reason}): allow them with --allow-downloads (or "
-                f"{hub.ALLOW_ENV}=1, or the app's settings), {alternatives}")
-    detail = f" ({error})" if isinstance(error, hub.DownloadFailed) else \
-        " (no internet connection or the model hub is unreachable)"
-    return f"the {name} weights could not be downloaded{detail}: {alternatives}"
+    return hub.missing_message(f"the {name} weights", f"use the offline backbone {OFFLINE_BACKBONE} or pass a "
+                               "local weights file with --weights PATH", error)
 
 
 def pretrained_file(name: str) -> "hub.WeightsFile":

@@ -17,12 +17,12 @@ def status_markdown(n_images: int | None = None) -> str:
     from cedm.features.backbones import availability, get_spec, list_backbones
 
     policy = hub.download_policy()
-    lines = [f"**Model downloads: {'on' if policy.allowed else 'off'}** ({policy.reason}). "
-             "Weights come from the Hugging Face hub into its standard cache, only for the models named here."]
+    lines = [(f"**Model downloads: {'on' if policy.allowed else 'off'}** ({policy.reason}). "
+              "Weights come from the Hugging Face hub into its standard cache, only for the models named here.")]
     for name in list_backbones():
         if name.startswith("clip:"):
             continue  # CLIP towers registered on the fly for labels
-        status, words = availability(name)
+        words = availability(name)[1]
         est = ""
         if n_images and name in CPU_IMAGES_PER_S:
             est = f"; features for {n_images:,} images take about {_minutes(n_images / CPU_IMAGES_PER_S[name])} on CPU"
