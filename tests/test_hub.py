@@ -245,6 +245,16 @@ def test_real_download_path_cli_then_offline_then_the_app(served, clean_env, hom
         assert ((size, size), f"downloading {TINY_CLIP_REPO}/open_clip_model.safetensors") in calls
         from cedm.ui.settings import status_markdown
         assert "`dinov2_vits14`: weights cached" in status_markdown()
+        # the settings switch (local mode): turns downloads off and relabels the Clusters tab's backbones
+        switch = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "switch")
+        status, dropdown = switch(False, rep["workspace"], "dinov2_vits14", SimpleNamespace(session_hash=c.session_hash))
+        assert status.startswith("**Model downloads: off**") and not hub.downloads_allowed()
+        assert f"features for {N_IMAGES} images take about" in status
+        labels_now = dict((v, lab) for lab, v in dropdown.choices)
+        assert labels_now["dinov2_vits14"] == "dinov2_vits14 (features ready)"
+        assert labels_now["dino_vitb16"] == "dino_vitb16 (needs downloading 343 MB; downloads are off)"
+        switch(True, rep["workspace"], "dinov2_vits14", SimpleNamespace(session_hash=c.session_hash))
+        assert hub.downloads_allowed()
     assert [p for _, p in srv.seen()[before:]] == [
         f"/{DINOV2_REPO}/resolve/main/model.safetensors", f"/cdn/{served.sha['dinov2']}",
         f"/{TINY_CLIP_REPO}/resolve/main/open_clip_model.safetensors", f"/cdn/{served.sha['clip']}"]

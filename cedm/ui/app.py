@@ -44,8 +44,7 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
                 labels_load = labels_tab.build(ctx, data.workspace, clusters)
             with gr.Tab("Export", id="export"):
                 export_tab.build(ctx, data.workspace, clusters.backbone, clusters.clustering)
-        downloads = settings.build()  # which backbones work now; the downloads switch in local mode
-        data.workspace.change(settings.on_workspace(ctx), [data.workspace], [downloads], api_visibility="private")
+        settings.build(ctx, data.workspace, clusters.backbone)  # which backbones work now; downloads switch (local)
         demo.load(data.on_load, None, [data.workspace], api_visibility="private")
         demo.load(*labels_load, api_visibility="private")
         demo.load(gen.on_model, [gen.model, data.workspace], gen.init_outputs, api_visibility="private")

@@ -34,9 +34,19 @@ def _minutes(seconds: float) -> str:
     return f"{max(1, round(seconds / 60))} min" if seconds >= 60 else f"{max(1, round(seconds))} s"
 
 
-def build(local: bool | None = None) -> gr.Markdown:
-    """The settings accordion; ``local`` (default: not on a Space) shows the downloads switch."""
+def build(ctx, workspace: gr.Dropdown, backbone: gr.Dropdown, local: bool | None = None) -> gr.Markdown:
+    """The settings accordion; ``local`` (default: not on a Space) shows the downloads switch, which also
+    relabels the Clusters tab's ``backbone`` choices (cached / downloads on first use / downloads off)."""
+    from cedm.ui import cluster_views as cv
+
     local = (not hub.on_space()) if local is None else local
+
+    def open_ws(workspace_name, request):
+        try:
+            return ctx.open(workspace_name, request)
+        except Exception:  # no workspace yet (or gone): the status without estimates
+            return None
+
     with gr.Accordion("Settings: model downloads", open=False):
         info = gr.Markdown(status_markdown(), elem_id="cedm-downloads-status")
         if local:
@@ -44,20 +54,17 @@ def build(local: bool | None = None) -> gr.Markdown:
                                  info="DINO, DINOv2, CLIP and Inception weights from the Hugging Face hub",
                                  interactive=not hub.hub_offline(), elem_id="cedm-allow-downloads")
 
-            def switch(allowed: bool) -> str:
+            def switch(allowed: bool, workspace_name, current, request: gr.Request):
                 hub.set_allow_downloads(bool(allowed))
-                return status_markdown()
+                ws = open_ws(workspace_name, request)
+                choices = cv.backbone_choices(ws)[0]
+                return status_markdown(ws.n if ws else None), gr.Dropdown(choices=choices, value=current)
 
-            toggle.change(switch, [toggle], [info], api_visibility="private")
+            toggle.change(switch, [toggle, workspace, backbone], [info, backbone], api_visibility="private")
+
+    def refresh(workspace_name, request: gr.Request):  # time estimates for the open workspace's size
+        ws = open_ws(workspace_name, request)
+        return status_markdown(ws.n if ws else None)
+
+    workspace.change(refresh, [workspace], [info], api_visibility="private")
     return info
-
-
-def on_workspace(ctx):
-    """Handler: the status with time estimates for the open workspace's size."""
-    def refresh(workspace_name, request: gr.Request):
-        try:
-            n = ctx.open(workspace_name, request).n
-        except Exception:  # no workspace yet (or gone): the status without estimates
-            n = None
-        return status_markdown(n)
-    return refresh
