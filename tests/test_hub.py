@@ -250,7 +250,7 @@ def test_real_download_path_cli_then_offline_then_the_app(served, clean_env, hom
         status, dropdown = switch(False, rep["workspace"], "dinov2_vits14", SimpleNamespace(session_hash=c.session_hash))
         assert status.startswith("**Model downloads: off**") and not hub.downloads_allowed()
         assert f"features for {N_IMAGES} images take about" in status
-        labels_now = dict((v, lab) for lab, v in dropdown.choices)
+        labels_now = {v: lab for lab, v in dropdown.choices}
         assert labels_now["dinov2_vits14"] == "dinov2_vits14 (features ready)"
         assert labels_now["dino_vitb16"] == "dino_vitb16 (needs downloading 343 MB; downloads are off)"
         switch(True, rep["workspace"], "dinov2_vits14", SimpleNamespace(session_hash=c.session_hash))
