@@ -82,8 +82,13 @@ def test_availability_and_telemetry_off(clean_env, tmp_path):
     assert backbones.get_spec("dino_vitb16").hub_ref()[0] == "timm/vit_base_patch16_224.dino"
     assert backbones.get_spec("dinov2_vits14").hub_ref()[0] == DINOV2_REPO
     assert backbones.get_spec("clip_vitb32").hub_ref()[0] == "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
-    from open_clip.pretrained import get_pretrained_cfg
-    assert get_pretrained_cfg("ViT-bigG-14", "laion2b_s39b_b160k")["hf_hub"]  # the paper's CLIP: --model ViT-bigG-14
+    # the paper's CLIP is one flag away (--model ViT-bigG-14): its LAION-2B weights on the hub, its own tower
+    from cedm import labels
+    clean_env.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
+    tag = labels.resolve_tag("ViT-bigG-14", None)
+    tower = labels.image_backbone("ViT-bigG-14", tag)
+    assert tag == "laion2b_s39b_b160k" and backbones.get_spec(tower).feature_dim == 1280
+    assert backbones.get_spec(tower).hub_ref() == ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", backbones.CLIP_FILES)
     # telemetry and analytics off (defaults set when cedm.hub is imported, before the libraries are)
     import importlib
     clean_env.delenv("HF_HUB_DISABLE_TELEMETRY")
@@ -299,3 +304,34 @@ def test_fid_inception_and_dinov2_download_when_allowed(served, clean_env, tmp_p
     mp.setattr(ev, "INCEPTION_URL", f"{served.hub.url}/files/pt_inception-bad-00000000.pth")
     assert ev.find_inception_weights() is None
     assert not (tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-bad-00000000.pth").exists()
+
+
+@pytest.mark.slow  # a ViT-B/16 (172 MB in float16) through the local hub: about 15 s
+def test_the_papers_dino_vitb16_downloads_and_loads_strictly(served, clean_env, home, tmp_path):
+    """The registry's default backbone end to end: timm's vit_base_patch16_224.dino repo, model.safetensors."""
+    from collections import OrderedDict
+
+    from safetensors.torch import save_file
+
+    from cedm.features import extract, get_features
+    from cedm.features.extract import find_features, l2_normalize
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        net = backbones.get_spec("dino_vitb16").create()
+    path = tmp_path / "model.safetensors"  # float16 keeps the file small; the strict load casts to float32
+    save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, str(path))
+    repo = backbones.get_spec("dino_vitb16").hub_ref()[0]
+    sha = served.hub.add_file(repo, "model.safetensors", path)
+    mp = clean_env
+    mp.setenv("HF_ENDPOINT", served.hub.url)
+    mp.setenv("HF_HOME", str(tmp_path / "hf"))
+    mp.setenv(hub.ALLOW_ENV, "1")
+    mp.setattr(extract, "_MODELS", OrderedDict())
+    ws = create_from_array(home, "tiny", _images())
+    feats = get_features(ws, "dino_vitb16", device="cpu")
+    meta = io.read_json(find_features(ws, "dino_vitb16") / "meta.json")
+    assert meta["weights"] == "hf-hub:timm/vit_base_patch16_224.dino"  # the cache key: the hub id
+    assert meta["weights_file"] == _record(repo, served.hub, sha, "model.safetensors")
+    ref = backbones.build_backbone("dino_vitb16", weights=path, device="cpu")(ws.images[:])
+    np.testing.assert_allclose(feats, l2_normalize(ref), atol=2e-2)
