@@ -17,9 +17,9 @@ import threading
 import gradio as gr
 
 from cedm.errors import CedmError
-from cedm.model.registry import ModelEntry, find_model, list_models
+from cedm.model.registry import ModelEntry, find_model, guidance_note, list_models
 from cedm.ui import cluster_views as cv
-from cedm.ui.common import AppContext, guarded
+from cedm.ui.common import AppContext, generation_condition, guarded
 
 log = logging.getLogger("cedm.ui")
 
@@ -30,16 +30,6 @@ MAX_IMAGES = 16
 DEFAULT_GUIDANCE = 2.0
 SWEEP = (0.0, 1.0, 2.0, 4.0, 6.0)
 POLL_S = 0.2
-
-
-def guidance_note(entry: ModelEntry) -> str | None:
-    """Why the guidance slider is off for this model, or None when guidance works."""
-    if entry.n_conditions == 0:
-        return "This model is unconditional: it has no clusters, so there is nothing to guide towards."
-    if entry.p_uncond <= 0:
-        return ("This model was trained without label dropout (p_uncond = 0): it has no unconditional branch, "
-                "so only guidance 1 (plain conditional) is possible.")
-    return None
 
 
 def require_both_branches(entry: ModelEntry, what: str) -> None:
@@ -62,8 +52,6 @@ def condition_index(entry: ModelEntry, cluster: int) -> int:
 
 def query_condition(entry: ModelEntry, value: dict | None) -> int:
     """The Query tab's cluster as a condition index of this model; it must be the model's own clustering."""
-    from cedm.ui.app import generation_condition
-
     cond = generation_condition(value)
     if cond is None:
         raise CedmError("no query cluster yet: query an image in the Query tab and click 'Generate from this cluster'")
@@ -380,8 +368,6 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
                            value=current if current in names else (names[0] if names else None))
 
     def on_query(value):
-        from cedm.ui.app import generation_condition
-
         cond = generation_condition(value)
         if cond is None:
             return gr.Radio(), ""

@@ -162,9 +162,11 @@ def build(ctx: AppContext, workspace: gr.Dropdown, clusters) -> tuple:
     # new labels name the clusters: redraw the Clusters tab (its titles, sizes chart and gallery heading)
     clip_btn.click(make_clip, [workspace, names, use_gt], [labeling, clip_note, imagenet_btn],
                    api_visibility="private", concurrency_limit=2
-                   ).success(clusters.on_workspace, [workspace], clusters.outputs, api_visibility="private")
+                   ).success(clusters.on_workspace, [workspace], clusters.outputs, api_visibility="private",
+                             show_progress="hidden")
     imagenet_btn.click(make_imagenet, [workspace], [labeling, clip_note], api_visibility="private",
                        concurrency_limit=2
-                       ).success(clusters.on_workspace, [workspace], clusters.outputs, api_visibility="private")
+                       ).success(clusters.on_workspace, [workspace], clusters.outputs, api_visibility="private",
+                             show_progress="hidden")
     workspace.change(refresh_choices, [workspace, labeling], [labeling, use_gt], api_visibility="private")
     return refresh_choices, [workspace, labeling], [labeling, use_gt]
