@@ -397,7 +397,8 @@ def label_source(ws, label_spec: str) -> str:
         return "ground truth"
     name = label_spec.split(":", 1)[1] if label_spec.startswith("labels:") else label_spec
     found = [m for _, m in ws.list_artifacts(STAGE_LABELINGS) if m["params"].get("name") == name]
-    kind = (found[-1]["params"].get("kind") if found else None) or ("imagenet" if name == IMAGENET_NAME else None)
+    kind = (found[-1].get("details", {}).get("kind") if found else None) or \
+        ("imagenet" if name == IMAGENET_NAME else None)
     return {"imagenet": "ImageNet guess", "clip": "CLIP guess"}.get(kind, f"labels {name}")
 
 
@@ -424,7 +425,7 @@ def rename_cluster(ws, cluster_spec: str, cluster: int, name: str | None, backbo
         cluster = int(cluster)
     except (TypeError, ValueError):
         raise CedmError(f"choose a cluster to rename, got {cluster!r}") from None
-    if cluster not in ids and not 0 <= cluster < int(clusters.n_conditions or 0):
+    if cluster not in ids:
         raise CedmError(f"cluster {cluster} is not a cluster of {cluster_spec}")
     name = " ".join(str(name or "").split())
     if len(name) > 60:

@@ -434,6 +434,36 @@ def test_map_figure_draws_a_stated_sample_above_the_limit(demo_ws, monkeypatch):
         np.testing.assert_allclose(t.x, xy[drawn, 0])  # each point keeps its own row
 
 
+def test_selection_library_parts(demo_ws, tmp_path):
+    """What the map selection uses: its page and counts, "more like these", the CSV with names."""
+    import csv
+
+    from cedm.clusters.export import assignments_csv
+    from cedm.errors import CedmError
+    from cedm.features.search import more_like
+    from cedm.ui import cluster_views as cv
+
+    res = _clustering(demo_ws)
+    rows = np.flatnonzero(res.assignments == 4)[:5].tolist() + [int(np.flatnonzero(res.assignments == 2)[0])]
+    items, info, page = cv.selection_page(demo_ws, res, rows)
+    assert len(items) == 6 and page == 0 and "of 6" in info
+    assert items[0][1].endswith("cluster 4")  # the selection's largest cluster first
+    text = cv.selection_counts(res, rows)
+    assert text.startswith("**6 images selected** in 2 clusters") and "cluster 4: 5" in text and "cluster 2: 1" in text
+    found, cos = more_like(demo_ws, rows, backbone=OFFLINE, k=10)
+    assert len(found) == 10 and not set(found.tolist()) & set(rows) and np.all(np.diff(cos) <= 1e-6)
+    path = tmp_path / "sel.csv"
+    assert assignments_csv(demo_ws, res, path, rows=rows, names={4: "clocks, mostly"}) == 6
+    got = list(csv.reader(path.open()))
+    assert got[0] == ["path", "cluster", "confidence", "name"] and len(got) == 7
+    assert got[1][0] == demo_ws.paths[rows[0]] and got[1][1] == "4" and got[1][3] == "clocks, mostly"
+    assert got[-1][3] == ""  # a cluster without a name
+    with pytest.raises(CedmError, match="rows must be"):
+        assignments_csv(demo_ws, res, path, rows=[demo_ws.n])
+    with pytest.raises(CedmError, match="select some"):
+        more_like(demo_ws, [], backbone=OFFLINE)
+
+
 def test_bound_curve_helpers():
     from cedm.clusters.bound import c_max_of
     from cedm.ui.cluster_views import curve_figure
