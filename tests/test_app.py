@@ -246,6 +246,10 @@ def test_train_endpoint_trains_continues_and_lists_the_model(app):
     assert "above the workspace" in _app_error(c.predict, "demo", "gt", "", "tiny", 32, 1, "", api_name="/train")
     assert "paper" in _app_error(c.predict, "demo", "gt", "", "paper", 16, 1, "", api_name="/train")
     assert "invalid model name" in _app_error(c.predict, "demo", "gt", "", "tiny", 16, 1, "../up", api_name="/train")
+    # "start from the shipped unconditional model" takes its network (32 px), which these 16 px images lack
+    if train_tab.init_model(None) is not None:
+        assert "above the workspace" in _app_error(c.predict, "demo", "gt", "", "tiny", 16, 1, "", True,
+                                                   api_name="/train")
     assert "no workspace named" in _app_error(c.predict, "someone-else", "gt", "", "tiny", 16, 1, "", api_name="/train")
     with train_tab._TRAINING:  # someone else is training
         assert "another training" in _app_error(c.predict, "demo", "none", "", "tiny", 16, 0.032, "",

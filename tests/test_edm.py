@@ -254,6 +254,13 @@ def test_init_from_an_unconditional_model_carries_its_weights(tmp_path):
     assert torch.allclose(got["conv_in.weight"], theirs["conv_in.weight"], atol=1e-6)
 
 
+def test_measured_training_speed_is_positive_and_remembered():
+    from cedm.model import train as tr
+
+    ips = tr.measure_images_per_s("tiny", 16, batch=4, steps=1, device="cpu")
+    assert ips > 0 and tr.measure_images_per_s("tiny", 16, batch=4, steps=1, device="cpu") == ips
+
+
 # --- generation ---------------------------------------------------------------------------------
 class _Recorder:
     """Wraps a model and keeps the input of its first call (= sigma_max x the initial noise)."""

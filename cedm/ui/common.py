@@ -99,15 +99,16 @@ def progress_panel(job: str, value: str = "") -> gr.Markdown:
 
 
 def progress_callback(progress: gr.Progress | None, sessions: Sessions, request: gr.Request | None,
-                      job: str = "") -> Progress:
+                      job: str = "", cancellable: bool = True) -> Progress:
     """Adapt the library's ``fn(done, total, desc)`` to gr.Progress: the line shows stage, percent and ETA
-    (cedm.progress.Progress); a Cancel click stops the step."""
+    (cedm.progress.Progress); a Cancel click stops the step (unless the job stops itself: ``cancellable``
+    False, e.g. training, which checks should_stop and keeps a checkpoint)."""
     session = _session(request)
     if session:
         sessions.start_step(session)
 
     def sink(p: Progress) -> None:
-        if session and sessions.is_cancelled(session):
+        if cancellable and session and sessions.is_cancelled(session):
             raise CedmError("cancelled")
         if progress is not None:
             progress((p.done, p.total) if p.total else None, desc=p.line())
