@@ -314,7 +314,7 @@ def test_generate_with_a_moved_slider_shows_images(gen_app, browser_page):
 
     # the two shared-seed comparisons: a row unconditional + a row conditioned, then one seed at five w
     page.locator("#cedm-gen-same-noise").click()
-    page.locator("#cedm-gen-gallery", has_text="unconditional").first.wait_for()
+    page.locator("#cedm-gen-gallery", has_text="uncond").first.wait_for()
     page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 16")
     page.locator("#cedm-gen-sweep").click()
     page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 5")
