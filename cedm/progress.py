@@ -66,10 +66,11 @@ class Progress:
     def elapsed_s(self) -> float:
         return self.clock() - self.started
 
-    def line(self) -> str:
-        """'clustering · features: 1,200 images/s · 40% · about 12 s left'."""
+    def line(self, percent: bool = True) -> str:
+        """'clustering · features: 1,200 images/s · 40% · about 12 s left' (``percent`` False: without the
+        percent, for a display that draws it itself)."""
         parts = [t for t in (self.job, self.desc) if t]
-        if self.fraction is not None:
+        if percent and self.fraction is not None:
             parts.append(f"{100 * self.fraction:.0f}%")
         eta = self.eta_s()
         parts.append(f"about {format_seconds(eta)} left" if eta is not None else

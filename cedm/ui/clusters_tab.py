@@ -210,7 +210,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown) -> ClustersTab:
         backbone_name = backbone_name or cv.backbone_choices(ws)[1]
         method_name, c = cv.parse_spec(cv.spec_of(method_name, c))
         report = common.progress_callback(progress, ctx.sessions, request, job="clustering")
-        report(0, None, "starting")
+        report(0, 1, "starting")
         cached = find_clusters(ws, method_name, c, backbone=backbone_name) is not None
         if not cached:
             features_artifact(ws, backbone_name, progress=report)  # with progress; fails early when offline
@@ -377,7 +377,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown) -> ClustersTab:
 
         ws = ctx.open(workspace_name, request)
         report = common.progress_callback(progress, ctx.sessions, request, job="bound")
-        report(0, None, "starting")
+        report(0, 1, "starting")
         return bound_json(upper_bound(ws, backbone=backbone_name, progress=report))
 
     @guarded

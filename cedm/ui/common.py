@@ -111,7 +111,7 @@ def progress_callback(progress: gr.Progress | None, sessions: Sessions, request:
         if cancellable and session and sessions.is_cancelled(session):
             raise CedmError("cancelled")
         if progress is not None:
-            progress((p.done, p.total) if p.total else None, desc=p.line())
+            progress((p.done, p.total) if p.total else None, desc=p.line(percent=False))
 
     found = Progress(job, sink)
     if session and job:

@@ -158,7 +158,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, clusters) -> tuple:
                 raise CedmError("give at least two label names, comma-separated (or use the ground-truth names)")
             prompt_names = None
         report = common.progress_callback(progress, ctx.sessions, request, job="labels")
-        report(0, None, "CLIP: loading the model")
+        report(0, 1, "CLIP: loading the model")
         try:
             lab = clip_pseudo_labels(ws, label_names, prompt_names=prompt_names, progress=report)
         except CedmError as e:  # offline: say what to do here, in the app (the CLI's flags mean nothing here)
@@ -173,7 +173,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, clusters) -> tuple:
 
         ws = ctx.open(workspace_name, request)
         report = common.progress_callback(progress, ctx.sessions, request, job="labels")
-        report(0, None, "ImageNet classifier: starting")
+        report(0, 1, "ImageNet classifier: starting")
         lab = imagenet_labels(ws, progress=report)
         return gr.Dropdown(choices=labeling_choices(ws), value=lab.name), f"saved as {lab.name}"
 

@@ -157,7 +157,7 @@ def build(ctx: AppContext, workspace: gr.State, clustering: gr.Textbox, backbone
             t0 = time.time()
             live = common.progress_callback(progress, ctx.sessions, request, job="training", cancellable=False)
             live.extra = {"model": model_name, "folder": ws.derived_dir("models") / model_name}
-            live(0, None, f"training {model_name}: starting")
+            live(0, 1, f"training {model_name}: starting")
 
             def report(done: int, total: int, desc: str = "") -> None:
                 loss = desc.split()[1] if desc.startswith("loss ") else None
