@@ -37,6 +37,9 @@ def add_arguments(p) -> None:
                    help="features the kmeans/temi condition is computed from (default: the features default; "
                         "efficientnet_lite0 works offline)")
     p.add_argument("--out", default=None, help="model name under <workspace>/models (default <condition>-<preset>)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from a trained model's weights (a model folder or a model name, e.g. a shipped "
+                        "unconditional model); same preset and resolution; fine-tuning converges far faster")
     p.add_argument("--resume", action="store_true", help="continue the newest checkpoint of --out")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: all cores; 1 is often faster on a busy machine)")
@@ -53,7 +56,8 @@ def run(args) -> int:
                          batch_gpu=args.batch_gpu, lr=args.lr, lr_rampup_kimg=args.lr_rampup,
                          ema_halflife_kimg=args.ema, p_uncond=args.p_uncond, xflip=not args.no_xflip,
                          dropout=args.dropout, seed=args.seed, precision=args.precision,
-                         checkpoint_kimg=args.checkpoint_kimg, sample_kimg=args.sample_kimg)
+                         checkpoint_kimg=args.checkpoint_kimg, sample_kimg=args.sample_kimg,
+                         init=args.init)
     out = train_workspace(ws, args.condition, backbone=args.backbone, name=args.out, preset=args.preset, config=config,
                           resume=args.resume, device=args.device)
     import torch

@@ -63,6 +63,7 @@ class TrainConfig:
     n_sample: int = 16
     keep_checkpoints: int = 2
     log_every: int = 10  # steps between log lines
+    init: str | None = None  # start from this trained model's weights (a model folder; see init_weights)
 
     # Fields that must not change when a run is resumed (the schedule and the data stream depend on them).
     FIXED = ("preset", "resolution", "batch", "lr", "lr_rampup_kimg", "ema_halflife_kimg", "ema_rampup_ratio",
@@ -281,6 +282,8 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     # Model, EMA, optimizer.
     torch.manual_seed(config.seed)  # the initial weights depend on the seed only
     net = CEDM.from_preset(config.preset, config.resolution, C, dropout=config.dropout).to(dist.device).train()
+    if config.init and not (resume and checkpoints):  # a resumed run has its own weights
+        init_weights(net, config.init)
     ema = copy_model(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
     amp_dtype, use_scaler = _precision(config.precision, dist.device)
@@ -319,7 +322,8 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
                     max(1, round(config.sample_kimg * 1000 / config.batch)) if config.sample_kimg else None)
     info = {"preset": config.preset, "p_uncond": config.p_uncond if C else 0.0,
             "condition": {**(condition or {}), "n_conditions": C, "q": q},
-            "provenance": {**(provenance or {}), "data": fingerprint}}
+            "provenance": {**(provenance or {}), "data": fingerprint,
+                           **({"init": str(config.init)} if config.init else {})}}
     net.info = ema.info = info
 
     def write_state(done: bool):
@@ -448,6 +452,75 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     return out_dir
 
 
+def init_weights(net: CEDM, model_dir) -> dict:
+    """Start ``net`` from a trained model's (EMA) weights. The networks must have the same architecture
+    (preset and resolution); their conditions may differ. Every weight is carried except the class embedding:
+    its "no condition" row is carried, and each condition row starts as that row (so a C-EDM made from an
+    unconditional model starts out as that model for every cluster); when the condition counts match, the
+    whole embedding is carried. Returns {"carried": n, "class_rows": "all" | "uncond"}."""
+    from cedm.model.edm import load_model
+
+    src = load_model(model_dir, device="cpu", ema=True)
+    def arch(config) -> dict:  # what shapes the network (lists and tuples alike)
+        return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in dict(config).items()
+                if not k.startswith("_") and k not in ("num_class_embeds", "dropout")}
+
+    a, b = arch(src.unet.config), arch(net.unet.config)
+    if a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise CedmError(f"cannot start from {model_dir}: its network differs from this one ({', '.join(diff)}); "
+                        f"use its preset ({src.info.get('preset')}) and resolution ({src.resolution})")
+    state = src.unet.state_dict()
+    own = net.unet.state_dict()
+    key = "class_embedding.weight"
+    rows = "all"
+    if state[key].shape != own[key].shape:
+        emb = state[key][src.uncond_index].to(own[key].dtype)
+        state[key] = emb.expand_as(own[key]).clone()
+        rows = "uncond"
+    net.unet.load_state_dict(state)
+    return {"carried": len(state), "class_rows": rows}
+
+
+_SPEED: dict = {}
+
+
+def measure_images_per_s(preset: str, resolution: int, n_conditions: int = 0, batch: int = 32, steps: int = 2,
+                         device=None) -> float:
+    """Training speed (images/s) of a preset on this machine, measured on random data over ``steps`` steps
+    after one warm-up step (seconds on a CPU); remembered per (preset, resolution, batch, device)."""
+    from cedm.device import resolve_device
+
+    dev = resolve_device(device)
+    key = (preset, int(resolution), int(batch), str(dev))
+    if key not in _SPEED:
+        torch.manual_seed(0)
+        net = CEDM.from_preset(preset, int(resolution), int(n_conditions)).to(dev).train()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        x = torch.rand(int(batch), 3, int(resolution), int(resolution), device=dev) * 2 - 1
+        lab = torch.full((int(batch),), net.uncond_index, dtype=torch.long, device=dev)
+        t0 = 0.0
+        for i in range(steps + 1):
+            if i == 1:
+                t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            edm_loss(net, x, lab).mean().backward()
+            opt.step()
+        _SPEED[key] = steps * int(batch) / max(time.perf_counter() - t0, 1e-9)
+    return _SPEED[key]
+
+
+def resolve_init(ws, name: str | None) -> str | None:
+    """``--init MODEL``: a model folder, or a model name of cedm.model.registry (shipped or in ``ws``)."""
+    if not name:
+        return None
+    if (Path(name) / "cedm.json").is_file():
+        return str(Path(name))
+    from cedm.model.registry import find_model, list_models
+
+    return str(find_model(list_models(ws), name).path)
+
+
 def _precision(name: str, device: torch.device):
     """(autocast dtype or None, use GradScaler)."""
     if device.type != "cuda" or name == "fp32":
@@ -565,6 +638,7 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
     ``labels:NAME``). The model goes to ``out_dir``, default ``<workspace>/models/<name>``
     (name default ``<spec>-<preset>``). ``overrides`` set TrainConfig fields (kimg=..., batch=...)."""
     config = dataclasses.replace(config or TrainConfig(), preset=preset, **overrides)
+    config.init = resolve_init(ws, config.init)
     if out_dir is None:
         name = name or default_model_name(condition_spec, config.preset)
         if _SAFE_NAME.search(name) or name.startswith("."):
