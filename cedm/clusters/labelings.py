@@ -35,9 +35,10 @@ def resolve_backbone(backbone: str | None) -> str:
     return features.DEFAULT_BACKBONE
 
 
-def workspace_features(ws, backbone: str | None = None, weights: str | None = None) -> np.ndarray:
+def workspace_features(ws, backbone: str | None = None, weights: str | None = None,
+                       normalized: bool = True) -> np.ndarray:
     from cedm import features  # written alongside this module; imported only when a workspace is used
-    return features.get_features(ws, resolve_backbone(backbone), weights=weights, normalized=True)
+    return features.get_features(ws, resolve_backbone(backbone), weights=weights, normalized=normalized)
 
 
 def _features_key(backbone, weights) -> dict:
@@ -94,7 +95,8 @@ def cluster_workspace(ws, method: str, n_clusters: int, backbone=None, weights=N
     found = ws.find_artifact(STAGE_CLUSTERS, params)
     if found is not None:
         return load_clusters(found)
-    feats = workspace_features(ws, backbone, weights)
+    # raw embeddings: TEMI heads and Euclidean k-means take them as they are (the official code's inputs)
+    feats = workspace_features(ws, backbone, weights, normalized=False)
     if len(feats) != ws.n:
         raise CedmError(f"features have {len(feats)} rows but the workspace has {ws.n} images")
     if method == "kmeans":

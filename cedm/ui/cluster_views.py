@@ -211,7 +211,8 @@ def cluster_probabilities(res, features: np.ndarray) -> tuple[np.ndarray, str]:
             raise CedmError("this TEMI clustering has no stored head, so new images cannot be assigned")
         from cedm.clusters.temi import predict_proba
         temperature = float(res.params.get("temi", {}).get("teacher_temp", 0.1))
-        return predict_proba(res.head, x, temperature)[0], "TEMI head probabilities (softmax)"
+        raw = np.asarray(features, np.float32).reshape(1, -1)  # the head applies its own input transform
+        return predict_proba(res.head, raw, temperature)[0], "TEMI head probabilities (softmax)"
     if res.centroids is None:
         raise CedmError("this k-means clustering has no stored centroids")
     cos = (x @ l2_normalize(res.centroids).T)[0]
