@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cedm.ui.cluster_views import DEFAULT_C, get_clustering
+from cedm.ui.cluster_views import DEFAULT_C, DEFAULT_METHOD, get_clustering
 
 from tests.browser_util import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DEMO_N, make_tiny_models, make_zip, running_app, \
     session_workspaces
@@ -228,7 +228,7 @@ def test_a_click_on_the_map_selects_a_cluster(demo_app, browser_page):
     text = info.inner_text()
     row, cluster = int(text.split("row ")[1].split()[0]), int(text.split("cluster ")[1].split()[0])
     ctx = demo.cedm_context
-    res = get_clustering(ctx.open("demo", None), "efficientnet_lite0", f"kmeans:{DEFAULT_C}", compute=False)
+    res = get_clustering(ctx.open("demo", None), "efficientnet_lite0", f"{DEFAULT_METHOD}:{DEFAULT_C}", compute=False)
     assert int(res.assignments[row]) == cluster  # the point's own cluster is the one selected
     size = int(res.sizes[cluster])
     page.locator("#cedm-cluster-info", has_text=f"cluster {cluster} · ").wait_for()

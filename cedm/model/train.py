@@ -54,7 +54,8 @@ class TrainConfig:
     ema_rampup_ratio: float | None = 0.05  # EMA half-life at most this fraction of the images seen so far
     p_uncond: float = 0.1  # label dropout: probability of training a conditional image as unconditional
     xflip: bool = True
-    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    grad_clip: float = 1.0  # max gradient norm; 0 disables (the official EDM code does not clip)
+    augment: float = 0.0  # EDM's non-leaking augmentation probability (paper: 0.12-0.15); 0 = off
     dropout: float | None = None  # None: the preset's
     seed: int = 0
     precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16
@@ -67,7 +68,7 @@ class TrainConfig:
 
     # Fields that must not change when a run is resumed (the schedule and the data stream depend on them).
     FIXED = ("preset", "resolution", "batch", "lr", "lr_rampup_kimg", "ema_halflife_kimg", "ema_rampup_ratio",
-             "p_uncond", "xflip", "grad_clip", "dropout", "seed", "precision")
+             "p_uncond", "xflip", "grad_clip", "dropout", "seed", "precision", "augment")
 
     def resolved(self, data_resolution: int) -> "TrainConfig":
         c = dataclasses.replace(self)
@@ -81,6 +82,8 @@ class TrainConfig:
                 raise CedmError(f"{name} must be positive, got {getattr(c, name)}")
         if not 0 <= c.p_uncond < 1:
             raise CedmError(f"p_uncond must be in [0, 1), got {c.p_uncond}")
+        if not 0 <= c.augment <= 1:
+            raise CedmError(f"augment must be a probability in [0, 1], got {c.augment}")
         if c.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise CedmError(f"precision must be auto, fp32, bf16 or fp16, got {c.precision!r}")
         return c
@@ -281,7 +284,10 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
 
     # Model, EMA, optimizer.
     torch.manual_seed(config.seed)  # the initial weights depend on the seed only
-    net = CEDM.from_preset(config.preset, config.resolution, C, dropout=config.dropout).to(dist.device).train()
+    from cedm.model.augment import edm_pipe
+    pipe = edm_pipe(config.augment) if config.augment > 0 else None
+    net = CEDM.from_preset(config.preset, config.resolution, C, dropout=config.dropout,
+                           augment_dim=pipe.dim if pipe else 0).to(dist.device).train()
     if config.init and not (resume and checkpoints):  # a resumed run has its own weights
         init_weights(net, config.init)
     ema = copy_model(net).eval().requires_grad_(False)
@@ -295,8 +301,8 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     if resume and checkpoints:
         meta, tensors = load_checkpoint(checkpoints[-1])
         _check_resume(meta, config, C, fingerprint, dist.world)
-        net.unet.load_state_dict(_unprefixed("net", tensors))
-        ema.unet.load_state_dict(_unprefixed("ema", tensors))
+        net.load_checkpoint_state(_unprefixed("net", tensors))
+        ema.load_checkpoint_state(_unprefixed("ema", tensors))
         _optimizer_from_tensors(opt, tensors, meta["optimizer_param_groups"])
         batch_rng.bit_generator.state = meta["batch_rng"]
         noise_gen.set_state(tensors[f"rng.noise.{dist.rank}"].to(torch.uint8).cpu())
@@ -334,7 +340,7 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
             return
         if len(set(digests)) > 1:  # DDP must keep every replica identical (EDM's check_ddp_consistency)
             raise RuntimeError(f"DDP replicas diverged at step {step}: parameter digests {digests}")
-        tensors = {**_prefixed("net", net.unet.state_dict()), **_prefixed("ema", ema.unet.state_dict())}
+        tensors = {**_prefixed("net", net.checkpoint_state()), **_prefixed("ema", ema.checkpoint_state())}
         opt_tensors, groups = _optimizer_to_tensors(opt)
         tensors.update(opt_tensors)
         tensors.update({f"rng.noise.{r}": s for r, s in enumerate(states)})
@@ -380,6 +386,11 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
             drop = batch_rng.random(config.batch) < config.p_uncond
             sl = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
             x = load_batch(images, rows[sl], flips[sl], config.resolution, dist.device)
+            aug = None
+            if pipe is not None:  # seeded by (seed, step, rank): resumes exactly with no state to keep
+                aug_gen = torch.Generator(device=dist.device).manual_seed(
+                    (config.seed * 1_000_003 + step) * 2003 + dist.rank + 17)
+                x, aug = pipe(x, generator=aug_gen)
             lab = np.full(per_rank, C, dtype=np.int64) if labels is None else labels[rows[sl]].copy()
             lab[(lab < 0) | drop[sl]] = C  # no label, or dropped for guidance -> the "no condition" index
             lab = torch.from_numpy(lab).to(dist.device)
@@ -390,7 +401,8 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
             for i in range(n_micro):
                 sync = contextlib.nullcontext() if (i == n_micro - 1 or dist.world == 1) else ddp.no_sync()
                 with sync, torch.autocast(dist.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = edm_loss(ddp, x[i * micro:(i + 1) * micro], lab[i * micro:(i + 1) * micro], noise_gen)
+                    loss = edm_loss(ddp, x[i * micro:(i + 1) * micro], lab[i * micro:(i + 1) * micro], noise_gen,
+                                    augment_labels=None if aug is None else aug[i * micro:(i + 1) * micro])
                     scaler.scale(loss.sum() / per_rank).backward()
                 loss_sum += loss.detach().sum()
                 loss_n += len(loss)
@@ -563,8 +575,9 @@ def _gather_param_digests(net: torch.nn.Module, dist: Dist) -> list[str]:
 
 def _check_resume(meta: dict, config: TrainConfig, C: int, fingerprint: dict, world: int) -> None:
     old = meta["config"]
-    changed = [f"{k} ({old.get(k)} -> {getattr(config, k)})" for k in TrainConfig.FIXED
-               if k != "lr_rampup_kimg" and old.get(k) != getattr(config, k)]
+    fields = TrainConfig.__dataclass_fields__  # a field a checkpoint predates had its default then
+    changed = [f"{k} ({old.get(k, fields[k].default)} -> {getattr(config, k)})" for k in TrainConfig.FIXED
+               if k != "lr_rampup_kimg" and old.get(k, fields[k].default) != getattr(config, k)]
     if meta.get("n_conditions") != C:
         changed.append(f"n_conditions ({meta.get('n_conditions')} -> {C})")
     if meta.get("data") != fingerprint:
