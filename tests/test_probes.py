@@ -173,9 +173,10 @@ def _class_of(model, images):
     return torch.cdist(x, model.gmm.means.reshape(2, -1)).argmin(1).numpy()
 
 
-def test_rejection_keeps_the_most_probable_candidate_reproducibly(tiny):
+def test_rejection_keeps_the_most_probable_candidate_reproducibly(tiny, tmp_path):
     imgs, y = colour_images(30)
     probe = train_probe(tiny, imgs, y, ["red", "blue"], ProbeSettings(**FAST))
+    save_probe(probe, tmp_path / "p")
     kw = dict(n=6, targets=1, steps=4, sampler="dpmpp2m", seed=7, batch_size=12, w=0.0)
     _, plain = generate_with_probe(tiny, probe, **kw)
     p_plain = np.array([r["probe_probability"] for r in plain])
@@ -195,7 +196,7 @@ def test_rejection_keeps_the_most_probable_candidate_reproducibly(tiny):
         generate_with_probe(tiny, probe, **{**kw, "targets": 5})
 
 
-def test_probe_guidance_moves_samples_to_the_class_on_a_mixture_model():
+def test_probe_guidance_moves_samples_to_the_class_on_a_mixture_model(tmp_path):
     """Real UNet features, exact mixture denoiser: a modest weight moves most samples to the rarer class. (With
     these random features a sharp probe overshoots at w >= 1 when the x0 estimate is still the mixture mean:
     the paper's caveat; the demo measurement in docs/probes.md picks w for a trained model.)"""
@@ -203,6 +204,7 @@ def test_probe_guidance_moves_samples_to_the_class_on_a_mixture_model():
     model = mixture_model(imgs, y, [0.8, 0.2])
     probe = train_probe(model, imgs, y, ["red", "blue"], ProbeSettings(sigma_feature=1.0, **{**FAST, "hidden": 0}))
     assert probe.info["report"]["clean"]["accuracy"] >= 0.9
+    save_probe(probe, tmp_path / "p")
     kw = dict(n=16, targets=1, steps=6, sampler="heun", seed=0, batch_size=16)
     plain, _ = generate_with_probe(model, probe, w=0.0, **kw)
     guided, rec = generate_with_probe(model, probe, w=0.3, **kw)
@@ -264,3 +266,73 @@ def test_probe_command(home, tiny, tmp_path, capsys):
     assert "no row set named 'none'" in capsys.readouterr().err
     assert main(["probe", "cli", "--model", str(mdir), "--labels", "rows:blue", "--route", "x0",
                  "--sigma-feature", "-1"]) == 2
+
+
+# --- the inference engine ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine_setup(tmp_path_factory):
+    """A tiny C-EDM (3 conditions, label dropout) saved as a model, and a probe on its no-condition branch."""
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("probe-engine")
+    model = CEDM.from_preset("tiny", 16, 3, info={"p_uncond": 0.1, "condition": {"q": [0.2, 0.3, 0.5]}})
+    mdir = save_model(d / "cedm", model)
+    from cedm.model.edm import load_model
+    model = load_model(mdir)
+    imgs, y = colour_images(20)
+    probe = train_probe(model, imgs, y, ["red", "blue"], ProbeSettings(**FAST))
+    return mdir, model, save_probe(probe, d / "probe")
+
+
+def test_engine_serves_probe_guidance_like_the_library_and_cancels(engine_setup):
+    from cedm.inference.engine import Cancelled, InferenceEngine
+    from cedm.probes.kind import probe_spec
+
+    mdir, model, pdir = engine_setup
+    with InferenceEngine(device="cpu", dtype="fp32", max_batch=16) as eng:
+        # probe toward class 1 on the unconditional branch; best of 2 by the probe's probability
+        g = probe_spec(pdir, w=1.0)
+        x, rec = eng.generate(mdir, 3, clusters=1, guidance=g, steps=3, sampler="dpmpp2m", seed=5, best_of=2,
+                              output="float")
+        ref, ref_rec = generate_with_probe(model, pdir, 3, targets=1, w=1.0, steps=3, sampler="dpmpp2m", seed=5,
+                                           best_of=2, output="float")
+        assert (x - ref).abs().max() < 1e-4
+        assert [r["candidate"] for r in rec] == [r["candidate"] for r in ref_rec]
+        assert all(r["probe_class"] == 1 and r["condition"] is None and r["guided_by"] == "probe" for r in rec)
+        # classifier-free guidance toward the C-EDM's condition 2 plus the probe toward class 0, together
+        both = probe_spec(pdir, w=1.0, cfg=2.0, condition=2)
+        x2, rec2 = eng.generate(mdir, 2, clusters=0, guidance=both, steps=3, sampler="dpmpp2m", seed=5,
+                                output="float")
+        ref2, _ = generate_with_probe(model, pdir, 2, targets=0, w=1.0, condition=2, cfg=2.0, steps=3,
+                                      sampler="dpmpp2m", seed=5, output="float")
+        assert (x2 - ref2).abs().max() < 1e-4
+        assert rec2[0]["condition"] == 2 and rec2[0]["probe_class"] == 0 and rec2[0]["cfg"] == 2.0
+        with pytest.raises(CedmError, match="probe class 7 does not exist"):
+            eng.generate(mdir, 1, clusters=7, guidance=g, steps=2)
+        with pytest.raises(CedmError, match="condition 9 does not exist"):
+            eng.generate(mdir, 1, guidance=probe_spec(pdir, condition=9), steps=2)
+        # cancel stops a probe-guided request right after the step it was asked at
+        ticket = None
+
+        def cancel_at_2(step, total):
+            if step == 2:
+                ticket.cancel()
+
+        before = eng.stats["evaluations"]
+        ticket = eng.submit(mdir, 2, clusters=1, guidance=g, steps=40, sampler="euler", progress=cancel_at_2)
+        with pytest.raises(Cancelled):
+            ticket.result(60)
+        assert eng.stats["evaluations"] - before <= 3
+
+
+def test_probe_spec_refuses_other_models_and_bad_folders(engine_setup, tmp_path):
+    from cedm.inference.engine import InferenceEngine
+    from cedm.probes.kind import probe_spec
+
+    mdir, _, pdir = engine_setup
+    with pytest.raises(CedmError, match="not a probe folder"):
+        probe_spec(tmp_path)
+    torch.manual_seed(5)
+    other = save_model(tmp_path / "other", CEDM.from_preset("tiny", 16, 3, info={"p_uncond": 0.1}))
+    with InferenceEngine(device="cpu", dtype="fp32") as eng:
+        with pytest.raises(CedmError, match="another model"):
+            eng.generate(other, 1, guidance=probe_spec(pdir), steps=2)

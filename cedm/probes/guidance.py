@@ -33,21 +33,21 @@ def check_weight(w: float) -> float:
 
 
 def classifier_guidance(denoise, log_prob: LogProb, targets: torch.Tensor, w: float,
-                        through_denoiser: bool = True, sigma_max: float | None = None):
+                        through_denoiser: bool = True, interval: tuple[float, float] | None = None):
     """``denoise`` with classifier guidance toward ``targets`` (B,) at weight ``w``.
 
     ``log_prob(x, sigma, denoised) -> (B, K)`` log-probabilities (differentiable in x; it may read the
     denoised estimate). ``through_denoiser``: differentiate through D as well (the x0-estimate route); False
-    when log_prob reads x only, which saves the backward pass through the denoiser. ``sigma_max``: guide only
-    at sigma <= sigma_max (a limited guidance interval; above it D is returned unchanged and no gradient is
-    taken).
+    when log_prob reads x only, which saves the backward pass through the denoiser. ``interval`` (lo, hi):
+    guide only for lo <= sigma <= hi (a limited guidance interval, Kynkäänniemi et al. 2024; outside it D is
+    returned unchanged and no gradient is taken).
     """
     w = check_weight(w)
     if w == 0.0:
         return denoise
 
     def guided(x, sigma):
-        if sigma_max is not None and float(sigma) > sigma_max:
+        if interval is not None and not interval[0] <= float(sigma) <= interval[1]:
             return denoise(x, sigma)
         # the samplers run under no_grad / inference_mode: guidance needs a graph from x
         with torch.inference_mode(False), torch.enable_grad():
@@ -67,13 +67,13 @@ def classifier_guidance(denoise, log_prob: LogProb, targets: torch.Tensor, w: fl
     return guided
 
 
-def probe_guidance(denoise, probe, targets, w: float, sigma_max: float | None = None):
+def probe_guidance(denoise, probe, targets, w: float, interval: tuple[float, float] | None = None):
     """``denoise`` guided by a trained probe (cedm.probes.probe.Probe) toward class ``targets`` (B,) or an int."""
     if not torch.is_tensor(targets):
         targets = torch.as_tensor(targets, dtype=torch.long)
     check_targets(probe, targets)
     return classifier_guidance(denoise, probe.log_prob, targets.long(), w, through_denoiser=probe.uses_denoised,
-                               sigma_max=sigma_max)
+                               interval=interval)
 
 
 def check_targets(probe, targets) -> None:

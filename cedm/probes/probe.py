@@ -122,6 +122,7 @@ class Probe:
     def __init__(self, model, head: ProbeHead, settings: ProbeSettings, noise: torch.Tensor, info: dict):
         self.model, self.head, self.settings, self.info = model, head, settings, dict(info)
         self.noise = noise  # (3, R, R): the fixed eps of route x0
+        self.folder: Path | None = None  # where it is saved (sampling refers to a probe by its folder)
         self.class_names = list(info.get("class_names") or [f"class {i}" for i in range(self.n_classes)])
 
     @property
@@ -365,6 +366,7 @@ def save_probe(probe: Probe, folder) -> Path:
     with io.atomic_file(folder / "probe.safetensors") as tmp:
         save_file(tensors, str(tmp))
     io.write_json(folder / "probe.json", probe.info)
+    probe.folder = folder
     return folder
 
 
@@ -403,6 +405,7 @@ def load_probe(folder, model, check: bool = True) -> Probe:
     except RuntimeError as e:
         raise CedmError(f"probe weights do not match its description: {str(e).splitlines()[0]}") from None
     probe = Probe(model, head.eval().requires_grad_(False), settings, tensors["noise"], info)
+    probe.folder = Path(folder)
     if check:
         probe.check_model(model)
     dev = next(model.parameters()).device
@@ -485,7 +488,8 @@ def get_probe(ws, model, spec: str, settings: ProbeSettings | None = None, model
     info = {k: probe.info[k] for k in ("labeling", "model_dir", "default_target")}
     with ws.write_artifact(STAGE_PROBES, params, info={**info, "report": probe.info["report"]}) as d:
         save_probe(probe, d)
-    return probe, ws.find_artifact(STAGE_PROBES, params), True
+    probe.folder = ws.find_artifact(STAGE_PROBES, params)
+    return probe, probe.folder, True
 
 
 def list_probes(ws) -> list[dict]:
