@@ -336,3 +336,24 @@ def test_probe_spec_refuses_other_models_and_bad_folders(engine_setup, tmp_path)
     with InferenceEngine(device="cpu", dtype="fp32") as eng:
         with pytest.raises(CedmError, match="another model"):
             eng.generate(other, 1, guidance=probe_spec(pdir), steps=2)
+
+
+def test_sample_command_with_a_probe(engine_setup, tmp_path, capsys):
+    import json
+
+    from cedm.cli import main
+
+    mdir, _, pdir = engine_setup
+    out = tmp_path / "s"
+    args = ["sample", str(mdir), "--probe", str(pdir), "--cluster", "1", "--guidance", "2", "--n", "2", "--steps",
+            "2", "--sampler", "euler", "--best-of", "2", "--dtype", "fp32", "--out", str(out)]
+    assert main(args) == 0
+    recs = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(r["probe_class"] == 1 and r["guidance_kind"] == "probe" for r in recs)
+    assert all(r["guidance"] == 2.0 and r["best_of"] == 2 for r in recs)
+    assert main(args[:-2] + ["--condition", "1", "--cfg", "2", "--out", str(tmp_path / "t")]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(mdir), "--condition", "1"]) == 2
+    assert "--condition goes with --probe" in capsys.readouterr().err
+    assert main(["sample", str(mdir), "--probe", str(tmp_path), "--n", "1"]) == 2
+    assert "not a probe folder" in capsys.readouterr().err
