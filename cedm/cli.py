@@ -13,7 +13,7 @@ from cedm import __version__
 from cedm.errors import CedmError
 
 # Order follows the data flow: dataset -> features -> clusters -> model -> samples.
-COMMANDS = ["import", "features", "cluster", "bound", "labels", "train", "sample", "eval", "workspaces", "serve"]
+COMMANDS = ["import", "features", "annotate", "cluster", "bound", "labels", "train", "sample", "eval", "workspaces", "serve"]
 
 
 class _Parser(argparse.ArgumentParser):
