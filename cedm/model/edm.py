@@ -109,15 +109,18 @@ class CEDM(nn.Module):
         self.n_conditions = int(n_conditions)
         self.sigma_data = float(sigma_data)
         self.info = dict(info or {})
+        self.spatial_channels = int(unet.config.in_channels) - 3  # > 0: a spatial map joins x (model/spatial.py)
         if unet.config.num_class_embeds != self.n_conditions + 1:
             raise CedmError(f"network has {unet.config.num_class_embeds} class entries, expected "
                             f"{self.n_conditions} conditions + 1")
 
     @classmethod
     def from_preset(cls, preset: str, resolution: int, n_conditions: int, dropout: float | None = None,
-                    info: dict | None = None) -> "CEDM":
+                    info: dict | None = None, spatial_channels: int = 0) -> "CEDM":
         info = {"preset": preset, **(info or {})}
-        return cls(_new_unet(unet_config(preset, resolution, n_conditions, dropout)), n_conditions, info=info)
+        config = unet_config(preset, resolution, n_conditions, dropout)
+        config["in_channels"] += int(spatial_channels)
+        return cls(_new_unet(config), n_conditions, info=info)
 
     @property
     def resolution(self) -> int:
@@ -128,9 +131,11 @@ class CEDM(nn.Module):
         """The class index of the learned "no condition"."""
         return self.n_conditions
 
-    def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None,
+                spatial: torch.Tensor | None = None) -> torch.Tensor:
         """Denoised estimate of x (B,3,R,R) at noise level sigma (scalar or (B,)); labels (B,) in 0..C,
-        None = unconditional (index C)."""
+        None = unconditional (index C). ``spatial`` (B, spatial_channels, R, R): the layout map of a spatial
+        model, concatenated to the network input (None: the all-zero "no map")."""
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
         sigma = sigma.expand(x.shape[0], 1, 1, 1)
@@ -142,13 +147,17 @@ class CEDM(nn.Module):
         c_in = 1 / (sigma ** 2 + sd ** 2).sqrt()
         c_noise = sigma.flatten().log() / 4
         dtype = self.unet.dtype
-        F_x = self.unet((c_in * x).to(dtype), c_noise.to(dtype), class_labels=class_labels.long(),
+        inp = c_in * x
+        if self.spatial_channels:
+            from cedm.model.spatial import network_input
+            inp = network_input(inp, spatial, self.spatial_channels)
+        F_x = self.unet(inp.to(dtype), c_noise.to(dtype), class_labels=class_labels.long(),
                         return_dict=False)[0]
         return c_skip * x + c_out * F_x.to(torch.float32)
 
 
 def edm_loss(model: CEDM, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
-             P_mean: float = P_MEAN, P_std: float = P_STD) -> torch.Tensor:
+             P_mean: float = P_MEAN, P_std: float = P_STD, spatial: torch.Tensor | None = None) -> torch.Tensor:
     """EDM training loss: sigma log-normal, weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2.
 
     ``images`` are in [-1, 1]; ``labels`` already carry the dropout to the "no condition" index.
@@ -160,7 +169,8 @@ def edm_loss(model: CEDM, images: torch.Tensor, labels: torch.Tensor, generator:
     sd = model.sigma_data if not hasattr(model, "module") else model.module.sigma_data
     weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
     noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma
-    denoised = model(images + noise, sigma.flatten(), labels)
+    extra = {} if spatial is None else {"spatial": spatial}  # layout maps of a spatial model (model/spatial.py)
+    denoised = model(images + noise, sigma.flatten(), labels, **extra)
     return (weight * (denoised - images) ** 2).mean(dim=(1, 2, 3))
 
 
