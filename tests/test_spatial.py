@@ -146,3 +146,38 @@ def test_sample_cli_takes_a_layout(trained, tmp_path):
     assert len(recs) == 4 and all(r["box"] == [4.0, 4.0, 8.0, 8.0] for r in recs)
     assert main(["sample", str(trained[1]), "--layout", "4,4,8,8", "--n", "2", "--device", "cpu",
                  "--out", str(tmp_path / "x")]) == 2  # an image-level model takes no layout
+
+
+def test_workspace_train_and_sample_with_self_annotations(home, tmp_path):
+    """cedm train --spatial on a workspace's own self-annotations, then cedm sample --layout with an image (its
+    self-annotation, by the model's annotator) and with a mask PNG; the config records the spatial kind."""
+    from cedm.workspace import create_from_array
+
+    rng = np.random.default_rng(1)
+    imgs = np.full((8, 16, 16, 3), 255, np.uint8)
+    for i in range(8):
+        x, y = rng.integers(0, 9, 2)
+        imgs[i, y:y + 7, x:x + 7] = rng.integers(0, 200, 3)
+    create_from_array(home, "sq", imgs)
+    Image.fromarray(imgs[0]).save(tmp_path / "query.png")
+    common = ["--condition", "kmeans:2", "--backbone", "efficientnet_lite0", "--preset", "tiny", "--kimg", "0.008",
+              "--batch", "4", "--sample-kimg", "0", "--device", "cpu"]
+    for spatial, channels in (("box", 1), ("segments:2", 2)):
+        assert main(["train", "sq", "--spatial", spatial, *common]) == 0
+        model_dir = home / "workspaces" / "sq" / "models" / f"kmeans-2-{spatial.replace(':', '-')}-tiny"
+        info = json.loads((model_dir / "cedm.json").read_text())
+        assert info["spatial"]["kind"] == spatial.split(":")[0] and info["spatial"]["channels"] == channels
+        assert info["spatial"]["backbone"] == "efficientnet_lite0"
+        assert load_model(model_dir).spatial_channels == channels
+        assert (model_dir / "spatial_centroids.npy").is_file() == (channels == 2)
+        out = tmp_path / spatial.replace(":", "-")
+        assert main(["sample", str(model_dir), "--layout", str(tmp_path / "query.png"), "--n", "2", "--steps", "3",
+                     "--sampler", "dpmpp2m", "--device", "cpu", "--out", str(out)]) == 0
+        rec = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+        assert rec["layout"] == "image"
+    Image.fromarray(np.eye(16, dtype=np.uint8)).save(tmp_path / "mask.png")
+    assert main(["sample", str(model_dir), "--layout", str(tmp_path / "mask.png"), "--n", "1", "--steps", "3",
+                 "--device", "cpu", "--out", str(tmp_path / "m")]) == 0
+    Image.fromarray(np.full((16, 16), 5, np.uint8)).save(tmp_path / "bad.png")
+    assert main(["sample", str(model_dir), "--layout", str(tmp_path / "bad.png"), "--n", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "b")]) == 2  # segment id 5 of a 2-segment model
