@@ -181,3 +181,20 @@ def test_workspace_train_and_sample_with_self_annotations(home, tmp_path):
     Image.fromarray(np.full((16, 16), 5, np.uint8)).save(tmp_path / "bad.png")
     assert main(["sample", str(model_dir), "--layout", str(tmp_path / "bad.png"), "--n", "1", "--device", "cpu",
                  "--out", str(tmp_path / "b")]) == 2  # segment id 5 of a 2-segment model
+
+
+def test_layout_fidelity_ranks_the_spatial_model_first(trained):
+    from cedm.model.spatial import layout_fidelity
+
+    def dark_box(images):  # an exact annotator for dark squares on white
+        out = []
+        for im in images:
+            ys, xs = np.nonzero(im.mean(-1) < 128)
+            out.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 8, 8])
+        return np.array(out)
+
+    _, boxes = _squares(8, seed=5)
+    models = {"spatial": load_model(trained[0]), "image": load_model(trained[1])}
+    res = layout_fidelity(models, "box", boxes, [0] * 8, dark_box, steps=8, sampler="dpmpp2m", seed=0)
+    assert len(res["spatial"]["per_image"]) == 8
+    assert res["spatial"]["iou"] > res["image"]["iou"] + 0.15, res
