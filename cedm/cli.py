@@ -16,7 +16,7 @@ from cedm.errors import CedmError
 ALLOW_HELP = (f"allow downloading the named pretrained weights (DINO, DINOv2, CLIP, Inception) from the model hub "
               f"into the Hugging Face cache (also {hub.ALLOW_ENV}=1; on by default on a Hugging Face Space; "
               f"offline otherwise)")
-COMMANDS = ["import", "features", "cluster", "bound", "labels", "train", "probe", "sample", "eval", "workspaces",
+COMMANDS = ["import", "features", "annotate", "cluster", "bound", "labels", "train", "probe", "sample", "eval", "workspaces",
             "serve"]
 
 

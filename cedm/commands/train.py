@@ -42,6 +42,16 @@ def add_arguments(p) -> None:
     p.add_argument("--backbone", default=None,
                    help="features the kmeans/temi condition is computed from (default: the features default; "
                         "efficientnet_lite0 works offline)")
+    p.add_argument("--spatial", default=None, metavar="box|segments:S",
+                   help="also condition on a layout: the workspace's self-box (box) or self-segment map with S "
+                        "classes (segments:S), concatenated to the network input (needs --condition; see "
+                        "docs/spatial.md)")
+    p.add_argument("--spatial-backbone", default=None, metavar="NAME",
+                   help="backbone of the self-annotations (default: --backbone, else the features default)")
+    p.add_argument("--p-drop-map", type=float, default=0.0,
+                   help="spatial: also drop the map alone with this probability (layout-free cluster guidance)")
+    p.add_argument("--p-drop-class", type=float, default=0.0,
+                   help="spatial: also drop the cluster alone with this probability (cluster-free layout guidance)")
     p.add_argument("--out", default=None, help="model name under <workspace>/models (default <condition>-<preset>)")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="start from a trained model's weights (a model folder or a model name, e.g. a shipped "
@@ -66,7 +76,9 @@ def run(args) -> int:
                          checkpoint_kimg=args.checkpoint_kimg, sample_kimg=args.sample_kimg,
                          init=args.init)
     out = train_workspace(ws, args.condition, backbone=args.backbone, name=args.out, preset=args.preset, config=config,
-                          resume=args.resume, device=args.device)
+                          resume=args.resume, device=args.device, spatial=args.spatial,
+                          spatial_options={"p_drop_map": args.p_drop_map, "p_drop_class": args.p_drop_class,
+                                           "backbone": args.spatial_backbone})
     import torch
 
     if torch.distributed.is_initialized():  # launched by torchrun

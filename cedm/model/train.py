@@ -247,7 +247,7 @@ ProgressFn = Callable[[int, int, str], None]
 def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_dir, config: TrainConfig | None = None,
           q: list[float] | None = None, progress: ProgressFn | None = None, resume: bool = False,
           condition: dict | None = None, provenance: dict | None = None, device=None, max_steps: int | None = None,
-          show_progress: bool = True, should_stop: Callable[[], bool] | None = None) -> Path:
+          show_progress: bool = True, should_stop: Callable[[], bool] | None = None, spatial=None) -> Path:
     """Train a C-EDM model on uint8 ``images`` (N, R, R, 3) (a memmap is fine: batches are read row by row).
 
     ``labels``: int per image in 0..C-1, -1 = no condition (trained as unconditional); None when C = 0.
@@ -257,6 +257,7 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     without it, an ``out_dir`` that already holds a model is refused.
     ``max_steps``: stop (with a checkpoint) after this many steps in this call; a later ``resume`` goes on.
     ``should_stop()``: asked after every step; True stops the same way (a Stop button; single process only).
+    ``spatial``: a cedm.model.spatial.SpatialData (per-image layout maps concatenated to the input).
     Under torchrun every rank calls this; rank 0 writes. Returns the model folder.
     """
     config = (config or TrainConfig()).resolved(images.shape[1] if hasattr(images, "shape") else 0)
@@ -281,13 +282,17 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     if not resume and ((out_dir / "cedm.json").exists() or checkpoints):
         raise CedmError(f"{out_dir} already holds a model; resume it (--resume) or choose another output name")
     fingerprint = data_fingerprint(images, labels)
+    if spatial is not None:
+        from cedm.model.spatial import check_spatial_data
+        fingerprint["spatial"] = check_spatial_data(spatial, images, C)
 
     # Model, EMA, optimizer.
     torch.manual_seed(config.seed)  # the initial weights depend on the seed only
     from cedm.model.augment import edm_pipe
     pipe = edm_pipe(config.augment) if config.augment > 0 else None
     net = CEDM.from_preset(config.preset, config.resolution, C, dropout=config.dropout,
-                           augment_dim=pipe.dim if pipe else 0).to(dist.device).train()
+                           augment_dim=pipe.dim if pipe else 0,
+                           spatial_channels=spatial.channels if spatial is not None else 0).to(dist.device).train()
     if config.init and not (resume and checkpoints):  # a resumed run has its own weights
         init_weights(net, config.init)
     ema = copy_model(net).eval().requires_grad_(False)
@@ -330,6 +335,8 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
             "condition": {**(condition or {}), "n_conditions": C, "q": q},
             "provenance": {**(provenance or {}), "data": fingerprint,
                            **({"init": str(config.init)} if config.init else {})}}
+    if spatial is not None:
+        info["spatial"] = spatial.info()
     net.info = ema.info = info
 
     def write_state(done: bool):
@@ -370,6 +377,9 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     loss_n = 0
     if dist.main:
         train_dir.mkdir(parents=True, exist_ok=True)
+        if spatial is not None:
+            from cedm.model.spatial import save_centroids
+            save_centroids(out_dir, spatial)
         io.write_json(train_dir / "config.json", {"config": config.to_dict(), "n_conditions": C, "q": q,
                                                   "world_size": dist.world})
     net_params = list(net.parameters())
@@ -393,6 +403,11 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
                 x, aug = pipe(x, generator=aug_gen)
             lab = np.full(per_rank, C, dtype=np.int64) if labels is None else labels[rows[sl]].copy()
             lab[(lab < 0) | drop[sl]] = C  # no label, or dropped for guidance -> the "no condition" index
+            maps = None
+            if spatial is not None:  # layout maps, dropped together with the label (and each alone)
+                map_off, class_off = spatial.draw_drops(batch_rng, config.batch)
+                lab[class_off[sl]] = C
+                maps = spatial.maps(rows[sl], flips[sl], config.resolution, dist.device, ~(drop | map_off)[sl])
             lab = torch.from_numpy(lab).to(dist.device)
             torch.manual_seed((config.seed * 1_000_003 + step) * 1009 + dist.rank)  # network dropout
 
@@ -402,7 +417,8 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
                 sync = contextlib.nullcontext() if (i == n_micro - 1 or dist.world == 1) else ddp.no_sync()
                 with sync, torch.autocast(dist.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss = edm_loss(ddp, x[i * micro:(i + 1) * micro], lab[i * micro:(i + 1) * micro], noise_gen,
-                                    augment_labels=None if aug is None else aug[i * micro:(i + 1) * micro])
+                                    augment_labels=None if aug is None else aug[i * micro:(i + 1) * micro],
+                                    spatial=None if maps is None else maps[i * micro:(i + 1) * micro])
                     scaler.scale(loss.sum() / per_rank).backward()
                 loss_sum += loss.detach().sum()
                 loss_n += len(loss)
@@ -646,14 +662,16 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
                     config: TrainConfig | None = None, resume: bool = False, progress: ProgressFn | None = None,
                     device=None, max_steps: int | None = None, show_progress: bool = True,
                     backbone: str | None = None, should_stop: Callable[[], bool] | None = None,
-                    **overrides) -> Path:
+                    spatial: str | None = None, spatial_options: dict | None = None, **overrides) -> Path:
     """Train on a workspace's images conditioned on ``condition_spec`` (``none``, ``kmeans:C``, ``temi:C``,
     ``labels:NAME``). The model goes to ``out_dir``, default ``<workspace>/models/<name>``
-    (name default ``<spec>-<preset>``). ``overrides`` set TrainConfig fields (kimg=..., batch=...)."""
+    (name default ``<spec>-<preset>``). ``overrides`` set TrainConfig fields (kimg=..., batch=...).
+    ``spatial``: ``box`` or ``segments:S`` adds the workspace's self-annotations as a layout condition
+    (cedm.model.spatial; ``spatial_options``: p_drop_map, p_drop_class, weights, pretrained)."""
     config = dataclasses.replace(config or TrainConfig(), preset=preset, **overrides)
     config.init = resolve_init(ws, config.init)
     if out_dir is None:
-        name = name or default_model_name(condition_spec, config.preset)
+        name = name or default_model_name(condition_spec + (f"-{spatial}" if spatial else ""), config.preset)
         if _SAFE_NAME.search(name) or name.startswith("."):
             raise CedmError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-'")
         out_dir = ws.derived_dir("models") / name
@@ -662,10 +680,15 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
     if not dist.main:
         dist.barrier()
     labels, C, q, desc = resolve_condition(ws, condition_spec, backbone=backbone)
+    layouts = None
+    if spatial:
+        from cedm.model.spatial import workspace_spatial
+        opts = dict(spatial_options or {})
+        layouts = workspace_spatial(ws, spatial, opts.pop("backbone", None) or backbone, device=device, **opts)
     if dist.main:
         dist.barrier()
     provenance = {"workspace": ws.name, "workspace_hash": ws.content_hash, "n_images": ws.n,
                   "workspace_resolution": ws.resolution}
     return train(ws.images, labels, C, out_dir, config, q=q if C else None, progress=progress, resume=resume,
                  condition=desc, provenance=provenance, device=device, max_steps=max_steps,
-                 show_progress=show_progress, should_stop=should_stop)
+                 show_progress=show_progress, should_stop=should_stop, spatial=layouts)
