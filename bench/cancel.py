@@ -83,7 +83,7 @@ def main():
     rows = {"cedm": run(args, True), "gradio only": run(args, False)}
     print(f"\n{args.abandoned} clients cancel a {args.n}-image, {args.steps}-step request each, mid-generation; "
           f"then one 1-image request (12 steps)")
-    print(f"| app | idle s | after abandoned s | ratio |\n|---|---|---|---|")
+    print("| app | idle s | after abandoned s | ratio |\n|---|---|---|---|")
     for k, r in rows.items():
         print(f"| {k} | {r['idle_s']:.2f} | {r['after_abandoned_s']:.2f} | {r['ratio']:.1f}x |")
     out = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),

@@ -232,9 +232,10 @@ def build(ctx: AppContext) -> DatasetTab:
                          label="images", elem_id="cedm-dataset-gallery", allow_preview=True)
 
     with gr.Accordion("Upload images as a new workspace", open=demo_ws is None):
-        gr.Markdown(f"A .zip or .tar.gz archive (folders are searched), a .npz/.npy array, or several image "
-                    f"files. At most {common.MAX_UPLOAD_FILES} files and "
-                    f"{common.MAX_UPLOAD_BYTES // 2**20} MB per upload. "
+        gr.Markdown(f"A .zip or .tar.gz archive (folders are searched; a `labels.csv` of path,label rows inside "
+                    f"is used as ground truth), a .npz/.npy array, or several image files. Up to "
+                    f"{common.MAX_UPLOAD_BYTES // 2**20} MB per upload; an archive may hold any number of "
+                    f"images, loose files at most {common.MAX_UPLOAD_FILES:,} at once. "
                     + ("Your uploads are private to this page and removed when you close it." if ctx.sessions.public
                        else f"Workspaces are kept in `{ctx.home}` and shared with the `cedm` command line."))
         with gr.Row():
