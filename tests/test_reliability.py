@@ -4,6 +4,7 @@ budgeted and swept; bad API values get clear messages. docs/reliability.md names
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -46,6 +47,11 @@ def _cli(*args, home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "CEDM_HOME": str(home), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "cedm", *args], capture_output=True, text=True, env=env,
                           timeout=300)
+
+
+def tmp_path_factory_home(home: Path) -> Path:
+    """Another $CEDM_HOME than ``home``: the command must find the workspace through its own --home."""
+    return home.parent / "elsewhere"
 
 
 def _images(n=6, r=16, seed=0):
@@ -455,7 +461,10 @@ def test_local_training_of_a_cli_workspace_is_an_ordinary_model_and_a_cancel_kee
     done = t["kimg_done"]
     s = c.predict("cli-train", "none", "", "tiny", 16, done + 0.064, "long-run", api_name="/train")
     assert s["complete"] and s["kimg_done"] == pytest.approx(done + 0.064) and s["model"] == "cli-train/long-run"
-    assert s["command_line"].startswith("cedm train cli-train ")
+    # the Train tab's command names this app's home, so it finds the workspace and continues the model verbatim
+    cmd = shlex.split(s["command_line"])
+    assert cmd[:3] == ["cedm", "train", "cli-train"] and cmd[-2:] == ["--home", str(home)] and "--resume" in cmd
+    assert _cli("workspaces", "show", "cli-train", "--home", cmd[-1], home=tmp_path_factory_home(home)).returncode == 0
     r = _cli("sample", "long-run", "--workspace", "cli-train", "--n", "1", "--steps", "2", "--sampler", "euler",
              "--uncond", "--out", str(home.parent / "s"), "--threads", "1", home=home)
     assert r.returncode == 0, r.stderr
