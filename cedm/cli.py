@@ -13,7 +13,7 @@ from cedm import __version__
 from cedm.errors import CedmError
 
 # Order follows the data flow: dataset -> features -> clusters -> model -> samples.
-COMMANDS = ["import", "features", "cluster", "bound", "labels", "train", "sample", "eval", "workspaces", "serve"]
+COMMANDS = ["import", "features", "ablate-features", "cluster", "bound", "labels", "train", "sample", "eval", "workspaces", "serve"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _module(name: str):
-    return importlib.import_module(f"cedm.commands.{name.replace('import', 'import_')}")
+    return importlib.import_module(f"cedm.commands.{name.replace('import', 'import_').replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

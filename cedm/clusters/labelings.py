@@ -29,9 +29,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # --- features and neighbours ---------------------------------------------------------------------
 def resolve_backbone(backbone: str | None) -> str:
-    if backbone:
-        return backbone
     from cedm import features
+    if backbone:
+        return features.backbones.canonical_name(backbone)  # denoiser:M -> with its sigma/block defaults
     return features.DEFAULT_BACKBONE
 
 

@@ -49,6 +49,7 @@ class BackboneSpec:
     adapt_state_dict: Callable[[dict, "object"], dict] = field(default=lambda sd, net: sd)
     channels_last: bool = False             # convnets run faster in NHWC; ViTs gain nothing
     needs_internet: bool = True
+    identity: Callable[[], str] | None = None  # weights identity when the spec brings its own weights
 
     @property
     def preprocessing(self) -> dict:
@@ -58,6 +59,7 @@ class BackboneSpec:
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+_FAMILIES: dict[str, Callable[[str], BackboneSpec]] = {}  # 'prefix' -> (full name -> spec), e.g. denoiser:M
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
@@ -65,15 +67,34 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+def register_family(prefix: str, make_spec: Callable[[str], BackboneSpec]) -> None:
+    """A parametrised backbone: every name ``prefix:...`` is turned into a spec by ``make_spec(name)``."""
+    _FAMILIES[prefix] = make_spec
+
+
 def list_backbones() -> list[str]:
     return list(_REGISTRY)
 
 
+def list_families() -> list[str]:
+    return list(_FAMILIES)
+
+
 def get_spec(name: str) -> BackboneSpec:
+    prefix, sep, _ = str(name).partition(":")
+    if sep and prefix in _FAMILIES:
+        return _FAMILIES[prefix](name)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise CedmError(f"unknown backbone {name!r} (available: {', '.join(_REGISTRY)})") from None
+        families = "".join(f", {f}:..." for f in _FAMILIES)
+        raise CedmError(f"unknown backbone {name!r} (available: {', '.join(_REGISTRY)}{families})") from None
+
+
+def canonical_name(name: str) -> str:
+    """The name a backbone's results are cached under (a family name with its defaults filled in)."""
+    prefix, sep, _ = str(name).partition(":")
+    return get_spec(name).name if sep and prefix in _FAMILIES else str(name)
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -100,6 +121,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 def weights_identity(name: str, weights: str | os.PathLike | None = None, pretrained: bool = True) -> str:
     """What the features depend on besides the images: the file's hash, the hub id, or random-init."""
     spec = get_spec(name)
+    if spec.identity is not None and weights is None:  # a family that brings its own weights (denoiser:M)
+        return spec.identity()
     if weights is not None:
         _check_weights_file(weights)
         return f"sha256:{file_sha256(weights)}"
@@ -390,6 +413,15 @@ register(BackboneSpec(
     create=_effnet_create, embed=_effnet_pooled, fetch_pretrained=_effnet_fetch,
     adapt_state_dict=_effnet_adapt, channels_last=True, needs_internet=False,
 ))
+
+
+# --- a cedm model's own denoiser (seed 002): denoiser:MODEL[,sigma=S][,block=B] ---------------------------
+def _denoiser_spec(name: str) -> BackboneSpec:
+    from cedm.features.denoiser import spec_for
+    return spec_for(name)
+
+
+register_family("denoiser", _denoiser_spec)
 
 
 # --- the ImageNet classifier that comes with the offline backbone --------------------------------------
