@@ -135,10 +135,10 @@ class DenoiserFeatures(nn.Module):
                                image_noise(x) if noise is None else noise, class_labels)
 
 
-def pooled_features(model, x: torch.Tensor, sigma: float, blocks: tuple[str, ...], noise: torch.Tensor,
+def pooled_features(model, x: torch.Tensor, sigma, blocks: tuple[str, ...], noise: torch.Tensor,
                     class_labels=None, class_embedding_zero: bool = False) -> torch.Tensor:
     """Pooled activations of ``blocks`` of the CEDM ``model`` at ``x + sigma * noise`` (stops after the last
-    block). ``class_labels`` None = the learned no-condition; ``class_embedding_zero`` replaces the class
+    block; sigma a number or one per image). ``class_labels`` None = the learned no-condition; ``class_embedding_zero`` replaces the class
     embedding by zeros (the zero condition of online self-guidance, distinct from the learned null)."""
     unet = model.unet
     config = dict(unet.config)
@@ -160,8 +160,8 @@ def pooled_features(model, x: torch.Tensor, sigma: float, blocks: tuple[str, ...
     if class_embedding_zero:
         handles.append(unet.class_embedding.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out)))
     try:
-        model(x + sigma * noise.to(x.dtype), torch.full((x.shape[0],), float(sigma), device=x.device),
-              class_labels)
+        sig = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
+        model(x + sig.view(-1, 1, 1, 1) * noise.to(x.dtype), sig, class_labels)
     except _Stop:
         pass
     finally:
