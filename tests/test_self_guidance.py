@@ -27,7 +27,7 @@ def ws(home):
 
 
 def cfg(**kw):
-    base = dict(preset="tiny", kimg=3.2, batch=16, sample_kimg=0, checkpoint_kimg=1000, log_every=10,
+    base = dict(preset="tiny", kimg=1.6, batch=16, sample_kimg=0, checkpoint_kimg=1000, log_every=10,
                 p_uncond=0.15, lr=2e-3)
     return TrainConfig(**{**base, **kw})
 
@@ -49,6 +49,9 @@ def test_online_self_labels_use_both_clusters_and_find_the_groups(ws):
     assert abs(sum(q) - 1) < 1e-6 and min(q) > 0.2  # equal partition keeps both prototypes in use
     log = (out / "training" / "log.jsonl").read_text()
     assert "sk_loss" in log and "batch_clusters" in log
+    from cedm.cli import main  # a self:K model samples per cluster like any C-EDM
+    assert main(["sample", "self2", "--workspace", "two", "--cluster", "1", "--n", "2", "--steps", "2",
+                 "--out", str(out.parent / "s")]) == 0
 
 
 def test_resume_is_bit_exact_with_the_sinkhorn_state(ws):

@@ -13,7 +13,8 @@ HELP = "train a cluster-conditioned diffusion model (C-EDM) on a workspace"
 def add_arguments(p) -> None:
     add_workspace(p)
     p.add_argument("--condition", default="none",
-                   help="kmeans:C, temi:C, labels:NAME (a labeling of this workspace) or none (unconditional)")
+                   help="kmeans:C, temi:C, labels:NAME (a labeling of this workspace), self:K (the model clusters "
+                        "its own features while it trains; seed 002) or none (unconditional)")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"],
                    help="network size: small (CPU demo), paper (DDPM++ CIFAR, ~58M parameters), tiny (smoke tests)")
     p.add_argument("--kimg", type=float, default=1000.0, help="training duration in thousands of images")
@@ -22,8 +23,9 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (after the ramp-up)")
     p.add_argument("--lr-rampup", type=float, default=None, help="learning-rate ramp-up in kimg (default kimg/10)")
     p.add_argument("--ema", type=float, default=500.0, help="EMA half-life in kimg")
-    p.add_argument("--p-uncond", type=float, default=0.1,
-                   help="label dropout for classifier-free guidance (0: no guidance possible at sampling)")
+    p.add_argument("--p-uncond", type=float, default=None,
+                   help="label dropout for classifier-free guidance (0: no guidance possible at sampling; "
+                        "default 0.1, 0.15 for self:K as in seed 002)")
     p.add_argument("--no-xflip", action="store_true", help="disable random horizontal flips")
     p.add_argument("--dropout", type=float, default=None, help="network dropout (default: the preset's)")
     p.add_argument("--resolution", type=int, default=None,
@@ -36,6 +38,10 @@ def add_arguments(p) -> None:
     p.add_argument("--backbone", default=None,
                    help="features the kmeans/temi condition is computed from (default: the features default; "
                         "efficientnet_lite0 works offline)")
+    p.add_argument("--self-block", default=None, help="self:K: UNet block the online clusters use (default up0)")
+    p.add_argument("--self-sigma", type=float, default=None, help="self:K: feature noise level (default 0.1)")
+    p.add_argument("--self-warmup", type=float, default=None,
+                   help="self:K: fraction of the run trained unconditionally first (default 0.25)")
     p.add_argument("--out", default=None, help="model name under <workspace>/models (default <condition>-<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the newest checkpoint of --out")
     p.add_argument("--threads", type=int, default=None,
@@ -51,11 +57,11 @@ def run(args) -> int:
     _set_threads(args.threads)
     config = TrainConfig(preset=args.preset, resolution=args.resolution, kimg=args.kimg, batch=args.batch,
                          batch_gpu=args.batch_gpu, lr=args.lr, lr_rampup_kimg=args.lr_rampup,
-                         ema_halflife_kimg=args.ema, p_uncond=args.p_uncond, xflip=not args.no_xflip,
+                         ema_halflife_kimg=args.ema, p_uncond=_p_uncond(args), xflip=not args.no_xflip,
                          dropout=args.dropout, seed=args.seed, precision=args.precision,
                          checkpoint_kimg=args.checkpoint_kimg, sample_kimg=args.sample_kimg)
     out = train_workspace(ws, args.condition, backbone=args.backbone, name=args.out, preset=args.preset, config=config,
-                          resume=args.resume, device=args.device)
+                          resume=args.resume, device=args.device, self_guidance=_self_guidance(args))
     import torch
 
     if torch.distributed.is_initialized():  # launched by torchrun
@@ -76,3 +82,19 @@ def _set_threads(n: int | None) -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def _p_uncond(args) -> float:
+    if args.p_uncond is not None:
+        return args.p_uncond
+    from cedm.model.self_guidance import P_DROP, parse_spec
+    return P_DROP if parse_spec(args.condition) is not None else 0.1
+
+
+def _self_guidance(args) -> dict | None:
+    kw = {"block": args.self_block, "sigma": args.self_sigma, "warmup_fraction": args.self_warmup}
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if kw and not str(args.condition).startswith("self:"):
+        from cedm.errors import CedmError
+        raise CedmError("--self-block, --self-sigma and --self-warmup apply only to --condition self:K")
+    return kw or None
