@@ -5,6 +5,7 @@ from pathlib import Path
 
 from cedm.commands import add_device, add_home
 from cedm.errors import CedmError
+from cedm.sampling.samplers import SAMPLERS
 
 HELP = "generate images from a trained model, per cluster or from q(c), with classifier-free guidance"
 
@@ -24,7 +25,10 @@ def add_arguments(p) -> None:
     p.add_argument("--guidance", type=float, default=1.0,
                    help="w: 0 unconditional, 1 conditional (default), >1 stronger guidance")
     p.add_argument("--steps", type=int, default=18, help="sampler steps (Heun: 2 x steps - 1 evaluations)")
-    p.add_argument("--sampler", default="heun", choices=["heun", "euler", "dpmpp2m"])
+    p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="guide only for noise levels LO <= sigma <= HI (Kynkäänniemi et al. 2024); outside it "
+                        "only the conditional half of the batch runs (default: every sigma)")
+    p.add_argument("--sampler", default="heun", choices=list(SAMPLERS))
     p.add_argument("--churn", type=float, default=0.0, help="Heun stochasticity S_churn (0: deterministic)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i")
     p.add_argument("--batch", type=int, default=16, help="images per network batch")
@@ -89,7 +93,7 @@ def run(args) -> int:
         try:
             images, records = engine.generate(
                 model_dir, n, clusters=clusters, from_q=not args.uniform, uncond=args.uncond,
-                guidance=args.guidance, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                guidance=args.guidance, guidance_interval=args.guidance_interval, steps=args.steps, sampler=args.sampler, seed=args.seed,
                 churn=args.churn, best_of=args.best_of, progress=progress, ema=not args.raw)
         finally:
             bar.close()
