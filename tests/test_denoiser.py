@@ -134,3 +134,10 @@ def test_ablation_scores_a_grid(ws, capsys):
     assert "| features |" in dn.ablation_table(res)
     with pytest.raises(CedmError, match="does not exist"):
         dn.ablate(ws, "blobs/tiny", [1.0], ["up9"])
+
+
+def test_app_backbone_list_offers_the_workspace_models(ws):
+    from cedm.ui import cluster_views as cv
+    names = [name for _, name in cv.backbone_choices(ws)[0]]
+    assert dn.backbone_name("blobs/tiny") in names and dn.backbone_name("blobs/tinyc") in names
+    assert dn.workspace_backbones(None) == []

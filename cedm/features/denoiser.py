@@ -292,3 +292,17 @@ def ablation_table(result: dict) -> str:
         lines.append(f"| {r['features']} | {sigma} | {r['block'] or ''} | {r['dim']} | {r['nmi']:.3f} | "
                      f"{r['ami']:.3f}{best} |")
     return "\n".join(lines)
+
+
+def workspace_backbones(ws) -> list[str]:
+    """denoiser backbones (default sigma and block) of the models trained on ``ws``: its own models, and
+    the shipped ones whose provenance is this workspace (the demo's)."""
+    from cedm.model.registry import list_models
+
+    if ws is None:
+        return []
+    out = []
+    for e in list_models(ws):
+        if e.source == "workspace" or (e.info.get("provenance") or {}).get("workspace") == ws.name:
+            out.append(backbone_name(e.name))
+    return out

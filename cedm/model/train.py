@@ -588,6 +588,10 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
     ``labels:NAME``, or ``self:K``: online self-labelling, settings in ``self_guidance``, a dict of
     SelfGuidanceConfig fields). The model goes to ``out_dir``, default ``<workspace>/models/<name>``
     (name default ``<spec>-<preset>``). ``overrides`` set TrainConfig fields (kimg=..., batch=...)."""
+    from cedm.model.self_guidance import P_DROP, SelfGuidanceConfig, parse_spec
+    k_self = parse_spec(condition_spec)
+    if k_self is not None and config is None and "p_uncond" not in overrides:
+        overrides["p_uncond"] = P_DROP  # seed 002's condition dropout
     config = dataclasses.replace(config or TrainConfig(), preset=preset, **overrides)
     if out_dir is None:
         name = name or default_model_name(condition_spec, config.preset)
@@ -598,8 +602,6 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
     # Rank 0 resolves (and may compute and cache) the labeling first; the others then read the cache.
     if not dist.main:
         dist.barrier()
-    from cedm.model.self_guidance import SelfGuidanceConfig, parse_spec
-    k_self = parse_spec(condition_spec)
     if k_self is None:
         labels, C, q, desc = resolve_condition(ws, condition_spec, backbone=backbone)
     else:  # self:K: the model labels its own images while it trains (seed 002, online)

@@ -62,9 +62,10 @@ def backbone_choices(ws) -> tuple[list[tuple[str, str]], str]:
     if ws is not None:
         for meta in list_features(ws):
             b = meta.get("backbone") or meta.get("params", {}).get("backbone")
-            if b in list_backbones() and b not in cached:
+            if (b in list_backbones() or str(b).startswith("denoiser:")) and b not in cached:
                 cached.append(b)
-    order = cached + [b for b in list_backbones() if b not in cached]
+    from cedm.features.denoiser import workspace_backbones  # the open workspace's own models (seed 002)
+    order = cached + [b for b in list_backbones() + workspace_backbones(ws) if b not in cached]
     labels = [(f"{b} (features ready)" if b in cached else
                f"{b} (works offline)" if b == OFFLINE_BACKBONE else b, b) for b in order]
     return labels, (cached[0] if cached else OFFLINE_BACKBONE)

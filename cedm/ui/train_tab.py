@@ -73,7 +73,8 @@ def cli_command(ws_name: str, condition: str, backbone: str | None, preset: str,
 
 def build(ctx: AppContext, workspace: gr.State, clustering: gr.Textbox, backbone: gr.Dropdown):
     gr.Markdown("Train a diffusion model on the open workspace, conditioned on a clustering of it "
-                "(`kmeans:C`, `temi:C`, `labels:NAME`) or `none` (unconditional). The app trains short runs; "
+                "(`kmeans:C`, `temi:C`, `labels:NAME`), `self:K` (self-labelled, online: the model clusters its "
+                "own features while it trains) or `none` (unconditional). The app trains short runs; "
                 "Stop keeps a checkpoint, and Train with the same name continues. Trained models appear in "
                 "the Generate tab.")
     with gr.Row(equal_height=False):
@@ -89,6 +90,7 @@ def build(ctx: AppContext, workspace: gr.State, clustering: gr.Textbox, backbone
                              elem_id="cedm-train-kimg")
             name = gr.Textbox("", label="model name (empty: from the condition and network)",
                               elem_id="cedm-train-name")
+            self_btn = gr.Button("self-labelled (online): self:20", size="sm", elem_id="cedm-train-self")
             with gr.Row():
                 go = gr.Button("Train (or continue)", variant="primary", elem_id="cedm-train-go")
                 stop = gr.Button("Stop", variant="stop", elem_id="cedm-train-stop")
@@ -170,6 +172,7 @@ def build(ctx: AppContext, workspace: gr.State, clustering: gr.Textbox, backbone
                                           api_visibility="private")
     stop.click(cancel, None, None, api_visibility="private", concurrency_limit=None)
     clustering.change(lambda spec: spec or gr.update(), [clustering], [condition], api_visibility="private")
+    self_btn.click(lambda: "self:20", None, [condition], api_visibility="private")
     workspace.change(on_workspace, [workspace, resolution], [resolution], api_visibility="private")
     return TrainTab(trained=trained, on_workspace=on_workspace, resolution=resolution)
 
