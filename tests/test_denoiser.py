@@ -41,12 +41,14 @@ def ws(home):
 
 
 NAME = "denoiser:blobs/tiny,sigma=0.5,block=mid"
+REORDERED = "denoiser:blobs/tiny,block=mid,sigma=.5"  # the same backbone, written otherwise
 
 
 def test_names_parse_and_canonicalise(ws):
     assert dn.parse_name("denoiser:blobs/tiny,sigma=2,block=mid+up0") == ("blobs/tiny", 2.0, ("mid", "up0"))
     spec = get_spec("denoiser:blobs/tiny")  # defaults filled in: one cache key for equal settings
-    assert spec.name == dn.backbone_name("blobs/tiny") == f"denoiser:blobs/tiny,sigma={dn.DEFAULT_SIGMA:g},block=mid"
+    assert spec.name == dn.backbone_name("blobs/tiny") == (
+        f"denoiser:blobs/tiny,sigma={dn.DEFAULT_SIGMA:g},block={dn.DEFAULT_BLOCK}")
     assert spec.feature_dim == 32 and spec.input_size == 16  # tiny preset: 32 channels at every level
     assert get_spec("denoiser:blobs/tiny,block=down0+mid").feature_dim == 64
     for bad, msg in (("denoiser:blobs/tiny,sigma=-1", "positive"), ("denoiser:blobs/tiny,block=side", "bad block"),
@@ -105,10 +107,10 @@ def test_downstream_commands_accept_denoiser_features(ws, tmp_path, capsys):
     assert np.load(tmp_path / "f.npy").shape == (24, 32)
     assert main(["cluster", "blobs", "--backbone", NAME, "--method", "kmeans", "--clusters", "2"]) == 0
     from cedm.labels import compare_labelings
-    m = compare_labelings(ws, "kmeans:2", "gt", backbone="denoiser:blobs/tiny")
+    m = compare_labelings(ws, "kmeans:2", "gt", backbone=REORDERED)
     assert m["n_compared"] == 24 and 0 <= m["nmi"] <= 1
     from cedm.clusters import labelings
-    lab = labelings.resolve(ws, "kmeans:2", backbone="denoiser:blobs/tiny")  # same clustering as the full name
+    lab = labelings.resolve(ws, "kmeans:2", backbone=REORDERED)  # same clustering as the full name
     assert lab.labels.shape == (24,)
     assert labelings.find_clusters(ws, "kmeans", 2, backbone=NAME) is not None
     from cedm.features import search
@@ -120,7 +122,7 @@ def test_downstream_commands_accept_denoiser_features(ws, tmp_path, capsys):
 
 def test_training_conditions_on_denoiser_clusters(ws):
     from cedm.model.train import resolve_condition
-    labels, C, q, desc = resolve_condition(ws, "kmeans:2", backbone="denoiser:blobs/tiny")
+    labels, C, q, desc = resolve_condition(ws, "kmeans:2", backbone=REORDERED)
     assert C == 2 and labels.shape == (24,) and desc["backbone"] == NAME
 
 

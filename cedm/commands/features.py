@@ -15,9 +15,9 @@ def add_arguments(p) -> None:
                    + f" (default {DEFAULT_BACKBONE}; {OFFLINE_BACKBONE} needs no internet); "
                    "denoiser:MODEL: the UNet features of a trained cedm model (with --sigma and --block)")
     p.add_argument("--sigma", type=float, default=None,
-                   help="denoiser:MODEL only: noise level the features are taken at (default 0.5)")
+                   help="denoiser:MODEL only: noise level the features are taken at (default 0.1)")
     p.add_argument("--block", default=None,
-                   help="denoiser:MODEL only: mid, downI or upI, several joined by + (default mid)")
+                   help="denoiser:MODEL only: mid, downI or upI, several joined by + (default up0)")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="local weights file (safetensors or a plain torch state dict) instead of the hub")
     add_device(p)

@@ -38,8 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--backbone", default=None,
                    help="features the kmeans/temi condition is computed from (default: the features default; "
                         "efficientnet_lite0 works offline)")
-    p.add_argument("--self-block", default=None, help="self:K: UNet block the online clusters use (default up0)")
-    p.add_argument("--self-sigma", type=float, default=None, help="self:K: feature noise level (default 0.1)")
+    p.add_argument("--self-block", default=None, help="self:K: UNet block the online clusters use (default mid)")
+    p.add_argument("--self-sigma", type=float, default=None, help="self:K: feature noise level (default 0.5)")
     p.add_argument("--self-warmup", type=float, default=None,
                    help="self:K: fraction of the run trained unconditionally first (default 0.25)")
     p.add_argument("--out", default=None, help="model name under <workspace>/models (default <condition>-<preset>)")
@@ -50,6 +50,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from cedm.model.edm import read_model_info
     from cedm.model.train import TrainConfig, train_workspace
     from cedm.workspace import open_workspace
 
@@ -70,6 +71,10 @@ def run(args) -> int:
         torch.distributed.destroy_process_group()
     else:
         print(f"model: {out}")
+        util = ((read_model_info(out).get("condition") or {}).get("utilization"))
+        if util:  # self:K: how many prototypes the model's own clustering uses
+            print(f"self-labels: {util['used']} of {util['k']} prototypes used (r = {util['r']:.3f}); "
+                  f"labeling self:{util['k']}@{out.name}")
     return 0
 
 

@@ -27,8 +27,8 @@ from torch import nn
 from cedm.errors import CedmError
 
 PREFIX = "denoiser"
-DEFAULT_SIGMA = 0.5
-DEFAULT_BLOCK = "mid"
+DEFAULT_SIGMA = 0.1  # docs/self_guidance.md: the best of the demo ablation (with block up0)
+DEFAULT_BLOCK = "up0"
 NOISE_SEED = 20250217
 _BLOCK_RE = re.compile(r"^(mid|down\d+|up\d+)$")
 

@@ -42,8 +42,8 @@ P_DROP = 0.15  # seed 002: the condition is dropped to the learned null with p 0
 @dataclass
 class SelfGuidanceConfig:
     k: int
-    block: str = "mid"
-    sigma: float = 0.5            # feature noise level (centre of the band); the denoiser ablation's pick
+    block: str = "mid"            # the paper's middle layer (up0 collapsed in short runs: docs/self_guidance.md)
+    sigma: float = 0.5            # feature noise level (band centre); the ablation is flat over 0.1-0.5
     sigma_band: float = 1.25      # features at sigma * U(1/band, band) in log space (time masking)
     dim: int = 64                 # head output d
     temperature: float = 0.1
