@@ -6,6 +6,8 @@ its final name, so a later run can never mistake a partial artifact for a comple
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -112,3 +114,17 @@ def _json_default(o):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, hashed once per process (the (size, mtime) part of the memo key notices a replaced file)."""
+    st = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)

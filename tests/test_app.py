@@ -208,7 +208,7 @@ def test_cancel_stops_a_running_step(tmp_path):
     s.request_cancel("abc")
     with pytest.raises(CedmError, match="cancelled"):
         report(2, 4, "importing")
-    assert seen == [((1, 4), "importing")]
+    assert len(seen) == 1 and seen[0][0] == (1, 4) and seen[0][1].startswith("importing · 25%")
     progress_callback(None, s, req)(3, 4)  # a new step starts uncancelled
 
 
@@ -246,6 +246,10 @@ def test_train_endpoint_trains_continues_and_lists_the_model(app):
     assert "above the workspace" in _app_error(c.predict, "demo", "gt", "", "tiny", 32, 1, "", api_name="/train")
     assert "paper" in _app_error(c.predict, "demo", "gt", "", "paper", 16, 1, "", api_name="/train")
     assert "invalid model name" in _app_error(c.predict, "demo", "gt", "", "tiny", 16, 1, "../up", api_name="/train")
+    # "start from the shipped unconditional model" takes its network (32 px), which these 16 px images lack
+    if train_tab.init_model(None) is not None:
+        assert "above the workspace" in _app_error(c.predict, "demo", "gt", "", "tiny", 16, 1, "", True,
+                                                   api_name="/train")
     assert "no workspace named" in _app_error(c.predict, "someone-else", "gt", "", "tiny", 16, 1, "", api_name="/train")
     with train_tab._TRAINING:  # someone else is training
         assert "another training" in _app_error(c.predict, "demo", "none", "", "tiny", 16, 0.032, "",
@@ -419,24 +423,101 @@ def test_map_figure_draws_a_stated_sample_above_the_limit(demo_ws, monkeypatch):
     assert len(rows) == demo_ws.n  # the shipped demo's map is precomputed
     res = _clustering(demo_ws)
     fig = cv.map_figure(demo_ws, rows, xy, res, selected=4, point=int(np.flatnonzero(res.assignments == 4)[0]))
-    assert len(fig.data[0].x) == demo_ws.n and len(fig.data[1].x) == res.sizes[4] and len(fig.data[2].x) == 1
-    assert "all 3,391 images" in fig.layout.title.text
+    clusters = [t for t in fig.data if t.showlegend is not False]  # one legend entry per used cluster
+    assert sum(len(t.x) for t in clusters) == demo_ws.n and len(clusters) == res.n_used
+    for t in clusters:  # each trace holds exactly its cluster's points
+        assert set(t.customdata[:, 1].astype(int)) == {int(t.name.split(" ")[0])}
+        assert len(t.x) == res.sizes[int(t.name.split(" ")[0])]
+    assert len(fig.data[-2].x) == res.sizes[4] and len(fig.data[-1].x) == 1  # outline of 4, the point's star
+    assert "all 3,391 images" in fig.layout.title.text and fig.layout.showlegend
     monkeypatch.setattr(cv, "MAP_DRAW_LIMIT", 1000)
     fig = cv.map_figure(demo_ws, rows, xy, res)
-    assert len(fig.data[0].x) == 1000 and "1,000 of 3,391 images" in fig.layout.title.text
-    drawn = fig.data[0].customdata[:, 0].astype(int)
-    np.testing.assert_allclose(fig.data[0].x, xy[drawn, 0])  # each point keeps its own row
+    assert sum(len(t.x) for t in fig.data) == 1000 and "1,000 of 3,391 images" in fig.layout.title.text
+    for t in fig.data:
+        drawn = t.customdata[:, 0].astype(int)
+        np.testing.assert_allclose(t.x, xy[drawn, 0])  # each point keeps its own row
+
+
+def test_selection_library_parts(demo_ws, tmp_path):
+    """What the map selection uses: its page and counts, "more like these", the CSV with names."""
+    import csv
+
+    from cedm.clusters.export import assignments_csv
+    from cedm.errors import CedmError
+    from cedm.features.search import more_like
+    from cedm.ui import cluster_views as cv
+
+    res = _clustering(demo_ws)
+    rows = np.flatnonzero(res.assignments == 4)[:5].tolist() + [int(np.flatnonzero(res.assignments == 2)[0])]
+    items, info, page = cv.selection_page(demo_ws, res, rows)
+    assert len(items) == 6 and page == 0 and "of 6" in info
+    assert items[0][1].endswith("cluster 4")  # the selection's largest cluster first
+    text = cv.selection_counts(res, rows)
+    assert text.startswith("**6 images selected** in 2 clusters") and "cluster 4: 5" in text and "cluster 2: 1" in text
+    found, cos = more_like(demo_ws, rows, backbone=OFFLINE, k=10)
+    assert len(found) == 10 and not set(found.tolist()) & set(rows) and np.all(np.diff(cos) <= 1e-6)
+    path = tmp_path / "sel.csv"
+    assert assignments_csv(demo_ws, res, path, rows=rows, names={4: "clocks, mostly"}) == 6
+    got = list(csv.reader(path.open()))
+    assert got[0] == ["path", "cluster", "confidence", "name"] and len(got) == 7
+    assert got[1][0] == demo_ws.paths[rows[0]] and got[1][1] == "4" and got[1][3] == "clocks, mostly"
+    assert got[-1][3] == ""  # a cluster without a name
+    with pytest.raises(CedmError, match="rows must be"):
+        assignments_csv(demo_ws, res, path, rows=[demo_ws.n])
+    with pytest.raises(CedmError, match="select some"):
+        more_like(demo_ws, [], backbone=OFFLINE)
 
 
 def test_bound_curve_helpers():
-    from cedm.ui.cluster_views import c_max_of, curve_figure
+    from cedm.clusters.bound import c_max_of
+    from cedm.ui.cluster_views import curve_figure
 
     curve = [(10, 1.0), (20, 1.0), (40, 0.9), (30, 0.97), (35, 0.95)]
     assert c_max_of(curve) == 30
     assert c_max_of([(10, 1.0), (20, 0.99)]) is None  # no failing C yet: no bound
     fig = curve_figure(sorted(curve), 30, c_star=12)
-    texts = [a.text for a in fig.layout.annotations]
+    texts = [t for tr in fig.data for t in (tr.text or ()) if t]
     assert any("C_max = 30" in t for t in texts) and any("C* = 12" in t for t in texts)
+
+
+def _x_range_in_c(fig) -> tuple[float, float]:
+    lo, hi = fig.layout.xaxis.range
+    return (10 ** lo, 10 ** hi) if fig.layout.xaxis.type == "log" else (lo, hi)
+
+
+@pytest.mark.parametrize("curve, c_max", [
+    # an upload: doubling from 10 to 640, then bisection (the axis once read 1 ... 10^91)
+    ([(10, 1.0), (20, 1.0), (40, 1.0), (80, 0.99), (160, 0.97), (320, 0.93), (240, 0.95), (200, 0.96),
+      (220, 0.955), (640, 0.8)], 200),
+    ([(10, 1.0), (20, 0.98), (40, 0.97)], None),  # a short curve: a linear axis
+    ([(16, 1.0)], None),  # one point
+])
+def test_bound_curve_axis_covers_exactly_the_points(curve, c_max):
+    from cedm.ui.cluster_views import curve_figure
+
+    fig = curve_figure(sorted(curve), c_max)
+    assert_axis_covers_exactly(fig, [c for c, _ in curve])
+
+
+def assert_axis_covers_exactly(fig, cs) -> None:
+    lo, hi = _x_range_in_c(fig)
+    assert lo < min(cs) and hi > max(cs)  # every point is inside
+    if len(cs) > 1:  # and the range is the points' span plus a small margin, nothing more
+        span = np.log10(max(cs) / min(cs)) if fig.layout.xaxis.type == "log" else max(cs) - min(cs)
+        out = (np.log10(min(cs) / lo), np.log10(hi / max(cs))) if fig.layout.xaxis.type == "log" else \
+            (min(cs) - lo, hi - max(cs))
+        assert max(out) <= 0.06 * span
+    assert all(a.xref == "paper" for a in fig.layout.annotations)  # none placed in (log) data units
+
+
+def test_bound_curve_axis_of_the_demo(demo_ws):
+    from cedm.clusters.bound import c_max_of, cached_curve
+    from cedm.ui.cluster_views import curve_figure
+
+    curve = cached_curve(demo_ws, backbone=OFFLINE)
+    if not curve:
+        pytest.skip("the demo has no cached bound curve")
+    assert_axis_covers_exactly(curve_figure(curve, c_max_of(curve)), [c for c, _ in curve])
 
 
 def test_generation_condition_hook():

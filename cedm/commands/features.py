@@ -40,8 +40,11 @@ def run(args) -> int:
 
     def progress(done: int, total: int, desc: str) -> None:
         nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, unit="img", dynamic_ncols=True)
+        if bar is None or bar.total != total:  # a first use downloads the weights first (bytes), then images
+            if bar is not None:
+                bar.close()
+            in_bytes = desc.startswith("downloading")
+            bar = tqdm(total=total, unit="B" if in_bytes else "img", unit_scale=in_bytes, dynamic_ncols=True)
         bar.n = done
         bar.set_description(desc, refresh=False)
         bar.refresh()

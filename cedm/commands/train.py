@@ -28,6 +28,12 @@ def add_arguments(p) -> None:
                         "default 0.1, 0.15 for self:K as in seed 002)")
     p.add_argument("--no-xflip", action="store_true", help="disable random horizontal flips")
     p.add_argument("--dropout", type=float, default=None, help="network dropout (default: the preset's)")
+    p.add_argument("--augment", type=float, default=0.0, metavar="P",
+                   help="EDM's non-leaking augmentation with probability P (paper: 0.12 CIFAR, 0.15 FFHQ; 0 = off): "
+                        "flips, scaling, rotation, anisotropy, translation, told to the network as a 9-d condition "
+                        "that is zero at sampling")
+    p.add_argument("--grad-clip", type=float, default=1.0,
+                   help="max gradient norm (default 1.0; 0 = off, as the official EDM code)")
     p.add_argument("--resolution", type=int, default=None,
                    help="model resolution (default: the workspace's, at most 64); images are resized on the fly")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -42,7 +48,20 @@ def add_arguments(p) -> None:
     p.add_argument("--self-sigma", type=float, default=None, help="self:K: feature noise level (default 0.5)")
     p.add_argument("--self-warmup", type=float, default=None,
                    help="self:K: fraction of the run trained unconditionally first (default 0.25)")
+    p.add_argument("--spatial", default=None, metavar="box|segments:S",
+                   help="also condition on a layout: the workspace's self-box (box) or self-segment map with S "
+                        "classes (segments:S), concatenated to the network input (needs --condition; see "
+                        "docs/spatial.md)")
+    p.add_argument("--spatial-backbone", default=None, metavar="NAME",
+                   help="backbone of the self-annotations (default: --backbone, else the features default)")
+    p.add_argument("--p-drop-map", type=float, default=0.0,
+                   help="spatial: also drop the map alone with this probability (layout-free cluster guidance)")
+    p.add_argument("--p-drop-class", type=float, default=0.0,
+                   help="spatial: also drop the cluster alone with this probability (cluster-free layout guidance)")
     p.add_argument("--out", default=None, help="model name under <workspace>/models (default <condition>-<preset>)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from a trained model's weights (a model folder or a model name, e.g. a shipped "
+                        "unconditional model); same preset and resolution; fine-tuning converges far faster")
     p.add_argument("--resume", action="store_true", help="continue the newest checkpoint of --out")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: all cores; 1 is often faster on a busy machine)")
@@ -60,9 +79,14 @@ def run(args) -> int:
                          batch_gpu=args.batch_gpu, lr=args.lr, lr_rampup_kimg=args.lr_rampup,
                          ema_halflife_kimg=args.ema, p_uncond=_p_uncond(args), xflip=not args.no_xflip,
                          dropout=args.dropout, seed=args.seed, precision=args.precision,
-                         checkpoint_kimg=args.checkpoint_kimg, sample_kimg=args.sample_kimg)
+                         augment=args.augment, grad_clip=args.grad_clip,
+                         checkpoint_kimg=args.checkpoint_kimg, sample_kimg=args.sample_kimg,
+                         init=args.init)
     out = train_workspace(ws, args.condition, backbone=args.backbone, name=args.out, preset=args.preset, config=config,
-                          resume=args.resume, device=args.device, self_guidance=_self_guidance(args))
+                          resume=args.resume, device=args.device, spatial=args.spatial,
+                          spatial_options={"p_drop_map": args.p_drop_map, "p_drop_class": args.p_drop_class,
+                                           "backbone": args.spatial_backbone},
+                          self_guidance=_self_guidance(args))
     import torch
 
     if torch.distributed.is_initialized():  # launched by torchrun

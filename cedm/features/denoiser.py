@@ -205,7 +205,6 @@ def spec_for(name: str):
         summary=f"the UNet of cedm model {model} at sigma {sigma:g}, block {'+'.join(blocks)}, pooled",
         feature_dim=dim, input_size=res, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
         weights_source=f"cedm-model:{model}", create=create, embed=lambda net, x: net(x),
-        fetch_pretrained=lambda: None, needs_internet=False,
         identity=lambda: f"sha256:{file_sha256(weights)}:noise{NOISE_SEED}",
     )
 

@@ -516,7 +516,13 @@ class InferenceEngine:
 
     def _prepare(self, r: _Request, lm: _Loaded) -> None:
         model = lm.model
-        conds = choose_conditions(model, r.n, r.clusters, r.from_q, r.uncond, r.seed)
+        g = r.settings.guidance
+        prepare = getattr(g.spec, "prepare", None)  # a kind that chooses its own per-image labels (probe)
+        if prepare is not None:
+            r.settings.for_model(model, True)
+            conds = prepare(model, g, r.n, r.clusters, r.from_q, r.seed)
+        else:
+            conds = choose_conditions(model, r.n, r.clusters, r.from_q, r.uncond, r.seed)
         conditional = conds[0] is not None
         r.settings.for_model(model, conditional)  # refuses guidance this model cannot do
         if r.best_of > 1 and not conditional:
@@ -609,21 +615,29 @@ class InferenceEngine:
     def _finish_request(self, r: _Request):
         k, n = r.best_of, r.n
         x, rows, extra = r.out, np.arange(n) * k, [{} for _ in range(n)]
-        if k > 1:  # keep the candidate most probably in its image's cluster
+        g = r.settings.guidance
+        select, describe = getattr(g.spec, "select", None), getattr(g.spec, "describe", None)
+        model = self._load(r.key, r.model_dir).model if select is not None or describe is not None else None
+        if k > 1 and select is not None:  # the kind scores its own rows (probe: its probability of the class)
+            p_want = np.asarray(select(model, g, x, r.conditions)).reshape(n, k)
+        elif k > 1:  # keep the candidate most probably in its image's cluster
             scorer = self.scorer(r.model_dir, r.key[2])
             if scorer is None:
                 raise CedmError("best-of sampling needs a conditional model")
             p = scorer.proba(to_uint8(x))
             want = np.asarray(r.conditions, dtype=np.int64)
             p_want = p[np.arange(len(want)), want].reshape(n, k)
+        if k > 1:
             best = p_want.argmax(1)
             rows = rows + best
             extra = [{"best_of": k, "candidate": int(best[i]), "confidence": float(p_want[i, best[i]])}
                      for i in range(n)]
             x = x[torch.from_numpy(rows)]
-        g = r.settings.guidance.record() if r.conditions[0] is not None else {"guidance": None}
-        records = [{"index": i, "seed": r.seeds[rows[i]], "condition": r.conditions[rows[i]], **g,
-                    **r.settings.record(), **extra[i]} for i in range(n)]
+        grec = g.record() if r.conditions[0] is not None else {"guidance": None}
+        records = [{"index": i, "seed": r.seeds[rows[i]], "condition": r.conditions[rows[i]], **grec,
+                    **r.settings.record(), **extra[i],
+                    **(describe(model, g, r.conditions[rows[i]]) if describe is not None else {})}
+                   for i in range(n)]
         if r.progress is not None and r.last_step != r.steps:
             r.progress(r.steps, r.steps)
         return (x.clone() if r.output == "float" else to_uint8(x)), records

@@ -10,8 +10,8 @@ import logging
 import gradio as gr
 
 from cedm import workspace as wsp
-from cedm.ui import clusters_tab, dataset_tab, export_tab, generate_tab, labels_tab, query_tab, train_tab
-from cedm.ui.common import MAX_FILE_SIZE, AppContext
+from cedm.ui import clusters_tab, dataset_tab, export_tab, generate_tab, labels_tab, query_tab, settings, train_tab
+from cedm.ui.common import MAX_FILE_SIZE, AppContext, generation_condition
 from cedm.ui.sessions import DEFAULT_MAX_AGE_S, Sessions
 
 # gradio's own temporary files (uploads, gallery images): checked hourly, removed after 2 hours
@@ -44,6 +44,7 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
                 labels_load = labels_tab.build(ctx, data.workspace, clusters)
             with gr.Tab("Export", id="export"):
                 export_tab.build(ctx, data.workspace, clusters.backbone, clusters.clustering)
+        settings.build(ctx, data.workspace, clusters.backbone)  # which backbones work now; downloads switch (local)
         demo.load(data.on_load, None, [data.workspace], api_visibility="private")
         demo.load(*labels_load, api_visibility="private")
         demo.load(gen.on_model, [gen.model, data.workspace], gen.init_outputs, api_visibility="private")
@@ -55,7 +56,7 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
         train.trained.change(gen.on_workspace, [data.workspace, train.trained], [gen.model], api_visibility="private")
         demo.load(train.on_workspace, [data.workspace, train.resolution], [train.resolution], api_visibility="private")
         data.workspace.change(clusters.on_workspace, [data.workspace], clusters.outputs, api_visibility="private",
-                              concurrency_limit=8)
+                              concurrency_limit=8, show_progress_on=[clusters.progress])
 
         def end_session(request: gr.Request) -> None:  # tab closed or reloaded: drop its uploads
             ctx.sessions.end(request.session_hash)
@@ -65,46 +66,8 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
     return demo
 
 
-def generation_condition(value: dict | None) -> dict | None:
-    """Hook for the Generate tab: the condition the Query tab's "generate from this cluster" stored in the
-    shared ``condition`` gr.State, checked: {'workspace', 'backbone', 'clustering' (e.g. 'kmeans:50'),
-    'cluster' (an id of that clustering)}, or None when nothing was chosen. The Generate tab takes that
-    state as an input and resolves the labeling with cedm.clusters.labelings.resolve(ws, clustering)."""
-    if not value:
-        return None
-    try:
-        cond = {"workspace": str(value["workspace"]), "backbone": str(value["backbone"]),
-                "clustering": str(value["clustering"]), "cluster": int(value["cluster"])}
-    except (KeyError, TypeError, ValueError):
-        return None
-    return cond
-
-
-# gr.Plot reports no clicks: this forwards plotly's click on a map point or a size bar (its customdata)
-# to a hidden textbox, whose change event selects the cluster on the server. Re-attached whenever a plot
-# is redrawn with a fresh event emitter.
-PLOT_CLICK_JS = """
-() => {
-  const box = () => document.querySelector('#%(box)s textarea, #%(box)s input');
-  const hook = () => {
-    for (const id of ['cedm-map', 'cedm-sizes']) {
-      const gd = document.querySelector('#' + id + ' .js-plotly-plot');
-      if (!gd || !gd.on || gd._cedmHooked === gd._ev) continue;
-      gd._cedmHooked = gd._ev;
-      gd.on('plotly_click', (ev) => {
-        const p = ev && ev.points && ev.points[0];
-        const el = box();
-        if (!p || p.customdata === undefined || !el) return;
-        const cd = p.customdata;  // a row of a 2-D array arrives as a typed array
-        const data = (cd !== null && typeof cd === 'object' && 'length' in cd) ? Array.from(cd) : [cd];
-        el.value = JSON.stringify({plot: id, data: data, t: Date.now()});
-        el.dispatchEvent(new Event('input', {bubbles: true}));
-      });
-    }
-  };
-  setInterval(hook, 400);
-}
-""" % {"box": clusters_tab.CLICK_BOX_ID}
+# plotly events (click, box/lasso selection, hover) reach the server through hidden textboxes
+PLOT_CLICK_JS = clusters_tab.PLOT_EVENTS_JS
 
 
 def launch_options(demo: gr.Blocks) -> dict:

@@ -13,9 +13,11 @@ import gradio as gr
 
 from cedm import workspace as wsp
 from cedm.errors import CedmError
+from cedm.progress import Progress
 from cedm.ui.sessions import Sessions
 
 log = logging.getLogger("cedm.ui")
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # not a line per loaded library in the app log
 
 # Limits for visitors (a public Space): per uploaded file, files per upload, workspaces per visitor.
 MAX_FILE_SIZE = "200mb"
@@ -86,16 +88,46 @@ def guarded(fn: Callable) -> Callable:
     return inner
 
 
-def progress_callback(progress: gr.Progress | None, sessions: Sessions, request: gr.Request | None):
-    """Adapt the library's ``fn(done, total, desc)`` to gr.Progress; a Cancel click stops the step."""
+# the newest Progress of each (visitor, job): what a job's live view (e.g. the Train tab's timer) reads
+LIVE: dict[tuple[str, str], Progress] = {}
+
+
+def progress_panel(job: str, value: str = "") -> gr.Markdown:
+    """A job's one progress component: the long event shows its stage, percent and ETA here
+    (``show_progress_on``), never as a bar over every output."""
+    return gr.Markdown(value, elem_id=f"cedm-progress-{job}", elem_classes=["cedm-progress"], min_height=36)
+
+
+def progress_callback(progress: gr.Progress | None, sessions: Sessions, request: gr.Request | None,
+                      job: str = "", cancellable: bool = True) -> Progress:
+    """Adapt the library's ``fn(done, total, desc)`` to gr.Progress: the line shows stage, percent and ETA
+    (cedm.progress.Progress); a Cancel click stops the step (unless the job stops itself: ``cancellable``
+    False, e.g. training, which checks should_stop and keeps a checkpoint)."""
     session = _session(request)
     if session:
         sessions.start_step(session)
 
-    def report(done: int, total: int | None, desc: str = "") -> None:
-        if session and sessions.is_cancelled(session):
+    def sink(p: Progress) -> None:
+        if cancellable and session and sessions.is_cancelled(session):
             raise CedmError("cancelled")
         if progress is not None:
-            progress((int(done), int(total)) if total else None, desc=desc or None)
+            progress((p.done, p.total) if p.total else None, desc=p.line(percent=False))
 
-    return report
+    found = Progress(job, sink)
+    if session and job:
+        LIVE[(session, job)] = found
+    return found
+
+
+def generation_condition(value: dict | None) -> dict | None:
+    """The condition the Query tab's "generate from this cluster" stored in the shared ``condition`` gr.State,
+    checked: {'workspace', 'backbone', 'clustering' (e.g. 'kmeans:50'), 'cluster' (an id of that clustering)},
+    or None when nothing was chosen. The Generate tab resolves the labeling with labelings.resolve."""
+    if not value:
+        return None
+    try:
+        cond = {"workspace": str(value["workspace"]), "backbone": str(value["backbone"]),
+                "clustering": str(value["clustering"]), "cluster": int(value["cluster"])}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return cond

@@ -176,10 +176,11 @@ def build(ctx: AppContext) -> DatasetTab:
                          label="images", elem_id="cedm-dataset-gallery", allow_preview=True)
 
     with gr.Accordion("Upload images as a new workspace", open=demo_ws is None):
-        gr.Markdown(f"A .zip or .tar.gz archive (folders are searched), a .npz/.npy array, or several image "
-                    f"files. At most {common.MAX_UPLOAD_FILES} files and "
-                    f"{common.MAX_UPLOAD_BYTES // 2**20} MB per upload. Your uploads are private to this "
-                    "page and removed when you close it.")
+        gr.Markdown(f"A .zip or .tar.gz archive (folders are searched; a `labels.csv` of path,label rows inside "
+                    f"is used as ground truth), a .npz/.npy array, or several image files. Up to "
+                    f"{common.MAX_UPLOAD_BYTES // 2**20} MB per upload; an archive may hold any number of "
+                    f"images, loose files at most {common.MAX_UPLOAD_FILES:,} at once. Your uploads are private "
+                    "to this page and removed when you close it.")
         with gr.Row():
             files = gr.File(file_count="multiple", type="filepath", label="archive or images",
                             elem_id="cedm-upload", scale=3)

@@ -17,9 +17,9 @@ import threading
 import gradio as gr
 
 from cedm.errors import CedmError
-from cedm.model.registry import ModelEntry, find_model, list_models
+from cedm.model.registry import ModelEntry, find_model, guidance_note, list_models
 from cedm.ui import cluster_views as cv
-from cedm.ui.common import AppContext, guarded
+from cedm.ui.common import AppContext, generation_condition, guarded
 
 log = logging.getLogger("cedm.ui")
 
@@ -30,16 +30,6 @@ MAX_IMAGES = 16
 DEFAULT_GUIDANCE = 2.0
 SWEEP = (0.0, 1.0, 2.0, 4.0, 6.0)
 POLL_S = 0.2
-
-
-def guidance_note(entry: ModelEntry) -> str | None:
-    """Why the guidance slider is off for this model, or None when guidance works."""
-    if entry.n_conditions == 0:
-        return "This model is unconditional: it has no clusters, so there is nothing to guide towards."
-    if entry.p_uncond <= 0:
-        return ("This model was trained without label dropout (p_uncond = 0): it has no unconditional branch, "
-                "so only guidance 1 (plain conditional) is possible.")
-    return None
 
 
 def require_both_branches(entry: ModelEntry, what: str) -> None:
@@ -62,8 +52,6 @@ def condition_index(entry: ModelEntry, cluster: int) -> int:
 
 def query_condition(entry: ModelEntry, value: dict | None) -> int:
     """The Query tab's cluster as a condition index of this model; it must be the model's own clustering."""
-    from cedm.ui.app import generation_condition
-
     cond = generation_condition(value)
     if cond is None:
         raise CedmError("no query cluster yet: query an image in the Query tab and click 'Generate from this cluster'")
@@ -124,22 +112,23 @@ def guarded_first(entry: ModelEntry) -> None:
         log.exception("first batch of %s failed", entry.name)
 
 
-def caption(record: dict, conf) -> str:
+def caption(record: dict, conf, short: bool = False) -> str:
+    """Short enough to show whole under a thumbnail: 'cluster 7 · w 2 · 0.83' (the seed and the rest are in
+    the records); ``short`` for narrow grids: 'c7 · w 2 · 0.83'."""
     c = record.get("condition")
-    parts = ["unconditional" if c is None else f"cluster {c}"]
+    parts = [("uncond." if short else "unconditional") if c is None else (f"c{c}" if short else f"cluster {c}")]
     if record.get("guidance") is not None and c is not None:
         parts.append(f"w {record['guidance']:g}")
     if conf is not None:
-        parts.append(f"conf {conf:.2f}")
-    parts.append(f"seed {record['seed']}")
+        parts.append(f"{conf:.2f}")
     return " · ".join(parts)
 
 
-def captioned(engine, entry: ModelEntry, images, recs) -> tuple[list, list]:
+def captioned(engine, entry: ModelEntry, images, recs, short: bool = False) -> tuple[list, list]:
     """Gallery items (image, caption) and records with the model name and each image's confidence."""
     conf = confidences(engine, entry, images)
     recs = [{**r, "model": entry.name, "confidence": c} for r, c in zip(recs, conf)]
-    return [(img, caption(r, c)) for img, r, c in zip(images, recs, conf)], recs
+    return [(img, caption(r, c, short)) for img, r, c in zip(images, recs, conf)], recs
 
 
 def confidences(engine, entry: ModelEntry, images) -> list:
@@ -298,7 +287,8 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         engine = get_engine()
         (images, recs), = run_jobs(engine, entry, [dict(n=n, seed=seed, **cond)], steps, sampler, runs,
                                    session_of(request), progress)
-        return captioned(engine, entry, images, recs)
+        items, recs = captioned(engine, entry, images, recs)
+        return gr.Gallery(value=items, columns=4), recs
 
     @guarded
     def compare_same_noise(model_name, condition_mode, cluster_id, guidance_w, n_steps, sampler_name, seed_value,
@@ -314,7 +304,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         results = run_jobs(engine, entry, jobs, n_steps, sampler_name, runs, session_of(request), progress)
         items, all_recs = [], []
         for images, recs in results:
-            its, rs = captioned(engine, entry, images, recs)
+            its, rs = captioned(engine, entry, images, recs, short=n_images > 4)
             items, all_recs = items + its, all_recs + rs
         return gr.Gallery(value=items, columns=n_images), all_recs
 
@@ -333,7 +323,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         results = run_jobs(engine, entry, jobs, n_steps, sampler_name, runs, session_of(request), progress)
         items, all_recs = [], []
         for images, recs in results:
-            its, rs = captioned(engine, entry, images[:1], recs[:1])
+            its, rs = captioned(engine, entry, images[:1], recs[:1], short=True)
             items, all_recs = items + its, all_recs + rs
         return gr.Gallery(value=items, columns=len(SWEEP)), all_recs
 
@@ -380,13 +370,37 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
                            value=current if current in names else (names[0] if names else None))
 
     def on_query(value):
-        from cedm.ui.app import generation_condition
-
         cond = generation_condition(value)
         if cond is None:
             return gr.Radio(), ""
         return gr.Radio(value=QUERY), (f"query cluster: {cond['cluster']} of {cond['clustering']} on "
                                        f"{cond['backbone']} ({cond['workspace']})")
+
+    @guarded
+    def generate_for_query(value, model_name, guidance_w, n_steps, sampler_name, seed_value, n_images, workspace_name,
+                           request: gr.Request, progress=gr.Progress()):
+        """"Generate from this cluster" (Query tab): sample the query's cluster with the selected model when it
+        is conditioned on that clustering, else with the first model that is."""
+        cond = generation_condition(value)
+        if cond is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        entries = models_for(workspace_name, request)
+        backbone_of = lambda e: (e.info.get("condition") or {}).get("backbone")  # noqa: E731
+        fits = [e for e in entries if e.condition_spec == cond["clustering"]
+                and backbone_of(e) in (None, cond["backbone"])]
+        if not fits:
+            raise CedmError(f"no model here is conditioned on {cond['clustering']} ({cond['backbone']}): train one "
+                            "in the Train tab, or choose that model's clustering in the Clusters tab and query again")
+        entry = next((e for e in fits if e.name == model_name), fits[0])
+        steps_, seed_, n_ = check_numbers(n_steps, seed_value, n_images)
+        w = float(guidance_w) if guidance_note(entry) is None else 1.0
+        c = request_of(entry, QUERY, None, w, value)
+        engine = get_engine()
+        (images, recs), = run_jobs(engine, entry, [dict(n=n_, seed=seed_, **c)], steps_, sampler_name, runs,
+                                   session_of(request), progress)
+        items, recs = captioned(engine, entry, images, recs)
+        return items, recs, (f"cluster {cond['cluster']} of {cond['clustering']} on {cond['backbone']} "
+                             f"({cond['workspace']}) · generated by **{entry.name}**")
 
     def on_open(model_name, workspace_name, request: gr.Request):
         """Page load: the first batch of the selected model (computed once, then served from memory)."""
@@ -403,7 +417,10 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
     cancel.click(stop, None, None, api_visibility="private", concurrency_limit=None)
     model.change(on_model, [model, workspace], [cluster, mode, guidance, guidance_info], api_visibility="private")
     workspace.change(on_workspace, [workspace, model], [model], api_visibility="private")
-    condition.change(on_query, [condition], [mode, query_note], api_visibility="private")
+    condition.change(on_query, [condition], [mode, query_note], api_visibility="private", show_progress="hidden"
+                     ).then(generate_for_query, [condition, model, guidance, steps, sampler, seed, n, workspace],
+                            [gallery, records, query_note], api_visibility="private", concurrency_limit=4,
+                            show_progress_on=[gallery])
     return GenerateTab(on_model=on_model, model=model, init_outputs=[cluster, mode, guidance, guidance_info],
                        on_open=on_open, open_outputs=[gallery, records], on_workspace=on_workspace)
 
