@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cedm.model.self_guidance import SelfGuidanceConfig  # noqa: E402
-from cedm.model.train import TrainConfig, train  # noqa: E402
-from cedm.workspace import open_workspace  # noqa: E402
+from cedm.model.self_guidance import SelfGuidanceConfig
+from cedm.model.train import TrainConfig, train
+from cedm.workspace import open_workspace
 
 
 def run(images, labels, k, sg, cfg, out):

@@ -5,8 +5,8 @@ import torch
 
 from cedm.cli import main
 from cedm.errors import CedmError
-from cedm.features import extract_one, find_features, get_features, get_spec
 from cedm.features import denoiser as dn
+from cedm.features import extract_one, find_features, get_features, get_spec
 from cedm.model.edm import CEDM, load_model, save_model
 from cedm.workspace import create_from_array
 
@@ -122,7 +122,7 @@ def test_downstream_commands_accept_denoiser_features(ws, tmp_path, capsys):
 
 def test_training_conditions_on_denoiser_clusters(ws):
     from cedm.model.train import resolve_condition
-    labels, C, q, desc = resolve_condition(ws, "kmeans:2", backbone=REORDERED)
+    labels, C, _q, desc = resolve_condition(ws, "kmeans:2", backbone=REORDERED)
     assert C == 2 and labels.shape == (24,) and desc["backbone"] == NAME
 
 
