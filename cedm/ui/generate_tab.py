@@ -415,8 +415,9 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
     same_noise.click(compare_same_noise, inputs, [gallery, records], api_visibility="private", concurrency_limit=4)
     sweep.click(guidance_sweep, inputs, [gallery, records], api_visibility="private", concurrency_limit=4)
     cancel.click(stop, None, None, api_visibility="private", concurrency_limit=None)
-    model.change(on_model, [model, workspace], [cluster, mode, guidance, guidance_info], api_visibility="private")
-    workspace.change(on_workspace, [workspace, model], [model], api_visibility="private")
+    model.change(on_model, [model, workspace], [cluster, mode, guidance, guidance_info], api_visibility="private",
+                 show_progress="hidden")
+    workspace.change(on_workspace, [workspace, model], [model], api_visibility="private", show_progress="hidden")
     condition.change(on_query, [condition], [mode, query_note], api_visibility="private", show_progress="hidden"
                      ).then(generate_for_query, [condition, model, guidance, steps, sampler, seed, n, workspace],
                             [gallery, records, query_note], api_visibility="private", concurrency_limit=4,
