@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cedm.ui.cluster_views import DEFAULT_C, get_clustering
+from cedm.ui.cluster_views import DEFAULT_C, DEFAULT_METHOD, get_clustering
 
 from tests.browser_util import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DEMO_N, make_tiny_models, make_zip, running_app, \
     session_workspaces
@@ -234,7 +234,7 @@ def test_a_click_on_the_map_selects_a_cluster(demo_app, browser_page):
     text = info.inner_text()
     row, cluster = int(text.split("row ")[1].split()[0]), int(text.split("cluster ")[1].split()[0])
     ctx = demo.cedm_context
-    res = get_clustering(ctx.open("demo", None), "efficientnet_lite0", f"kmeans:{DEFAULT_C}", compute=False)
+    res = get_clustering(ctx.open("demo", None), "efficientnet_lite0", f"{DEFAULT_METHOD}:{DEFAULT_C}", compute=False)
     assert int(res.assignments[row]) == cluster  # the point's own cluster is the one selected
     size = int(res.sizes[cluster])
     page.locator("#cedm-cluster-info", has_text=f"cluster {cluster} · ").wait_for()
@@ -533,3 +533,86 @@ def test_generate_from_this_cluster_produces_images(demo_app, browser_page, tmp_
     cluster = page.locator("#cedm-gen-query-note").inner_text().split("cluster ")[1].split()[0]
     page.locator("#cedm-gen-gallery", has_text=f"cluster {cluster} ").first.wait_for()
     assert errors == []
+
+
+# --- local mode (issue 13): the work survives a reload; a closed tab stops its sampling -------------------------
+@pytest.fixture(scope="module")
+def local_app(tmp_path_factory):
+    models = make_tiny_models(tmp_path_factory.mktemp("local-models"))
+    with running_app(tmp_path_factory.mktemp("local-app"), public=False, model_dirs=[models]) as served:
+        yield served
+
+
+def _pick_workspace(page, name: str) -> None:
+    page.get_by_label("workspace", exact=True).click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cedm.dataset.importers") is None,
+                    reason="cedm.dataset.importers is not in this tree yet")
+def test_local_mode_a_reload_finds_the_upload_and_cli_workspaces(local_app, browser_page, tmp_path):
+    import numpy as np
+
+    from cedm import workspace as wsp
+
+    url, _, home = local_app
+    wsp.create_from_array(home, "made-by-cli", np.zeros((5, 16, 16, 3), np.uint8))  # as `cedm import` does
+    page, errors = browser_page
+    page.goto(url)
+    _open_tab(page, "Dataset")
+    _gallery_images(page).first.wait_for()
+    page.get_by_text("Upload images as a new workspace").click()
+    page.locator("#cedm-upload input[type=file]").set_input_files(str(make_zip(tmp_path / "holiday.zip")))
+    page.locator("#cedm-upload", has_text="holiday.zip").wait_for()
+    page.locator("#cedm-import").click()
+    page.locator("#cedm-status", has_text=re.compile(r"Imported 6 of 8 files into holiday")).wait_for()
+    assert errors == []
+    page.reload()  # today this deleted the upload about 13 s later
+    _open_tab(page, "Dataset")
+    errors.clear()  # the old page's aborted requests
+    _gallery_images(page).first.wait_for()
+    _pick_workspace(page, "holiday")
+    page.get_by_text("6 images").first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#cedm-dataset-gallery img').length === 6")
+    _pick_workspace(page, "made-by-cli")
+    page.get_by_text("5 images").first.wait_for()
+    assert (home / "workspaces" / "holiday" / "manifest.json").is_file() and session_workspaces(home) == []
+    assert errors == []
+
+
+def test_closing_the_tab_stops_its_sampling(local_app, browser_page, monkeypatch):
+    """A 200-step request (each network call slowed, so it is surely still running) from a page that then
+    closes: the engine ends it cancelled instead of running it to the end."""
+    from cedm.inference import engine as eng
+    from cedm.inference import get_engine
+    from cedm.inference.engine import Cancelled
+
+    real = eng.FastNet.__call__
+
+    def slow(self, *a, **k):
+        time.sleep(0.2)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(eng.FastNet, "__call__", slow)
+    url, _, _ = local_app
+    page, _ = browser_page
+    page.goto(url)
+    _open_tab(page, "Generate")
+    page.wait_for_function("() => (document.querySelector('#cedm-gen-model input') || {}).value?.startsWith('tiny-c4')")
+    _wait_for_model_settings(page)
+    steps = page.get_by_label("steps")
+    steps.fill("200")
+    steps.press("Enter")
+    page.locator("#cedm-gen-go").click()
+    engine = get_engine()
+    ticket = None
+    for _ in range(1200):  # until the request is in the engine (a condition, not a time)
+        ticket = next((t for t in list(engine._tickets) if t.owner and not t.done()), None)
+        if ticket is not None:
+            break
+        time.sleep(0.1)
+    assert ticket is not None
+    page.close()
+    assert ticket._event.wait(180)
+    with pytest.raises(Cancelled):
+        ticket.result(0)

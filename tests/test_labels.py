@@ -147,18 +147,28 @@ def test_weights_file_for_both_towers(ws, tmp_path):
 
 
 def test_offline_message_names_imagenet_and_weights(ws, home, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    from cedm import hub
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf"))  # an empty cache
+    monkeypatch.setenv("CEDM_ALLOW_DOWNLOADS", "0")  # restored afterwards, though --allow-downloads sets it
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CedmError) as e:
         labels.clip_pseudo_labels(ws, NAMES)  # ViT-B-32 LAION-2B from the hub
     msg = str(e.value)
-    assert "could not be downloaded" in msg and "--imagenet" in msg and "--weights" in msg and "ViT-B-32" in msg
+    assert "downloads are off" in msg and "--allow-downloads" in msg
+    assert "--imagenet" in msg and "--weights" in msg and "ViT-B-32" in msg
     assert "\n" not in msg and msg.count(". ") == 0  # one sentence
     assert not (ws.root / "artifacts").exists() and not (ws.root / "scratch").exists()
 
-    monkeypatch.delenv("HF_HUB_OFFLINE")  # an unreachable hub is noticed by the quick probe
-    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: False)
-    assert main(["labels", "tiny", "--names", "cat,dog", "--home", str(home), "--device", "cpu"]) == 2
-    assert capsys.readouterr().err.strip() == f"cedm labels: error: {msg}"
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # downloads allowed, the hub unreachable: noticed by the quick probe
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: False)
+    assert main(["--allow-downloads", "labels", "tiny", "--names", "cat,dog", "--home", str(home),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cedm labels: error: the open_clip ViT-B-32 (laion2b_s34b_b79k) weights could not be "
+                          "downloaded (cannot reach the model hub at https://huggingface.co)") and "--imagenet" in err
     assert not (ws.root / "artifacts").exists()
 
 

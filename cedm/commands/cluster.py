@@ -22,6 +22,12 @@ def add_temi(p) -> None:
                    help="the paper's TEMI schedule (50 heads, 200 epochs, batch 512, teacher momentum 0.996) even on CPU")
 
 
+def add_kmeans_metric(p) -> None:
+    p.add_argument("--kmeans-metric", choices=["euclidean", "spherical"], default=None,
+                   help="k-means objective: euclidean on the raw features (default, the paper's) or spherical "
+                        "(cosine on L2-normalised features)")
+
+
 def temi_settings(args) -> dict:
     from cedm.clusters.temi import PAPER_SCHEDULE
     kw = dict(PAPER_SCHEDULE) if getattr(args, "paper", False) else {}
@@ -33,7 +39,9 @@ def temi_settings(args) -> dict:
 
 def add_arguments(p) -> None:
     add_workspace(p)
-    p.add_argument("--method", choices=["kmeans", "temi"], default="kmeans")
+    p.add_argument("--method", choices=["kmeans", "skmeans", "temi"], default="kmeans",
+                   help="kmeans (metric from --kmeans-metric), skmeans (= kmeans with --kmeans-metric spherical) or temi")
+    add_kmeans_metric(p)
     p.add_argument("--clusters", "-C", type=int, required=True, help="number of clusters C")
     add_backbone(p)
     add_temi(p)
@@ -52,7 +60,7 @@ def summary_lines(ws, res) -> list[str]:
     if gt is not None and (gt.labels >= 0).any():
         m = metrics.compare(res.assignments, gt.labels)
         lines.append(f"vs ground truth ({m['n_clusters_b']} classes, {m['n_compared']} images): NMI {m['nmi']:.3f}  "
-                     f"AMI {m['ami']:.3f}  ARI {m['ari']:.3f}  accuracy {m['accuracy']:.3f}")
+                     f"AMI {m['ami']:.3f}  ARI {m['ari']:.3f}  {metrics.accuracy_text(m)}")
     return lines
 
 
@@ -68,8 +76,12 @@ def run(args) -> int:
 
     ws = open_workspace(args.home, args.workspace)
     kw = temi_settings(args) if args.method == "temi" else {}
-    if args.method == "kmeans" and (args.epochs or args.heads or args.paper):
+    if args.method != "temi" and (args.epochs or args.heads or args.paper):
         raise CedmError("--epochs, --heads and --paper apply to --method temi only")
+    if args.kmeans_metric is not None:
+        if args.method == "temi":
+            raise CedmError("--kmeans-metric applies to --method kmeans only")
+        kw["kmeans_metric"] = args.kmeans_metric
     with tqdm_progress() as progress:
         res = cluster_workspace(ws, args.method, args.clusters, backbone=args.backbone, weights=args.weights,
                                 seed=args.seed, device=args.device, progress=progress, **kw)

@@ -16,8 +16,8 @@ from cedm.errors import CedmError
 
 log = logging.getLogger("cedm.ui")
 
-DEFAULT_METHOD, DEFAULT_C = "kmeans", 20  # the shipped demo model conditions on kmeans:20
-METHODS = {"kmeans": "k-means", "temi": "TEMI"}
+DEFAULT_METHOD, DEFAULT_C = "skmeans", 20  # the shipped demo model conditions on (spherical) skmeans:20
+METHODS = {"kmeans": "k-means", "skmeans": "spherical k-means", "temi": "TEMI"}
 PAGE_SIZE = 24
 MAP_DRAW_LIMIT = 20_000       # points drawn in the browser; more are sampled (seeded) and the map says so
 KMEANS_TEMPERATURE = 0.1      # query probabilities of k-means: softmax(cosine to centroids / T)
@@ -39,7 +39,7 @@ def spec_of(method: str, n_clusters) -> str:
 def parse_spec(spec: str) -> tuple[str, int]:
     method, _, c = str(spec or "").strip().partition(":")
     if method not in METHODS or not c.strip().isdigit():
-        raise CedmError(f"bad clustering {spec!r}: expected kmeans:C or temi:C, e.g. kmeans:50")
+        raise CedmError(f"bad clustering {spec!r}: expected kmeans:C, skmeans:C or temi:C, e.g. kmeans:50")
     return method, int(c)
 
 
@@ -56,16 +56,18 @@ def get_clustering(ws, backbone: str, spec: str, progress=None, compute: bool = 
 def backbone_choices(ws) -> tuple[list[tuple[str, str]], str]:
     """(label, name) of every backbone, those with cached features first; and the default choice."""
     from cedm.features import OFFLINE_BACKBONE, list_backbones, list_features
+    from cedm.features.backbones import availability
 
     cached = []
     if ws is not None:
         for meta in list_features(ws):
             b = meta.get("backbone") or meta.get("params", {}).get("backbone")
-            if b in list_backbones() and b not in cached:
+            if (b in list_backbones() or str(b).startswith("denoiser:")) and b not in cached:
                 cached.append(b)
-    order = cached + [b for b in list_backbones() if b not in cached]
-    labels = [(f"{b} (features ready)" if b in cached else
-               f"{b} (works offline)" if b == OFFLINE_BACKBONE else b, b) for b in order]
+    from cedm.features.denoiser import workspace_backbones  # the open workspace's own models (seed 002)
+    order = cached + [b for b in list_backbones() + workspace_backbones(ws) if b not in cached]
+    # what a click would do: read cached features, run offline, use cached weights, download, or need downloads
+    labels = [(f"{b} (features ready)" if b in cached else f"{b} ({availability(b)[1]})", b) for b in order]
     return labels, (cached[0] if cached else OFFLINE_BACKBONE)
 
 
@@ -126,11 +128,13 @@ def summary(ws, backbone: str, res, cached: bool) -> dict:
     gt = ws.ground_truth
     if gt is not None and (gt.labels >= 0).any():
         m = metrics.compare(res.assignments, gt.labels)
-        out["vs_ground_truth"] = {k: round(float(m[k]), 4) for k in ("nmi", "ami", "ari", "accuracy")}
+        out["vs_ground_truth"] = {k: round(float(m[k]), 4) for k in ("nmi", "ami", "ari", "accuracy",
+                                                                      "accuracy_hungarian", "accuracy_majority")}
     return out
 
 
 def summary_markdown(s: dict) -> str:
+    from cedm.clusters import metrics
     line = (f"**{METHODS[s['method']]}, C = {s['n_clusters']}** on {s['backbone']} features of "
             f"**{s['workspace']}** ({s['n_images']:,} images): {s['n_used']} clusters used "
             f"(r_C = {s['utilization']:.3f}), sizes {s['sizes_min']}–{s['sizes_max']} "
@@ -139,7 +143,7 @@ def summary_markdown(s: dict) -> str:
     gt = s.get("vs_ground_truth")
     if gt:
         line += (f"  \nagreement with the ground truth (evaluation only): AMI {gt['ami']:.3f} · "
-                 f"NMI {gt['nmi']:.3f} · ARI {gt['ari']:.3f} · accuracy {gt['accuracy']:.3f}")
+                 f"NMI {gt['nmi']:.3f} · ARI {gt['ari']:.3f} · {metrics.accuracy_text(gt)}")
     return line
 
 
@@ -169,7 +173,7 @@ def cluster_heading(ws, res, c: int, names=None) -> str:
 
 
 def confidence_word(res) -> str:
-    return "centroid cosine" if res.method == "kmeans" else "MSP"
+    return "centroid cosine" if res.method != "temi" else "MSP"
 
 
 def cluster_page(ws, res, cluster, page: int = 0, page_size: int = PAGE_SIZE) -> tuple[list, str, int]:
@@ -202,7 +206,8 @@ def cluster_probabilities(res, features: np.ndarray) -> tuple[np.ndarray, str]:
             raise CedmError("this TEMI clustering has no stored head, so new images cannot be assigned")
         from cedm.clusters.temi import predict_proba
         temperature = float(res.params.get("temi", {}).get("teacher_temp", 0.1))
-        return predict_proba(res.head, x, temperature)[0], "TEMI head probabilities (softmax)"
+        raw = np.asarray(features, np.float32).reshape(1, -1)  # the head applies its own input transform
+        return predict_proba(res.head, raw, temperature)[0], "TEMI head probabilities (softmax)"
     if res.centroids is None:
         raise CedmError("this k-means clustering has no stored centroids")
     cos = (x @ l2_normalize(res.centroids).T)[0]

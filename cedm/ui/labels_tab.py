@@ -23,7 +23,7 @@ OFFLINE_CLIP = ("⚠️ CLIP is not available on this server: its weights are no
                 "clusters with an ImageNet classifier that ships with cedm.")
 HEATMAP_ROWS = 40   # clusters shown (largest first)
 HEATMAP_COLS = 25   # labels shown (most common first)
-METRICS = ("nmi", "ami", "ari", "accuracy")
+METRICS = ("nmi", "ami", "ari", "accuracy", "accuracy_hungarian", "accuracy_majority")
 
 
 def _metrics(found: dict) -> dict:
@@ -75,13 +75,14 @@ def heatmap(result: dict):
 
 
 def metrics_markdown(r: dict) -> str:
+    from cedm.clusters import metrics
     m = r["metrics"]
     lines = [f"**{r['clustering']} vs {r['labels']}** ({m['n_compared']:,} images): NMI {m['nmi']:.3f} · "
-             f"AMI {m['ami']:.3f} · ARI {m['ari']:.3f} · accuracy {m['accuracy']:.3f}"]
+             f"AMI {m['ami']:.3f} · ARI {m['ari']:.3f} · {metrics.accuracy_text(m)}"]
     if r.get("vs_ground_truth"):
         g = r["vs_ground_truth"]
         lines.append(f"**{r['clustering']} vs ground truth**: NMI {g['nmi']:.3f} · AMI {g['ami']:.3f} · "
-                     f"ARI {g['ari']:.3f} · accuracy {g['accuracy']:.3f}")
+                     f"ARI {g['ari']:.3f} · {metrics.accuracy_text(g)}")
     return "  \n".join(lines)
 
 

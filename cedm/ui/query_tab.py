@@ -28,7 +28,7 @@ def run_query(ws, backbone: str, spec: str, image, progress=None) -> dict:
     if not spec:
         raise CedmError("no clustering chosen: cluster the workspace first (Clusters tab) or name one, e.g. kmeans:50")
     res = cv.get_clustering(ws, backbone, spec, progress=progress)
-    feat = extract_one(image, backbone, resolution=ws.resolution)
+    feat = extract_one(image, backbone, resolution=ws.resolution, normalized=False)  # raw: TEMI heads' input
     top, how = cv.top_clusters(res, feat, k=3, names=cv.cluster_names(ws, res, backbone))
     rows, cos = nearest_neighbours(ws, backbone, feat, k=N_NEIGHBOURS, progress=progress)
     # "file", not "path": gradio_client downloads any dict with a "path" key as a file
