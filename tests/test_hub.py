@@ -25,6 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 N_IMAGES = 6
 
 
+@pytest.fixture(autouse=True)
+def own_registry(monkeypatch):
+    """Backbones registered on the fly (CLIP towers for labels) stay inside each test."""
+    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
+
+
 # --- the policy ------------------------------------------------------------------------------------
 @pytest.fixture
 def clean_env(monkeypatch):
@@ -84,7 +90,6 @@ def test_availability_and_telemetry_off(clean_env, tmp_path):
     assert backbones.get_spec("clip_vitb32").hub_ref()[0] == "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
     # the paper's CLIP is one flag away (--model ViT-bigG-14): its LAION-2B weights on the hub, its own tower
     from cedm import labels
-    clean_env.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
     tag = labels.resolve_tag("ViT-bigG-14", None)
     tower = labels.image_backbone("ViT-bigG-14", tag)
     assert tag == "laion2b_s39b_b160k" and backbones.get_spec(tower).feature_dim == 1280
@@ -110,6 +115,7 @@ def served(tmp_path_factory):
     srv.start()
     yield SimpleNamespace(hub=srv, files=files, sha=sha, cfg=tmp / "clip_cfg")
     srv.close()
+    local_hub.unregister_tiny_clip()
 
 
 def _images():
