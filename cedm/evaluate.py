@@ -359,7 +359,7 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
     method, _, arg = spec.partition(":")
     if int(info.get("n_conditions", 0)) == 0:
         return None, "unconditional model: no condition classifier"
-    if method not in ("temi", "kmeans"):
+    if method not in ("temi", "kmeans", "skmeans"):
         return None, f"condition {spec} has no classifier (MSP needs a TEMI or k-means labeling)"
     want_sha = ((info.get("provenance") or {}).get("data") or {}).get("labels_sha")
     candidates = [c for c in list_clusterings(ws) if c["method"] == method and str(c["n_clusters"]) == arg]

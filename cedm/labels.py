@@ -394,3 +394,92 @@ __all__ = ["PROMPTS", "DEFAULT_MODEL", "IMAGENET_NAME", "check_names", "read_nam
            "load_clip", "text_embeddings", "zero_shot_probs", "clip_pseudo_labels", "imagenet_labels",
            "imagenet_top5", "compare_labelings", "top_labels", "cluster_names", "describe", "label_counts",
            "list_labelings"]
+
+
+# --- cluster names: guessed from a labeling (said so), or given by the user ----------------------------------
+STAGE_NAMES = "cluster_names"
+NAME_THRESHOLD = 0.5  # a guessed name is shown only when at least this share of the cluster carries the label
+
+
+def label_source(ws, label_spec: str) -> str:
+    """Where names of ``label_spec`` come from, as a reader should see it: 'ImageNet guess', 'CLIP guess',
+    'ground truth' or 'labels NAME'."""
+    if label_spec == "gt":
+        return "ground truth"
+    name = label_spec.split(":", 1)[1] if label_spec.startswith("labels:") else label_spec
+    found = [m for _, m in ws.list_artifacts(STAGE_LABELINGS) if m["params"].get("name") == name]
+    kind = (found[-1].get("details", {}).get("kind") if found else None) or \
+        ("imagenet" if name == IMAGENET_NAME else None)
+    return {"imagenet": "ImageNet guess", "clip": "CLIP guess"}.get(kind, f"labels {name}")
+
+
+def _names_params(ws, cluster_spec: str, backbone=None) -> dict:
+    from cedm.clusters.labelings import resolve_backbone
+
+    return {"clustering": str(cluster_spec), "backbone": resolve_backbone(backbone)}
+
+
+def cluster_renames(ws, cluster_spec: str, backbone=None) -> dict[int, str]:
+    """The names the user gave clusters of ``cluster_spec`` (on ``backbone`` features): {cluster id: name}."""
+    found = ws.find_artifact(STAGE_NAMES, _names_params(ws, cluster_spec, backbone))
+    if found is None:
+        return {}
+    return {int(k): str(v) for k, v in io.read_json(found / "names.json").items()}
+
+
+def rename_cluster(ws, cluster_spec: str, cluster: int, name: str | None, backbone=None) -> dict[int, str]:
+    """Give cluster ``cluster`` of ``cluster_spec`` a name (kept in the workspace; an empty name removes it).
+    Returns all names of that clustering."""
+    clusters = resolve(ws, cluster_spec, backbone=backbone)
+    ids = {int(i) for i in _original_ids(clusters)}
+    try:
+        cluster = int(cluster)
+    except (TypeError, ValueError):
+        raise CedmError(f"choose a cluster to rename, got {cluster!r}") from None
+    if cluster not in ids:
+        raise CedmError(f"cluster {cluster} is not a cluster of {cluster_spec}")
+    name = " ".join(str(name or "").split())
+    if len(name) > 60:
+        raise CedmError("a cluster name has at most 60 characters")
+    names = cluster_renames(ws, cluster_spec, backbone)
+    if name:
+        names[cluster] = name
+    else:
+        names.pop(cluster, None)
+    with ws.write_artifact(STAGE_NAMES, _names_params(ws, cluster_spec, backbone)) as d:
+        io.write_json(d / "names.json", {str(k): v for k, v in sorted(names.items())})
+    return names
+
+
+def cluster_titles(ws, cluster_spec: str, label_spec: str | None = None, backbone=None,
+                   threshold: float = NAME_THRESHOLD) -> dict[int, str]:
+    """Honest names of the clusters of ``cluster_spec``: the user's name when given, else the most common label
+    of ``label_spec`` saying where it comes from ("ImageNet guess: analog clock 80%") when at least
+    ``threshold`` of the cluster carries it. Clusters with neither are absent (shown by their id)."""
+    out: dict[int, str] = {}
+    if label_spec:
+        source = label_source(ws, label_spec)
+        for c, top in cluster_names(ws, cluster_spec, label_spec, top=1, backbone=backbone).items():
+            if top and top[0][1] >= threshold:
+                out[int(c)] = f"{source}: {str(top[0][0]).split(',')[0].strip()} {round(100 * top[0][1])}%"
+    out.update(cluster_renames(ws, cluster_spec, backbone))
+    return out
+
+
+def search_rows(ws, text: str, assignments=None, titles: dict[int, str] | None = None,
+                label_spec: str | None = None) -> np.ndarray:
+    """Rows whose file name, cluster name (``titles`` of the clusters in ``assignments``) or label (of
+    ``label_spec``) contains ``text`` (case-insensitive), in row order."""
+    needle = " ".join(str(text or "").split()).lower()
+    if not needle:
+        raise CedmError("type something to search for")
+    hit = np.fromiter((needle in p.lower() for p in ws.paths), dtype=bool, count=ws.n)
+    if titles and assignments is not None:
+        named = [c for c, t in titles.items() if needle in str(t).lower()]
+        hit |= np.isin(np.asarray(assignments), named)
+    if label_spec:
+        lab = resolve(ws, label_spec)
+        matching = [k for k, n in enumerate(lab.class_names or []) if needle in str(n).lower()]
+        if matching:  # a labeling's ids index its class names
+            hit |= np.isin(np.asarray(lab.labels), matching)
+    return np.flatnonzero(hit)

