@@ -357,3 +357,34 @@ def test_sample_command_with_a_probe(engine_setup, tmp_path, capsys):
     assert "--condition goes with --probe" in capsys.readouterr().err
     assert main(["sample", str(mdir), "--probe", str(tmp_path), "--n", "1"]) == 2
     assert "not a probe folder" in capsys.readouterr().err
+
+
+def test_eval_of_probe_guided_sampling_uses_the_labelings_own_assigner(home, tiny, tmp_path, capsys):
+    import json
+
+    from cedm.cli import main
+    from cedm.clusters import labelings
+    from cedm.probes.evaluate import evaluate_probe, labeling_head
+    from cedm.workspace import create_from_array
+
+    imgs, y = colour_images(12, size=32)
+    ws = create_from_array(home, "evalprobe", imgs)
+    km = labelings.resolve(ws, "kmeans:2", backbone="efficientnet_lite0")
+    mdir = save_model(tmp_path / "m", tiny)
+    _, pdir, _ = get_probe(ws, tiny, "kmeans:2", ProbeSettings(**FAST), model_dir=mdir)  # backbone found cached
+    head, why = labeling_head(ws, "kmeans:2", json.loads((pdir / "probe.json").read_text())["labels_sha"])
+    assert why is None and head.method == "kmeans"
+    assert labeling_head(ws, "kmeans:2", "0" * 16)[0] is None
+    out = evaluate_probe(mdir, pdir, ws, n=6, weights=(0, 1), steps=2, sampler="euler", batch_size=6,
+                         out_dir=tmp_path / "eval")
+    assert [r["probe_guidance"] for r in out["results"]] == [0.0, 1.0]
+    for r in out["results"]:
+        assert r["FD_EffNetLite0"] > 0 and 0 <= r["agreement"] <= 1 and 0 < r["probe_probability"] < 1
+        assert r["agreement_classifier"]["spec"] == "kmeans:2"  # the clustering's centroids, not the probe
+        assert r["agreement_classifier"]["artifact"] == str(labelings.find_clusters(
+            ws, "kmeans", 2, backbone="efficientnet_lite0"))
+    assert len(list((tmp_path / "eval").glob("probe-*.json"))) == 2
+    assert km.n_classes == 2
+    assert main(["eval", str(mdir), "--workspace", "evalprobe", "--probe", str(pdir), "--guidance", "1", "--n", "4",
+                 "--steps", "2", "--sampler", "euler"]) == 0
+    assert "kmeans:2" in capsys.readouterr().out
