@@ -50,7 +50,7 @@ Progress = Callable[[int, int, str], None]
 @dataclass
 class ProbeSettings:
     route: str = DEFAULT_ROUTE        # 'x0' (the paper's) or 'noised'
-    sigma_feature: float = 0.5        # route x0: the fixed level the (estimated) x0 is re-noised at
+    sigma_feature: float = 1.0        # route x0: the fixed level the (estimated) x0 is re-noised at
     blocks: tuple = DEFAULT_BLOCKS    # denoiser blocks whose pooled outputs are the features
     hidden: int = 256                 # 0: linear; else one hidden layer of this width
     train_steps: int = 400            # full-batch Adam steps
