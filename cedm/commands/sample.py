@@ -42,6 +42,9 @@ def add_arguments(p) -> None:
     p.add_argument("--condition", type=int, default=None,
                    help="with --probe on a C-EDM: its own trained condition, guided classifier-free at --cfg")
     p.add_argument("--cfg", type=float, default=1.0, help="with --probe and --condition: the classifier-free weight")
+    p.add_argument("--layout", default=None, metavar="LAYOUT",
+                   help="spatial models: box coordinates x0,y0,x1,y1 (pixels of the model resolution), a mask PNG "
+                        "(pixel value = segment id) or an image whose self-annotation is used (docs/spatial.md)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default=None, help="output folder (default <model>/samples/<settings>)")
     p.add_argument("--threads", type=int, default=None,
@@ -96,7 +99,7 @@ def run(args) -> int:
         info = engine.model_info(model_dir, ema=not args.raw)
         mode = ("uncond" if args.uncond or not info.get("n_conditions") else f"c{args.cluster}"
                 if args.cluster is not None else "list" if args.clusters else "uniform" if args.uniform else "q")
-        best = f"-best{args.best_of}" if args.best_of > 1 else ""
+        best = (f"-best{args.best_of}" if args.best_of > 1 else "") + ("-layout" if args.layout else "")
         if args.probe is not None:
             mode = "probe-" + ("q" if args.cluster is None and not args.clusters else
                                "list" if args.clusters else f"c{args.cluster}")
@@ -111,10 +114,22 @@ def run(args) -> int:
             bar.refresh()
 
         try:
-            images, records = engine.generate(
-                model_dir, n, clusters=clusters, from_q=not args.uniform, uncond=args.uncond,
-                guidance=guidance, guidance_interval=interval, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                churn=args.churn, best_of=args.best_of, progress=progress, ema=not args.raw)
+            if args.layout is not None:  # a spatial model under a layout (cedm/model/spatial.py)
+                from cedm.model.spatial import sample_with_layout
+                if args.best_of > 1:
+                    raise CedmError("--best-of is not available with --layout")
+                images, records = sample_with_layout(
+                    model_dir, args.layout, n, device=args.device, ema=not args.raw, clusters=clusters,
+                    from_q=not args.uniform, uncond=args.uncond, guidance=args.guidance,
+                    guidance_interval=args.guidance_interval, steps=args.steps, sampler=args.sampler,
+                    seed=args.seed, churn=args.churn, batch_size=args.batch,
+                    progress=lambda s, t, _d: progress(s, t))
+            else:
+                images, records = engine.generate(
+                    model_dir, n, clusters=clusters, from_q=not args.uniform, uncond=args.uncond,
+                    guidance=guidance, guidance_interval=interval, steps=args.steps,
+                    sampler=args.sampler, seed=args.seed, churn=args.churn, best_of=args.best_of,
+                    progress=progress, ema=not args.raw)
         finally:
             bar.close()
     save_samples(images, records, out, extra={"model": str(model_dir), "ema": not args.raw})

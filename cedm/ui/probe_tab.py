@@ -17,6 +17,7 @@ import gradio as gr
 from cedm.errors import CedmError
 from cedm.model.registry import ModelEntry, find_model, list_models
 from cedm.ui.common import AppContext, guarded, progress_callback
+from cedm.ui.sessions import session_owner
 
 CLUSTERING, ROWSET, PICKS = "a clustering", "a saved row set", "images I pick (row numbers)"
 SOURCES = [CLUSTERING, ROWSET, PICKS]
@@ -147,7 +148,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None):
         ws = ctx.open(workspace_name, request)
         entry = entry_of(model_name, workspace_name, request)
         spec = spec_of(ws, source_, clustering_, rowset_, picks_, picks_name_)
-        report_fn = progress_callback(progress, ctx.sessions, request)
+        report_fn = progress_callback(progress, ctx.sessions, request, job="probe")
         probe, folder, _ = get_probe(ws, training_copy(entry), spec, ProbeSettings(), model_dir=entry.path,
                                      progress=report_fn)
         classes = [(name, k) for k, name in enumerate(probe.class_names)]
@@ -169,7 +170,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None):
         if target_ is None:
             raise CedmError("choose the class to generate toward")
         engine = get_engine()
-        report_fn = progress_callback(progress, ctx.sessions, request)
+        report_fn = progress_callback(progress, ctx.sessions, request, job="sampling")
         boxes = [[0, 1], [0, 1]]
 
         def track(box):
@@ -177,8 +178,10 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None):
                 box[0], box[1] = int(step), max(int(total), 1)
             return f
 
+        session = getattr(request, "session_hash", None)
+        owner = session_owner(session) if session else None  # a closed tab or a cancel stops these requests
         tickets = [engine.submit(entry.path, n_, clusters=int(target_), guidance=probe_spec(folder, w),
-                                 seed=seed_, best_of=b, progress=track(box))
+                                 seed=seed_, best_of=b, progress=track(box), owner=owner)
                    for w, b, box in ((0.0, 1, boxes[0]), (float(w_), best_, boxes[1]))]
         try:
             results = []
