@@ -4,10 +4,10 @@
     python bench/probes.py fewshot --subgroup country-flag --picks 5,10,20 --n 100 --out bench/results/fewshot.json
 
 compare: one table, same seeds (image i: seed i), conditions / probe classes drawn per image from q(c) of the
-demo's kmeans:20 labeling with the same per-image stream, DPM-Solver++(2M) 12 steps. Rows: C-EDM
+demo's skmeans:20 labeling (spherical k-means, what demo-kmeans20 was trained on) with the same per-image stream, DPM-Solver++(2M) 12 steps. Rows: C-EDM
 (checkpoints/demo-kmeans20) at w = 1, 2; the unconditional model (checkpoints/demo-uncond) unguided; with probe
 guidance at several w; best of 4 by the probe; both. FD_EffNetLite0 against all demo images at 32 px;
-agreement by the kmeans:20 centroids (never by the probe). Also the time to get each (C-EDM training hours from
+agreement by the skmeans:20 centroids (never by the probe). Also the time to get each (C-EDM training hours from
 its cedm.json; the probe's training seconds) and the sampling seconds per image.
 
 fewshot: k picked images of one Unicode subgroup (seeded) as a row set, a two-class probe, and the share of
@@ -65,7 +65,10 @@ def compare(args) -> None:
     uncond, cedm = load_model(UNCOND), load_model(CEDM_MODEL)
     t0 = time.perf_counter()
     settings = ProbeSettings(sigma_feature=args.sigma_feature, max_per_class=args.max_per_class)
-    probe, pdir, trained = get_probe(ws, uncond, "kmeans:20", settings, model_dir=UNCOND, backbone="efficientnet_lite0")
+    probe, pdir, trained = get_probe(ws, uncond, args.labels, settings, model_dir=UNCOND)
+    want = read_model_info(CEDM_MODEL)["provenance"]["data"]["labels_sha"]
+    if probe.info["labels_sha"] != want:
+        raise SystemExit(f"{args.labels} here is not the labeling demo-kmeans20 was trained on")
     data["probe"] = {"folder": str(pdir), "seconds_to_get": probe.info["report"]["seconds"],
                      "report": probe.info["report"], "settings": probe.info["settings"]}
     data["cedm_training_hours"] = read_model_info(CEDM_MODEL)["training"]["elapsed_s"] / 3600
@@ -73,7 +76,7 @@ def compare(args) -> None:
           flush=True)
     net = backbone_net(OFFLINE_BACKBONE)
     real = real_features(ws, net, 32)
-    head, why = labeling_head(ws, "kmeans:20", probe.info["labels_sha"])
+    head, why = labeling_head(ws, args.labels, probe.info["labels_sha"])
     if head is None:
         raise SystemExit(why)
     kw = dict(steps=args.steps, sampler=args.sampler, seed=args.seed, batch_size=args.batch)
@@ -175,6 +178,7 @@ def main(argv=None) -> None:
         q.add_argument("--max-per-class", type=int, default=80, help="probe training rows per class")
         q.add_argument("--out", required=True)
     c = sub.choices["compare"]
+    c.add_argument("--labels", default="skmeans:20", help="the labeling demo-kmeans20 was trained on")
     c.add_argument("--w", default="1,2,4", help="probe guidance weights")
     c.add_argument("--both-w", default="2", help="probe weight of the guidance + best-of-4 row")
     c.add_argument("--only", default="", help="comma-separated KIND:W:BEST rows to run (e.g. probe:2:1)")

@@ -23,7 +23,7 @@ def labeling_head(ws, spec: str, labels_sha: str | None):
     from cedm.features.backbones import OFFLINE_BACKBONE
 
     method, _, arg = str(spec).partition(":")
-    if method not in ("temi", "kmeans"):
+    if method not in ("temi", "kmeans", "skmeans"):
         return None, f"labeling {spec} has no assigner of its own (agreement needs a TEMI or k-means labeling)"
     for c in reversed([c for c in list_clusterings(ws) if c["method"] == method and str(c["n_clusters"]) == arg]):
         res = load_clusters(Path(c["artifact"]))
