@@ -416,4 +416,4 @@ def test_adapt_tab_helpers_and_the_app_builds(home, tmp_path, monkeypatch):
     assert probe_tab.caption({"guidance": 2.0, "probe_class_name": "mine", "seed": 4}).startswith("probe-guided w 2")
     assert probe_tab.caption({"guidance": 0.0, "seed": 4}).startswith("unguided")
     monkeypatch.setattr(wsp, "DEMO_DIR", tmp_path / "no-demo")
-    build_app(tmp_path / "home2")  # the Adapt tab is part of the page
+    build_app(tmp_path / "home2", model_dirs=[])  # the Adapt tab is part of the page (no first-batch thread)
