@@ -143,3 +143,12 @@ def test_training_with_augment_saves_the_map_and_resumes_exactly(tmp_path):
         assert torch.equal(a[k], b[k]), k
     m = load_model(tmp_path / "full")
     assert m.augment_dim == 9 and m.map_augment.weight.abs().sum() > 0
+
+
+def test_resolution_aware_defaults_follow_the_official_configs():
+    from cedm.model.edm import default_sampler_steps, unet_config
+
+    assert unet_config("paper", 32, 10)["dropout"] == 0.13   # CIFAR-10/100
+    assert unet_config("paper", 64, 10)["dropout"] == 0.05   # FFHQ-64 / AFHQ-64
+    assert unet_config("paper", 64, 10, dropout=0.2)["dropout"] == 0.2
+    assert (default_sampler_steps(32), default_sampler_steps(64)) == (18, 40)
