@@ -187,7 +187,7 @@ def test_official_schedule_lr_warmup_and_step_budget():
     for k in ("epochs", "batch_size", "teacher_momentum", "lr", "warmup_epochs", "nlayers", "inputs"):
         assert cpu[k] == paper[k], k  # the CPU default differs only in heads and the step budget
     assert paper["heads"] == PAPER_SCHEDULE["heads"] == 50 and cpu["heads"] == CPU_SCHEDULE["heads"] < 50
-    assert paper["max_steps"] is None and cpu["max_steps"] == CPU_SCHEDULE["max_steps"]
+    assert paper["max_steps"] == 0 and cpu["max_steps"] == CPU_SCHEDULE["max_steps"] > 0
     assert paper["teacher_momentum"] == 0.996 and paper["inputs"] == "raw"
 
 
