@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from cedm.errors import CedmError
-from cedm.sampling.guidance import check_guidance, guided_denoiser
+from cedm.sampling.core import StackedRandomGenerator, make_settings, sample_batch
+from cedm.sampling.guidance import GUIDANCE, Guidance, GuidanceKind, check_guidance, guided_denoiser, register_guidance
 from cedm.sampling.samplers import SAMPLERS, edm_sigmas, get_sampler, sample_heun
 from tests.gmm import GaussianMixtureDenoiser
 
@@ -105,7 +106,7 @@ def test_guidance_w0_w1_reproduce_uncond_and_cond_in_one_batched_call(gmm):
     d = guided_denoiser(gmm, lab[:4], 3.0)(xs, s)
     du, dc = gmm(xs, s), gmm(xs, s, lab[:4])
     assert torch.allclose(d, du + 3 * (dc - du))
-    with pytest.raises(CedmError, match="guidance must be >= 0"):
+    with pytest.raises(CedmError, match="guidance must be a number >= 0"):
         guided_denoiser(gmm, lab, -1.0)
 
 
@@ -116,3 +117,84 @@ def test_guidance_refused_without_label_dropout():
         check_guidance(g, 2.0)
     with pytest.raises(CedmError, match="unconditional sampling"):
         check_guidance(g, 1.0, uncond=True)
+
+
+def test_noise_source_is_per_image():
+    a = StackedRandomGenerator([5, 6, 7]).randn((2, 3))
+    b = StackedRandomGenerator([7, 5]).randn((2, 3))
+    assert torch.equal(a[2], b[0]) and torch.equal(a[0], b[1])  # a row depends on its seed alone
+    assert torch.equal(a[1], torch.randn((2, 3), generator=torch.Generator().manual_seed(6)))
+    g = StackedRandomGenerator([1, 2])
+    first, second = g.randn((4,)), g.randn_like(torch.zeros(2, 4))
+    assert not torch.equal(first, second)  # churn noise continues each image's own stream
+    with pytest.raises(ValueError):
+        g.randn_like(torch.zeros(3, 4))
+
+
+def test_settings_are_validated_in_one_place():
+    for kw, msg in [(dict(steps=0), "steps must be at least 1"), (dict(sampler="ddim"), "unknown sampler"),
+                    (dict(guidance=float("nan")), "guidance must be a number"),
+                    (dict(guidance_interval="3"), "two noise levels"),
+                    (dict(guidance_interval=(2.0, 1.0)), "LO < HI"), (dict(churn=-1), "churn must be")]:
+        with pytest.raises(CedmError, match=msg):
+            make_settings(**kw)
+    s = make_settings("euler", 4, 2.0, "0.3,5", churn=3)
+    assert s.churn == 0 and s.guidance == Guidance(2.0, (0.3, 5.0)) and hash(s) == hash(make_settings(
+        "euler", 4, 2, [0.3, 5]))
+    assert make_settings(guidance=3.0).normalized(conditional=False).guidance == Guidance(1.0)
+
+
+def test_guidance_interval_runs_only_the_conditional_half_outside(gmm):
+    """Outside [lo, hi] the denoiser is the plain conditional one (batch B); inside, the 2B guided one."""
+    sig = edm_sigmas(12)
+    n, lo, hi = 64, 0.5, 5.0
+    lab = torch.arange(n) % 3
+    x = _noise(sig, n)
+    gmm.calls.clear()
+    settings = make_settings("dpmpp2m", 12, 2.5, (lo, hi))
+    out = sample_batch(guided_denoiser(gmm, lab, settings.guidance), StackedRandomGenerator(range(n)), (D,),
+                       settings)
+    inside = [(b, s) for b, s in gmm.calls if lo <= s <= hi]
+    assert inside and all(b == 2 * n for b, _ in inside)
+    assert all(b == n for b, s in gmm.calls if not lo <= s <= hi) and len(gmm.calls) == 12
+
+    def manual(x, s):  # the same thing written out
+        dc = gmm(x, s, lab)
+        if not lo <= float(s) <= hi:
+            return dc
+        du = gmm(x, s)
+        return du + 2.5 * (dc - du)
+    x0 = StackedRandomGenerator(range(n)).randn((D,)) * sig[0]
+    ref = SAMPLERS["dpmpp2m"](manual, x0.double(), sig)
+    assert torch.allclose(out.double(), ref, atol=1e-5)
+
+
+def test_a_new_guidance_kind_is_one_registry_entry(gmm):
+    """A kind registered from outside (here: a constant shift, standing in for a classifier gradient that
+    needs autograd) is used by the unchanged sampling core."""
+    seen = {}
+
+    def build(net, labels, g):
+        def denoise(x, sigma):
+            seen["grad"] = torch.is_grad_enabled() or torch.is_inference_mode_enabled()
+            with torch.enable_grad():
+                xr = x.detach().requires_grad_(True)
+                energy = (xr ** 2).sum()  # grad = 2x: checks autograd works inside the loop
+                (grad,) = torch.autograd.grad(energy, xr)
+            return net(x, sigma, labels) + g.get("shift", 0.0) + 0 * grad
+        return denoise
+
+    register_guidance(GuidanceKind("test-shift", build=build, check=lambda model, g, conditional: None,
+                                   needs_grad=True))
+    try:
+        lab = torch.zeros(8, dtype=torch.long)
+        settings = make_settings("euler", 3, Guidance(1.0, kind="test-shift", params=(("shift", 0.25),)))
+        out = sample_batch(guided_denoiser(gmm, lab, settings.guidance), StackedRandomGenerator(range(8)), (D,),
+                           settings)
+        sig = edm_sigmas(3)
+        x0 = StackedRandomGenerator(range(8)).randn((D,)).double() * sig[0]
+        ref = SAMPLERS["euler"](lambda x, s: gmm(x, s, lab) + 0.25, x0, sig)
+        assert torch.allclose(out.double(), ref, atol=1e-5)
+        assert seen["grad"] is False
+    finally:
+        GUIDANCE.pop("test-shift")

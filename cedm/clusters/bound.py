@@ -233,3 +233,19 @@ def cached_curve(ws, backbone=None, weights=None, seed: int = 0, device=None, **
         if p.get("n_used") is not None and {k: p.get(k) for k in ref} == ref:
             out[int(c)] = p["n_used"] / int(c)
     return sorted(out.items())
+
+
+def c_max_of(curve: list[tuple[int, float]], alpha: float = ALPHA) -> int | None:
+    """C_max from measured points by ``c_max_from_curve``'s rule (None while no C fails)."""
+    if not any(r < alpha for _, r in curve):
+        return None
+    return c_max_from_curve(curve, alpha)
+
+
+def c_star_of(ws, backbone: str) -> int | None:
+    """C* (appendix C.2) when a gamma = 1 TEMI run is cached: the clusters it used (largest start C)."""
+    from cedm.clusters.labelings import list_clusterings
+
+    runs = [p for p in list_clusterings(ws) if p.get("method") == "temi" and p.get("backbone") == backbone
+            and (p.get("temi") or {}).get("gamma") == 1.0 and p.get("n_used") is not None]
+    return int(max(runs, key=lambda p: p["n_clusters"])["n_used"]) if runs else None

@@ -1,13 +1,10 @@
 """`cedm cluster`: k-means or TEMI clusters of a workspace's features (cached), with a short summary."""
 from __future__ import annotations
 
-import contextlib
-import csv
-import io as _io
 
-from cedm import io
 from cedm.commands import add_device, add_workspace
 from cedm.errors import CedmError
+from cedm.progress import tqdm_progress  # noqa: F401  (commands bound and labels import it from here)
 
 HELP = "cluster a workspace's features with k-means or TEMI"
 
@@ -53,28 +50,6 @@ def add_arguments(p) -> None:
     add_device(p)
 
 
-@contextlib.contextmanager
-def tqdm_progress():
-    """A ``progress(done, total, desc)`` callback drawing a tqdm bar on stderr."""
-    from tqdm import tqdm
-    bar = None
-
-    def update(done, total, desc):
-        nonlocal bar
-        if bar is None or bar.total != total or bar.desc != desc:
-            if bar is not None:
-                bar.close()
-            bar = tqdm(total=total, desc=desc, leave=False)
-        bar.n = done
-        bar.refresh()
-
-    try:
-        yield update
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def summary_lines(ws, res) -> list[str]:
     from cedm.clusters import metrics
     s = metrics.size_stats(res.assignments, res.n_clusters)
@@ -91,15 +66,9 @@ def summary_lines(ws, res) -> list[str]:
 
 
 def export_csv(ws, res, path) -> None:
-    buf = _io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "cluster", "confidence"])
-    for p, c, conf in zip(ws.paths, res.assignments.tolist(), res.confidence.tolist()):
-        w.writerow([p, c, f"{conf:.6f}"])
-    try:
-        io.write_text(path, buf.getvalue())
-    except OSError as e:
-        raise CedmError(f"cannot write {path}: {e}") from e
+    from cedm.clusters.export import assignments_csv
+
+    assignments_csv(ws, res, path)
 
 
 def run(args) -> int:

@@ -23,8 +23,8 @@ import atexit
 import collections
 import contextlib
 import logging
-import math
 import threading
+import weakref
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,8 +35,9 @@ from cedm.device import cpu_has_native_bf16
 from cedm.errors import CedmError
 from cedm.model.edm import read_model_info
 from cedm.sampling.generate import choose_conditions, to_uint8
-from cedm.sampling.guidance import check_guidance, guided_denoiser
-from cedm.sampling.samplers import edm_sigmas, get_sampler, n_evaluations
+from cedm.sampling.core import (StackedRandomGenerator, check_request, labels_tensor, make_settings,
+                                sample_batch)
+from cedm.sampling.guidance import guided_denoiser
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,9 @@ class _Loaded:
 class Ticket:
     """A handle on a submitted request: ``result(timeout)``, ``cancel()``, ``done()``."""
 
-    def __init__(self, engine: "InferenceEngine"):
+    def __init__(self, engine: "InferenceEngine", owner: str | None = None):
         self._engine = engine
+        self.owner = owner  # who asked (e.g. an app session): engine.cancel_owner stops all of theirs
         self._event = threading.Event()
         self._cancel = threading.Event()
         self._lock = threading.Lock()
@@ -174,11 +176,11 @@ class Ticket:
 
 
 class _Request:
-    def __init__(self, key, batch_key, model_dir, n, clusters, from_q, uncond, guidance, steps, sampler, seed,
-                 churn, best_of, progress, output, ticket):
+    def __init__(self, key, batch_key, model_dir, n, clusters, from_q, uncond, settings, seed, best_of, progress,
+                 output, ticket):
         self.key, self.batch_key, self.model_dir = key, batch_key, model_dir
         self.n, self.clusters, self.from_q, self.uncond = n, clusters, from_q, uncond
-        self.guidance, self.steps, self.sampler, self.seed, self.churn = guidance, steps, sampler, seed, churn
+        self.settings, self.steps, self.seed = settings, settings.steps, seed
         self.best_of, self.progress, self.output, self.ticket = best_of, progress, output, ticket
         self.n_rows = n * best_of
         self.prepared = False
@@ -264,6 +266,7 @@ class InferenceEngine:
         self._pending: list[_Request] = []   # requests with rows not yet handed to a batch, oldest first
         self._jobs: collections.deque = collections.deque()
         self._open = 0                        # unfinished requests (what max_queue bounds)
+        self._tickets: weakref.WeakSet = weakref.WeakSet()  # submitted tickets (finished ones fall out)
         self._closed = False
         self._worker = threading.Thread(target=self._serve_forever, name="cedm-inference", daemon=True)
         self._worker.start()
@@ -272,47 +275,34 @@ class InferenceEngine:
 
     # --- public API ---------------------------------------------------------------------------------
     def submit(self, model_dir, n: int = 1, clusters: int | Sequence[int] | None = None, from_q: bool = True,
-               uncond: bool = False, guidance: float = 1.0, steps: int | None = None, sampler: str | None = None,
+               uncond: bool = False, guidance=1.0, steps: int | None = None, sampler: str | None = None,
                seed: int = 0, churn: float = 0.0, best_of: int = 1,
                progress: Callable[[int, int], None] | None = None, ema: bool = True,
-               output: str = "uint8") -> Ticket:
+               output: str = "uint8", guidance_interval=None, owner: str | None = None) -> Ticket:
         """Queue a sampling request; returns at once with a :class:`Ticket`.
 
-        Arguments as cedm.sampling.generate (``steps``/``sampler`` default to INTERACTIVE_DEFAULTS).
+        Arguments as cedm.sampling.generate (``steps``/``sampler`` default to INTERACTIVE_DEFAULTS; validated
+        by cedm.sampling.core.make_settings / check_request, the model-specific guidance check in the worker).
         ``best_of=k``: draw k candidates per image (candidate 0 with the image's seed, the others with seeds
         derived from it) and keep the one the condition labeling's assigner gives the highest probability of
         the image's cluster; records then carry ``confidence`` and ``candidate``. ``progress(step, steps)``
         is called as the request's images advance. ``output='float'`` returns float32 (n, 3, R, R) in [-1, 1]
-        instead of uint8 images. Raises :class:`EngineBusy` when ``max_queue`` requests are unfinished.
+        instead of uint8 images. ``owner``: a tag (e.g. the app session) that ``cancel_owner`` cancels by.
+        Raises :class:`EngineBusy` when ``max_queue`` requests are unfinished.
         """
-        sampler = sampler or INTERACTIVE_DEFAULTS["sampler"]
-        steps = INTERACTIVE_DEFAULTS["steps"] if steps is None else steps
-        get_sampler(sampler)
-        n, steps, seed, best_of = int(n), int(steps), int(seed), int(best_of)
-        if n < 1:
-            raise CedmError(f"number of images must be at least 1, got {n}")
-        if steps < 1:
-            raise CedmError(f"steps must be at least 1, got {steps}")
-        if not (math.isfinite(guidance) and guidance >= 0):
-            raise CedmError(f"guidance must be a number >= 0, got {guidance}")
-        if churn < 0:
-            raise CedmError(f"churn must be >= 0, got {churn}")
-        if seed < 0:
-            raise CedmError(f"seed must be >= 0, got {seed}")
-        if best_of < 1:
-            raise CedmError(f"best-of must be at least 1, got {best_of}")
-        if n * best_of > self.max_request_images:
-            raise CedmError(f"{n * best_of} images in one request exceed the limit of {self.max_request_images}")
+        settings = make_settings(sampler or INTERACTIVE_DEFAULTS["sampler"],
+                                 INTERACTIVE_DEFAULTS["steps"] if steps is None else steps, guidance,
+                                 guidance_interval, churn)
+        n, seed, best_of = check_request(n, seed, best_of, self.max_request_images)
         if output not in ("uint8", "float"):
             raise CedmError(f"output must be 'uint8' or 'float', got {output!r}")
         key = model_key(model_dir, ema)
         info = self.model_info(model_dir, ema)
         conditional = not uncond and int(info.get("n_conditions", 0)) > 0
-        churn = float(churn) if sampler == "heun" else 0.0
-        batch_key = (key, sampler, steps, float(guidance) if conditional else 0.0, churn)
-        ticket = Ticket(self)
-        req = _Request(key, batch_key, Path(model_dir), n, clusters, from_q, uncond, float(guidance), steps,
-                       sampler, seed, churn, best_of, progress, output, ticket)
+        batch_key = (key, settings.normalized(conditional))
+        ticket = Ticket(self, owner)
+        req = _Request(key, batch_key, Path(model_dir), n, clusters, from_q, uncond, settings, seed, best_of,
+                       progress, output, ticket)
         with self._cond:
             if self._closed:
                 raise EngineClosed("the inference engine is closed")
@@ -321,10 +311,18 @@ class InferenceEngine:
                 raise EngineBusy(f"busy, try again: {self._open} sampling requests are waiting "
                                  f"(limit {self.max_queue})")
             self._open += 1
+            self._tickets.add(ticket)
             self.stats["requests"] += 1
             self._pending.append(req)
             self._cond.notify_all()
         return ticket
+
+    def cancel_owner(self, owner: str) -> int:
+        """Cancel every unfinished request submitted with ``owner`` (a closed tab, a client's cancel); running
+        rows stop at their next sampler step. Returns how many were cancelled."""
+        with self._cond:
+            mine = [t for t in list(self._tickets) if t.owner == owner and not t.done()]
+        return sum(bool(t.cancel()) for t in mine)
 
     def generate(self, model_dir, n: int = 1, timeout: float | None = None, **kw):
         """Blocking ``submit(...).result()``: (uint8 images (n, R, R, 3), records) like sampling.generate."""
@@ -447,6 +445,7 @@ class InferenceEngine:
             if req in self._pending:
                 self._pending.remove(req)
             if req.ticket._finish(value, error):
+                self._tickets.discard(req.ticket)
                 self._open -= 1
                 self.stats["failed" if error is not None and not isinstance(error, Cancelled) else
                            "cancelled" if error is not None else "completed"] += 1
@@ -530,9 +529,15 @@ class InferenceEngine:
 
     def _prepare(self, r: _Request, lm: _Loaded) -> None:
         model = lm.model
-        conds = choose_conditions(model, r.n, r.clusters, r.from_q, r.uncond, r.seed)
+        g = r.settings.guidance
+        prepare = getattr(g.spec, "prepare", None)  # a kind that chooses its own per-image labels (probe)
+        if prepare is not None:
+            r.settings.for_model(model, True)
+            conds = prepare(model, g, r.n, r.clusters, r.from_q, r.seed)
+        else:
+            conds = choose_conditions(model, r.n, r.clusters, r.from_q, r.uncond, r.seed)
         conditional = conds[0] is not None
-        check_guidance(model, r.guidance, uncond=not conditional and model.n_conditions > 0)
+        r.settings.for_model(model, conditional)  # refuses guidance this model cannot do
         if r.best_of > 1 and not conditional:
             raise CedmError("best-of sampling needs conditioned images: it keeps the candidate most confidently "
                             "in the image's cluster")
@@ -543,9 +548,7 @@ class InferenceEngine:
 
     def _run_batch(self, lm: _Loaded, slices: list[tuple]) -> None:
         model, net, dev = lm.model, lm.net, self.device
-        _, sampler, steps, w, churn = slices[0][0].batch_key
-        sample_fn = get_sampler(sampler)
-        sigmas = edm_sigmas(steps, device=dev, dtype=torch.float32 if dev.type == "mps" else torch.float64)
+        settings = slices[0][0].batch_key[1]
         R = model.resolution
         owners, seeds, conds, start = [], [], [], 0
         for r, a, b in slices:
@@ -553,11 +556,9 @@ class InferenceEngine:
             seeds += r.seeds[a:b]
             conds += r.conditions[a:b]
             start += b - a
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        x = torch.stack([torch.randn((3, R, R), generator=g) for g in gens]).to(dev) * sigmas[0].float()
-        labels = torch.tensor([model.uncond_index if c is None else c for c in conds], dtype=torch.long, device=dev)
+        labels = labels_tensor(model, conds, dev)
         active = {id(o[0]) for o in owners if not o[0].ticket.done()}
-        state = {"idx": None, "denoise": guided_denoiser(net, labels, w)}  # idx None: every row is live
+        state = {"idx": None, "denoise": None}  # idx None: every row is live
         stats = self.stats
 
         def refresh():
@@ -566,7 +567,8 @@ class InferenceEngine:
                 raise _Stop
             idx = torch.cat(live).to(dev)
             state["idx"] = None if len(idx) == len(labels) else idx
-            state["denoise"] = guided_denoiser(net, labels if state["idx"] is None else labels[idx], w)
+            state["denoise"] = guided_denoiser(net, labels if state["idx"] is None else labels[idx],
+                                               settings.guidance)
 
         def denoise(x, sigma):
             stats["evaluations"] += 1
@@ -604,14 +606,9 @@ class InferenceEngine:
         for o in owners:  # cancelled while waiting for this batch
             if o[0].ticket.cancel_requested and id(o[0]) in active:
                 drop(o[0], Cancelled("sampling request cancelled"))
-        opts = {}
-        if sampler == "heun" and churn > 0:  # churn noise from each image's own generator
-            opts = dict(S_churn=churn, noise_like=lambda t: torch.stack(
-                [torch.randn(t.shape[1:], generator=g) for g in gens]).to(t.device, t.dtype))
         try:
             refresh()
-            with torch.inference_mode():
-                x = sample_fn(denoise, x, sigmas, callback=callback, **opts)
+            x = sample_batch(denoise, StackedRandomGenerator(seeds), (3, R, R), settings, callback, dev)
         except _Stop:
             return
         stats["batches"] += 1
@@ -631,22 +628,29 @@ class InferenceEngine:
     def _finish_request(self, r: _Request):
         k, n = r.best_of, r.n
         x, rows, extra = r.out, np.arange(n) * k, [{} for _ in range(n)]
-        if k > 1:  # keep the candidate most probably in its image's cluster
+        g = r.settings.guidance
+        select, describe = getattr(g.spec, "select", None), getattr(g.spec, "describe", None)
+        model = self._load(r.key, r.model_dir).model if select is not None or describe is not None else None
+        if k > 1 and select is not None:  # the kind scores its own rows (probe: its probability of the class)
+            p_want = np.asarray(select(model, g, x, r.conditions)).reshape(n, k)
+        elif k > 1:  # keep the candidate most probably in its image's cluster
             scorer = self.scorer(r.model_dir, r.key[2])
             if scorer is None:
                 raise CedmError("best-of sampling needs a conditional model")
             p = scorer.proba(to_uint8(x))
             want = np.asarray(r.conditions, dtype=np.int64)
             p_want = p[np.arange(len(want)), want].reshape(n, k)
+        if k > 1:
             best = p_want.argmax(1)
             rows = rows + best
             extra = [{"best_of": k, "candidate": int(best[i]), "confidence": float(p_want[i, best[i]])}
                      for i in range(n)]
             x = x[torch.from_numpy(rows)]
-        conditional = r.conditions[0] is not None
-        records = [{"index": i, "seed": r.seeds[rows[i]], "condition": r.conditions[rows[i]],
-                    "guidance": r.guidance if conditional else None, "steps": r.steps, "sampler": r.sampler,
-                    "evaluations": n_evaluations(r.sampler, r.steps), **extra[i]} for i in range(n)]
+        grec = g.record() if r.conditions[0] is not None else {"guidance": None}
+        records = [{"index": i, "seed": r.seeds[rows[i]], "condition": r.conditions[rows[i]], **grec,
+                    **r.settings.record(), **extra[i],
+                    **(describe(model, g, r.conditions[rows[i]]) if describe is not None else {})}
+                   for i in range(n)]
         if r.progress is not None and r.last_step != r.steps:
             r.progress(r.steps, r.steps)
         return (x.clone() if r.output == "float" else to_uint8(x)), records
@@ -654,36 +658,30 @@ class InferenceEngine:
 
 # --- the plain reference --------------------------------------------------------------------------------
 def reference_sample(model, n: int, clusters=None, from_q: bool = True, uncond: bool = False,
-                     guidance: float = 1.0, steps: int = 18, sampler: str = "heun", seed: int = 0,
-                     churn: float = 0.0) -> torch.Tensor:
-    """The plain way, for checking and benchmarking the engine: float32, no inference mode, no compile, and
-    guidance as two separate network calls per evaluation (the official C-EDM code). Same per-image seeds and
-    conditions as the engine; returns float32 (n, 3, R, R) in [-1, 1]."""
+                     guidance=1.0, steps: int = 18, sampler: str = "heun", seed: int = 0,
+                     churn: float = 0.0, guidance_interval=None) -> torch.Tensor:
+    """The plain way, for checking the engine: float32, no inference mode, no compile, and guidance as two
+    separate network calls per evaluation (the official C-EDM code). Same per-image noise, conditions and
+    sampling core as the engine; returns float32 (n, 3, R, R) in [-1, 1]."""
+    settings = make_settings(sampler, steps, guidance, guidance_interval, churn)
+    n, seed, _ = check_request(n, seed)
     conds = choose_conditions(model, n, clusters, from_q, uncond, seed)
+    settings = settings.for_model(model, conds[0] is not None)
+    g = settings.guidance
     dev = next(model.parameters()).device
-    sigmas = edm_sigmas(steps, device=dev)
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]  # initial noise, then churn noise
-    x = torch.stack([torch.randn((3, model.resolution, model.resolution), generator=g) for g in gens])
-    x = x.to(dev) * sigmas[0].float()
-    none = torch.full((n,), model.uncond_index, dtype=torch.long, device=dev)
-    conditional = conds[0] is not None
-    labels = torch.tensor(conds, dtype=torch.long, device=dev) if conditional else none
-    w = float(guidance) if conditional else 0.0
+    labels = labels_tensor(model, conds, dev)
+    none = torch.full_like(labels, model.uncond_index)
 
     def denoise(x, sigma):
-        if w == 0.0:
-            return model(x, sigma, none)
         d_cond = model(x, sigma, labels)
-        if w == 1.0:
+        if g.scale == 1.0 or not g.active(sigma):
             return d_cond
         d_uncond = model(x, sigma, none)
-        return d_uncond + w * (d_cond - d_uncond)
+        return d_uncond + g.scale * (d_cond - d_uncond)
 
-    opts = {}
-    if sampler == "heun" and churn > 0:
-        opts = dict(S_churn=churn, noise_like=lambda t: torch.stack(
-            [torch.randn(t.shape[1:], generator=g) for g in gens]).to(t.device, t.dtype))
-    return get_sampler(sampler)(denoise, x, sigmas, **opts).float().cpu()
+    x = sample_batch(denoise, StackedRandomGenerator(range(seed, seed + n)), (3, model.resolution,
+                     model.resolution), settings, device=dev, inference=False)
+    return x.float().cpu()
 
 
 # --- the process-wide engine ----------------------------------------------------------------------------

@@ -136,6 +136,7 @@ class CEDM(nn.Module):
         self.n_conditions = int(n_conditions)
         self.sigma_data = float(sigma_data)
         self.info = dict(info or {})
+        self.spatial_channels = int(unet.config.in_channels) - 3  # > 0: a spatial map joins x (model/spatial.py)
         if unet.config.num_class_embeds != self.n_conditions + 1:
             raise CedmError(f"network has {unet.config.num_class_embeds} class entries, expected "
                             f"{self.n_conditions} conditions + 1")
@@ -148,10 +149,11 @@ class CEDM(nn.Module):
 
     @classmethod
     def from_preset(cls, preset: str, resolution: int, n_conditions: int, dropout: float | None = None,
-                    info: dict | None = None, augment_dim: int = 0) -> "CEDM":
+                    info: dict | None = None, augment_dim: int = 0, spatial_channels: int = 0) -> "CEDM":
         info = {"preset": preset, **(info or {})}
-        return cls(_new_unet(unet_config(preset, resolution, n_conditions, dropout)), n_conditions, info=info,
-                   augment_dim=augment_dim)
+        config = unet_config(preset, resolution, n_conditions, dropout)
+        config["in_channels"] += int(spatial_channels)
+        return cls(_new_unet(config), n_conditions, info=info, augment_dim=augment_dim)
 
     def checkpoint_state(self) -> dict:
         """The trained tensors: the UNet's state dict, plus the augmentation map when there is one."""
@@ -179,9 +181,11 @@ class CEDM(nn.Module):
         return self.n_conditions
 
     def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+                augment_labels: torch.Tensor | None = None, spatial: torch.Tensor | None = None) -> torch.Tensor:
         """Denoised estimate of x (B,3,R,R) at noise level sigma (scalar or (B,)); labels (B,) in 0..C,
-        None = unconditional (index C); ``augment_labels`` (B, augment_dim) only in training (None = zero)."""
+        None = unconditional (index C); ``augment_labels`` (B, augment_dim) only in training (None = zero).
+        ``spatial`` (B, spatial_channels, R, R): the layout map of a spatial model, concatenated to the network
+        input (None: the all-zero "no map")."""
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
         sigma = sigma.expand(x.shape[0], 1, 1, 1)
@@ -199,10 +203,14 @@ class CEDM(nn.Module):
                 raise CedmError(f"augmentation vectors must have shape ({x.shape[0]}, {self.augment_dim}), "
                                 f"got {tuple(augment_labels.shape)}")
             extra = self.map_augment(augment_labels.to(self.map_augment.weight.dtype))
+        inp = c_in * x
+        if self.spatial_channels:
+            from cedm.model.spatial import network_input
+            inp = network_input(inp, spatial, self.spatial_channels)
         emb = self.unet.class_embedding
         emb._cedm_extra = extra
         try:
-            F_x = self.unet((c_in * x).to(dtype), c_noise.to(dtype), class_labels=class_labels.long(),
+            F_x = self.unet(inp.to(dtype), c_noise.to(dtype), class_labels=class_labels.long(),
                             return_dict=False)[0]
         finally:
             emb._cedm_extra = None
@@ -210,8 +218,8 @@ class CEDM(nn.Module):
 
 
 def edm_loss(model: CEDM, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
-             P_mean: float = P_MEAN, P_std: float = P_STD, augment_labels: torch.Tensor | None = None
-             ) -> torch.Tensor:
+             P_mean: float = P_MEAN, P_std: float = P_STD, augment_labels: torch.Tensor | None = None,
+             spatial: torch.Tensor | None = None) -> torch.Tensor:
     """EDM training loss: sigma log-normal, weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2.
 
     ``images`` are in [-1, 1] (already augmented, with their ``augment_labels``, when augmentation is on);
@@ -224,8 +232,10 @@ def edm_loss(model: CEDM, images: torch.Tensor, labels: torch.Tensor, generator:
     sd = model.sigma_data if not hasattr(model, "module") else model.module.sigma_data
     weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
     noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma
-    denoised = (model(images + noise, sigma.flatten(), labels) if augment_labels is None
-                else model(images + noise, sigma.flatten(), labels, augment_labels))
+    extra = {} if spatial is None else {"spatial": spatial}  # layout maps of a spatial model (model/spatial.py)
+    if augment_labels is not None:
+        extra["augment_labels"] = augment_labels
+    denoised = model(images + noise, sigma.flatten(), labels, **extra)
     return (weight * (denoised - images) ** 2).mean(dim=(1, 2, 3))
 
 

@@ -1,7 +1,8 @@
 """Generate images from a C-EDM model: conditions, per-image seeds, guidance, batching, saving.
 
-Image i of a call with ``seed=S`` uses seed S + i alone: its initial noise (and its churn noise, and its
-condition when drawn from q(c)) come from generators seeded with S + i, so the same seed gives the same
+Image i of a call with ``seed=S`` uses seed S + i alone: its initial noise and its churn noise come from its
+own generator (cedm.sampling.core.StackedRandomGenerator), its condition when drawn from q(c) from one seeded
+with (S + i, 0xC0D), so the same seed gives the same
 starting noise whatever the cluster, the guidance, the batch size or the other images in the call. That is
 what lets the app show one noise under several conditions side by side.
 """
@@ -17,15 +18,11 @@ import torch
 
 from cedm import io
 from cedm.errors import CedmError
-from cedm.sampling.guidance import check_guidance, guided_denoiser
-from cedm.sampling.samplers import edm_sigmas, get_sampler, n_evaluations
+from cedm.sampling.core import (StackedRandomGenerator, check_count, check_request, labels_tensor, make_settings,
+                                sample_batch)
+from cedm.sampling.guidance import guided_denoiser
 
 _COND_STREAM = 0xC0D  # second seed word of the per-image generator that draws a condition from q(c)
-
-
-def initial_noise(seed: int, resolution: int, channels: int = 3) -> torch.Tensor:
-    """The unit-variance starting noise of the image with this seed (CPU, float32, device-independent)."""
-    return torch.randn((channels, resolution, resolution), generator=torch.Generator().manual_seed(int(seed)))
 
 
 def _model_device(model) -> torch.device:
@@ -60,61 +57,51 @@ def choose_conditions(model, n: int, clusters: int | Sequence[int] | None = None
 def generate(model, n: int, clusters: int | Sequence[int] | None = None, from_q: bool = True, uncond: bool = False,
              guidance: float = 1.0, steps: int = 18, sampler: str = "heun", seed: int = 0, batch_size: int = 16,
              progress: Callable[[int, int, str], None] | None = None, sigma_min: float = 0.002,
-             sigma_max: float = 80.0, rho: float = 7.0, churn: float = 0.0) -> tuple[np.ndarray, list[dict]]:
+             sigma_max: float = 80.0, rho: float = 7.0, churn: float = 0.0,
+             guidance_interval=None) -> tuple[np.ndarray, list[dict]]:
     """Sample ``n`` images. Returns uint8 (n, R, R, 3) and one record per image.
 
     Conditions: ``clusters`` an int (all images) or a list (one per image); else drawn from the training
     distribution q(c) (``from_q``, the default; uniform otherwise); ``uncond`` for none.
-    ``guidance`` w: 0 unconditional, 1 conditional (default), > 1 stronger (see cedm.sampling.guidance).
+    ``guidance`` w: 0 unconditional, 1 conditional (default), > 1 stronger (see cedm.sampling.guidance; a
+    Guidance spec is accepted too); ``guidance_interval`` (lo, hi): guide only for sigma in it.
     ``sampler``: heun (EDM, 2 steps - 1 evaluations), euler, dpmpp2m (few-step). ``churn``: Heun's S_churn.
     """
-    n, steps, batch_size = int(n), int(steps), int(batch_size)
-    if n < 1:
-        raise CedmError(f"number of images must be at least 1, got {n}")
-    if batch_size < 1:
-        raise CedmError(f"batch size must be at least 1, got {batch_size}")
-    if guidance < 0:
-        raise CedmError(f"guidance must be >= 0, got {guidance}")
-    sample_fn = get_sampler(sampler)
+    settings = make_settings(sampler, steps, guidance, guidance_interval, churn, sigma_min=sigma_min,
+                             sigma_max=sigma_max, rho=rho)
+    n, seed, _ = check_request(n, seed)
+    batch_size = check_count("batch size", batch_size)
     conditions = choose_conditions(model, n, clusters, from_q, uncond, seed)
     conditional = conditions[0] is not None
-    check_guidance(model, guidance, uncond=not conditional and model.n_conditions > 0)
+    run = settings.for_model(model, conditional)
     device = _model_device(model)
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    sigmas = edm_sigmas(steps, sigma_min, sigma_max, rho, device=device,
-                        dtype=torch.float32 if device.type == "mps" else torch.float64)
     R = int(model.resolution)
     out = np.empty((n, R, R, 3), dtype=np.uint8)
     n_batches = math.ceil(n / batch_size)
-    done_steps, total_steps = 0, n_batches * steps
-    for b in range(n_batches):
-        idx = range(b * batch_size, min(n, (b + 1) * batch_size))
-        gens = [torch.Generator().manual_seed(seed + i) for i in idx]
-        x = torch.stack([torch.randn((3, R, R), generator=g) for g in gens]).to(device) * sigmas[0].float()
-        labels = (torch.tensor([conditions[i] for i in idx], dtype=torch.long, device=device)
-                  if conditional else None)
-        denoise = guided_denoiser(model, labels, guidance if conditional else 0.0)
+    done_steps, total_steps = 0, n_batches * settings.steps
+    try:
+        for b in range(n_batches):
+            idx = range(b * batch_size, min(n, (b + 1) * batch_size))
+            labels = labels_tensor(model, [conditions[i] for i in idx], device)
 
-        def callback(i, total, _x, _d, b=b):
-            nonlocal done_steps
-            done_steps += 1
-            if progress is not None:
-                progress(done_steps, total_steps, f"batch {b + 1}/{n_batches}, step {i + 1}/{total}")
+            def callback(i, total, _x, _d, b=b):
+                nonlocal done_steps
+                done_steps += 1
+                if progress is not None:
+                    progress(done_steps, total_steps, f"batch {b + 1}/{n_batches}, step {i + 1}/{total}")
 
-        opts = {}
-        if sampler == "heun" and churn > 0:  # churn noise also comes from each image's own generator
-            opts = dict(S_churn=churn, noise_like=lambda t: torch.stack(
-                [torch.randn(t.shape[1:], generator=g) for g in gens]).to(t.device, t.dtype))
-        with torch.inference_mode():
-            x = sample_fn(denoise, x, sigmas, callback=callback, **opts)
-        out[idx.start:idx.stop] = to_uint8(x)
-    if hasattr(model, "train"):
-        model.train(was_training)
-    records = [{"index": i, "seed": seed + i, "condition": conditions[i],
-                "guidance": float(guidance) if conditional else None, "steps": steps, "sampler": sampler,
-                "evaluations": n_evaluations(sampler, steps)} for i in range(n)]
+            x = sample_batch(guided_denoiser(model, labels, run.guidance),
+                             StackedRandomGenerator([seed + i for i in idx]), (3, R, R), run, callback, device)
+            out[idx.start:idx.stop] = to_uint8(x)
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+    g = settings.guidance.record() if conditional else {"guidance": None}
+    records = [{"index": i, "seed": seed + i, "condition": conditions[i], **g, **settings.record()}
+               for i in range(n)]
     return out, records
 
 

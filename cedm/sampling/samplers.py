@@ -5,28 +5,34 @@
 ``denoise(x, sigma)`` returns the denoised estimate (sigma a 0-d tensor); ``x`` is the initial noise already
 scaled to ``sigmas[0]``; ``sigmas`` is decreasing and ends with 0; ``callback(i, n, x, denoised)`` is called
 after each step. The probability-flow ODE in EDM's parametrisation is dx/dsigma = (x - D(x; sigma)) / sigma.
+The caller chooses the autograd mode (cedm.sampling.core.sample_batch: inference mode). torch is imported
+inside the functions, so that the command line can read the registry's names without loading torch.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from cedm.errors import CedmError
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+Denoiser = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-               device="cpu", dtype=torch.float64) -> torch.Tensor:
-    """EDM's schedule sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, then 0 (N + 1 values)."""
+               device="cpu", dtype=None) -> torch.Tensor:
+    """EDM's schedule sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, then 0 (N + 1 values).
+    float64 unless ``dtype`` says otherwise."""
+    import torch
+
     if steps < 1:
         raise CedmError(f"steps must be at least 1, got {steps}")
     i = torch.arange(steps, dtype=torch.float64)
     ramp = i / max(steps - 1, 1)
     s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).to(device=device, dtype=dtype)
+    return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).to(device=device, dtype=dtype or torch.float64)
 
 
 def _d(denoise: Denoiser, x: torch.Tensor, sigma: torch.Tensor):
@@ -34,7 +40,6 @@ def _d(denoise: Denoiser, x: torch.Tensor, sigma: torch.Tensor):
     return (x - denoised) / sigma, denoised
 
 
-@torch.no_grad()
 def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback=None) -> torch.Tensor:
     """First-order Euler steps of the probability-flow ODE (N evaluations)."""
     n = len(sigmas) - 1
@@ -46,7 +51,6 @@ def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callb
     return x
 
 
-@torch.no_grad()
 def sample_heun(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback=None, S_churn: float = 0.0,
                 S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0,
                 noise_like: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
@@ -61,7 +65,7 @@ def sample_heun(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callba
         gamma = min(S_churn / n, math.sqrt(2) - 1) if S_churn > 0 and S_min <= float(s_cur) <= S_max else 0.0
         s_hat = s_cur * (1 + gamma)
         if gamma > 0:
-            eps = noise_like(x) if noise_like is not None else torch.randn_like(x)
+            eps = noise_like(x) if noise_like is not None else x.new_empty(x.shape).normal_()
             x = x + (s_hat ** 2 - s_cur ** 2).sqrt() * S_noise * eps
         d, denoised = _d(denoise, x, s_hat)
         x_next = x + (s_next - s_hat) * d
@@ -74,7 +78,6 @@ def sample_heun(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callba
     return x
 
 
-@torch.no_grad()
 def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022), multistep 2nd order in lambda = -ln(sigma): N evaluations.
 
@@ -94,7 +97,7 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, ca
             if old_denoised is not None:
                 r = (lam - (-sigmas[i - 1].log())) / h
                 d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            x = (sigmas[i + 1] / sigmas[i]) * x - torch.expm1(-h) * d
+            x = (sigmas[i + 1] / sigmas[i]) * x - (-h).expm1() * d
         old_denoised = denoised
         if callback is not None:
             callback(i, n, x, denoised)

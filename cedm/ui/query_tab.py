@@ -1,6 +1,6 @@
 """Query tab: an uploaded or pasted image -> its top-3 clusters with probabilities, its nearest neighbours in
 the workspace (faiss, cosine of features) and its cluster's gallery; "generate from this cluster" hands
-the cluster to the Generate tab through the shared condition state (app.generation_condition).
+the cluster to the Generate tab through the shared condition state (common.generation_condition).
 
 Public API endpoint: ``/query`` (image, workspace, backbone, clustering -> {top3, neighbours: [{row, file,
 cosine, cluster}], ...}).
@@ -13,7 +13,7 @@ import gradio as gr
 from cedm.errors import CedmError
 from cedm.ui import cluster_views as cv
 from cedm.ui import common
-from cedm.ui.common import AppContext, guarded
+from cedm.ui.common import AppContext, generation_condition, guarded
 
 N_NEIGHBOURS = 8
 
@@ -93,8 +93,6 @@ def build(ctx: AppContext, workspace: gr.Dropdown, backbone: gr.Dropdown, cluste
 
     @guarded
     def use_for_generation(value: dict | None):
-        from cedm.ui.app import generation_condition
-
         cond = generation_condition(value)
         if cond is None:
             raise CedmError("query an image first")
