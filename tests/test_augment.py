@@ -80,7 +80,7 @@ def test_affine_ops_are_undone_by_the_transform_their_vector_describes():
                        rotate_frac_max=0.25, translate_frac_std=0.05)
     y, v = pipe(x, generator=torch.Generator().manual_seed(3))
     assert v.shape == (8, 7) and (v[:, 0] != 0).all()  # p = 1: every image transformed
-    n, h, w = 8, 48, 48
+    h, w = 48, 48
     s = torch.exp2(v[:, 0] * pipe.scale_std)
     a = torch.atan2(v[:, 2], v[:, 1] + 1)
     r = torch.atan2(v[:, 4], v[:, 3])

@@ -41,7 +41,7 @@ def temi_settings(args) -> dict:
 def add_arguments(p) -> None:
     add_workspace(p)
     p.add_argument("--method", choices=["kmeans", "skmeans", "temi"], default="kmeans",
-                   help="kmeans (metric from --kmeans-metric), skmeans (= kmeans with --kmeans-metric spherical) or temi")
+                   help="kmeans (metric from --kmeans-metric), skmeans (= --kmeans-metric spherical) or temi")
     add_kmeans_metric(p)
     p.add_argument("--clusters", "-C", type=int, required=True, help="number of clusters C")
     add_backbone(p)
