@@ -448,6 +448,11 @@ def test_cli_cluster_export_and_bound(toy_ws, tmp_path, capsys):
     assert main(["cluster", "toy", "--method", "kmeans", "--clusters", "4", "--export", str(out)]) == 0
     text = capsys.readouterr().out
     assert "4/4 clusters used" in text and "NMI" in text and "AMI" in text
+    assert "one-to-one (Hungarian)" in text and "majority" in text  # accuracy both ways, named
+    assert main(["cluster", "toy", "--clusters", "4", "--kmeans-metric", "spherical"]) == 0
+    assert capsys.readouterr().out.startswith("skmeans C=4")
+    assert main(["cluster", "toy", "--method", "temi", "--clusters", "4", "--kmeans-metric", "spherical"]) == 2
+    assert "--kmeans-metric applies to --method kmeans only" in capsys.readouterr().err
     rows = out.read_text().splitlines()
     assert rows[0] == "path,cluster,confidence" and len(rows) == 41
     assert main(["cluster", "toy", "--method", "kmeans", "--clusters", "50"]) == 2
