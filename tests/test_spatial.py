@@ -8,9 +8,15 @@ from PIL import Image
 
 from cedm.cli import main
 from cedm.errors import CedmError
-from cedm.model.edm import CEDM, load_model
-from cedm.model.spatial import (LayoutModel, SpatialData, encode_boxes, encode_segments, generate_with_layout,
-                                layout_maps)
+from cedm.model.edm import load_model
+from cedm.model.spatial import (
+    LayoutModel,
+    SpatialData,
+    encode_boxes,
+    encode_segments,
+    generate_with_layout,
+    layout_maps,
+)
 from cedm.model.train import TrainConfig, train
 from cedm.sampling.generate import generate
 from cedm.sampling.guidance import guided_denoiser
@@ -61,7 +67,7 @@ def test_spatial_model_puts_the_square_in_the_given_box(trained):
     assert info["spatial"]["kind"] == "box" and info["spatial"]["channels"] == 1
     for box in ((0, 0, 4, 4), (4, 4, 8, 8)):
         maps, desc = layout_maps(sp, ",".join(map(str, box)))
-        a, rec = generate_with_layout(sp, maps, 12, clusters=0, guidance=1.0, steps=8, sampler="dpmpp2m")
+        a, _ = generate_with_layout(sp, maps, 12, clusters=0, guidance=1.0, steps=8, sampler="dpmpp2m")
         b, _ = generate(im, 12, clusters=0, guidance=1.0, steps=8, sampler="dpmpp2m")
         inside_sp, inside_im = _dark_inside(a, box).mean(), _dark_inside(b, box).mean()
         # a quarter of the image: an image-level model puts about a quarter of its square there

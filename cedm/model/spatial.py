@@ -216,7 +216,8 @@ class LayoutModel(torch.nn.Module):
         return self.model(x, sigma, class_labels, spatial=m)
 
 
-_BOX_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*$")
+_NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_BOX_RE = re.compile(rf"^{_NUM},{_NUM},{_NUM},{_NUM}$")
 
 
 def model_spatial(model) -> dict:
@@ -298,10 +299,11 @@ def _read_layout_file(p: Path, n_segments, read_mask) -> np.ndarray:
 
 def annotate_for_model(model, image: np.ndarray, model_dir=None, device=None) -> np.ndarray:
     """The self-annotation of one uint8 (H, W, 3) image by the model's annotator, at the model resolution."""
+    from PIL import Image
+
     from cedm.annotate.boxes import BoxAnnotator
     from cedm.annotate.segments import SegmentAnnotator
     from cedm.dataset.imaging import square_resize
-    from PIL import Image
 
     sp = model_spatial(model)
     r = int(model.resolution)
