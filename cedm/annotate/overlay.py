@@ -9,6 +9,7 @@ import colorsys
 import numpy as np
 
 from cedm.annotate.boxes import check_boxes
+from cedm.annotate.patches import check_images as _images
 from cedm.errors import CedmError
 
 BOX_COLOUR = (230, 25, 75)
@@ -18,15 +19,6 @@ def segment_palette(n_segments: int) -> np.ndarray:
     """uint8 (S, 3) distinct colours: hues in golden-ratio steps, so neighbouring ids differ."""
     hues = (np.arange(int(n_segments)) * 0.6180339887) % 1.0
     return np.array([[round(255 * v) for v in colorsys.hsv_to_rgb(h, 0.75, 0.95)] for h in hues], np.uint8)
-
-
-def _images(images) -> np.ndarray:
-    a = np.asarray(images)
-    if a.ndim == 3:
-        a = a[None]
-    if a.ndim != 4 or a.shape[3] != 3 or a.dtype != np.uint8:
-        raise CedmError(f"expected uint8 images (N, H, W, 3), got {a.dtype} {a.shape}")
-    return a
 
 
 def draw_boxes(images, boxes, colour=BOX_COLOUR, width: int | None = None) -> np.ndarray:
