@@ -204,3 +204,11 @@ def test_layout_fidelity_ranks_the_spatial_model_first(trained):
     res = layout_fidelity(models, "box", boxes, [0] * 8, dark_box, steps=8, sampler="dpmpp2m", seed=0)
     assert len(res["spatial"]["per_image"]) == 8
     assert res["spatial"]["iou"] > res["image"]["iou"] + 0.15, res
+
+
+def test_spatial_refuses_geometric_augmentation():
+    imgs, boxes = _squares(4)
+    cfg = _cfg(1)
+    cfg.augment = 0.12
+    with pytest.raises(CedmError, match="without --augment"):
+        train(imgs, np.zeros(4, np.int64), 1, "/nonexistent", cfg, spatial=SpatialData("box", 8, boxes=boxes))

@@ -138,8 +138,11 @@ class SpatialData:
         return rng.random(n) < self.p_drop_map, rng.random(n) < self.p_drop_class
 
 
-def check_spatial_data(spatial: SpatialData, images, n_conditions: int) -> str:
+def check_spatial_data(spatial: SpatialData, images, n_conditions: int, augment: float = 0.0) -> str:
     """Refuse layouts that do not fit the training data; the fingerprint that a resume must match."""
+    if augment:
+        raise CedmError("--augment moves and rotates the images but not their layout maps: train a spatial model "
+                        "without --augment (flips are applied to both)")
     if not isinstance(spatial, SpatialData):
         raise CedmError(f"spatial must be a SpatialData, got {type(spatial).__name__}")
     if len(spatial) != len(images):
