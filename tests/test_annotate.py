@@ -265,3 +265,23 @@ def test_ui_overlay_views(squares_ws):
         views.overlay_items(ws, [99], "box@efficientnet_lite0")
     pic = views.layout_picture(torch.tensor([[[[1.0, -1.0], [-1.0, -1.0]]]]), size=4)
     assert pic.shape == (4, 4, 3) and (pic[:2, :2] == 255).all() and (pic[2:, 2:] == 96).all()
+
+
+def test_denoiser_backbone_gives_spatial_maps_for_self_annotations(home):
+    """A cedm model's own UNet (denoiser:MODEL, seed 002) as the spatial backbone: its block's activation map."""
+    from cedm.features import get_spec
+    from cedm.model.edm import CEDM, save_model
+
+    imgs, _ = _squares(n=6, R=16)
+    ws = create_from_array(home, "dn", imgs)
+    torch.manual_seed(0)
+    save_model(ws.derived_dir("models") / "tiny", CEDM.from_preset("tiny", 16, 0).eval())
+    name = "denoiser:dn/tiny,sigma=0.5,block=up1+mid"
+    assert check_spatial(name) == get_spec(name).name
+    boxes = store.get_boxes(ws, name, device="cpu")
+    assert boxes.shape == (6, 4) and (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    meta = store.list_annotations(ws)[0]
+    assert meta["spatial"] == "box" and meta["backbone"] == get_spec(name).name
+    masks = store.get_segments(ws, 2, name, device="cpu")
+    assert masks.shape == (6, 16, 16)
+    assert main(["annotate", "dn", "--boxes", "--backbone", "denoiser:dn/nope"]) == 2

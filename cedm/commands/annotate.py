@@ -16,9 +16,10 @@ def add_arguments(p) -> None:
                       help="one object box per image (LOST-style seed and expansion on the patch graph)")
     what.add_argument("--segments", type=int, default=None, metavar="S",
                       help="S segment classes (k-means of patch features over the dataset), one map per image")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=spatial_backbones(), metavar="NAME",
-                   help=f"one of {', '.join(spatial_backbones())} (default {DEFAULT_BACKBONE}; "
-                        f"{OFFLINE_BACKBONE} needs no internet)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, metavar="NAME",
+                   help=f"one of {', '.join(spatial_backbones())}, or denoiser:MODEL[,sigma=S][,block=B] (a cedm "
+                        f"model's UNet activation map) (default {DEFAULT_BACKBONE}; {OFFLINE_BACKBONE} needs no "
+                        "internet)")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="local weights file (safetensors or a plain torch state dict) instead of the hub")
     p.add_argument("--no-refine", action="store_true",
