@@ -287,7 +287,7 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     fingerprint = data_fingerprint(images, labels)
     if spatial is not None:
         from cedm.model.spatial import check_spatial_data
-        fingerprint["spatial"] = check_spatial_data(spatial, images, C)
+        fingerprint["spatial"] = check_spatial_data(spatial, images, C, augment=config.augment)
 
     # Model, EMA, optimizer.
     torch.manual_seed(config.seed)  # the initial weights depend on the seed only
