@@ -28,11 +28,9 @@ from torch import nn
 
 from cedm import io
 from cedm.errors import CedmError
+from cedm.model.info import MODEL_FORMAT, MODEL_FORMAT_VERSION, SIGMA_DATA, ModelInfo
 
-SIGMA_DATA = 0.5
 P_MEAN, P_STD = -1.2, 1.2  # training noise levels: ln(sigma) ~ N(P_mean, P_std^2)
-MODEL_FORMAT = "cedm-model"
-MODEL_FORMAT_VERSION = 1
 PRESETS = ("tiny", "small", "paper")
 
 
@@ -101,14 +99,16 @@ def _new_unet(config: dict):
 
 # --- the preconditioned denoiser ----------------------------------------------------------------
 class CEDM(nn.Module):
-    """D(x; sigma, c): the EDM-preconditioned denoiser. ``info`` is the JSON metadata saved with it."""
+    """D(x; sigma, c): the EDM-preconditioned denoiser. ``info`` (cedm.model.info.ModelInfo) is saved with it."""
 
-    def __init__(self, unet, n_conditions: int, sigma_data: float = SIGMA_DATA, info: dict | None = None):
+    def __init__(self, unet, n_conditions: int, sigma_data: float = SIGMA_DATA, info=None):
         super().__init__()
         self.unet = unet
         self.n_conditions = int(n_conditions)
         self.sigma_data = float(sigma_data)
-        self.info = dict(info or {})
+        self.info = ModelInfo.from_dict({**dict(info or {}), "n_conditions": self.n_conditions,
+                                         "sigma_data": self.sigma_data,
+                                         "resolution": int(unet.config.sample_size)})
         if unet.config.num_class_embeds != self.n_conditions + 1:
             raise CedmError(f"network has {unet.config.num_class_embeds} class entries, expected "
                             f"{self.n_conditions} conditions + 1")
@@ -178,15 +178,15 @@ def save_model(out_dir, ema: CEDM, raw: CEDM | None = None, info: dict | None = 
             continue
         with io.atomic_dir(out_dir / sub) as tmp:
             m.unet.save_pretrained(tmp, safe_serialization=True)
-    meta = {**ema.info, **(info or {})}
-    meta.update(format=MODEL_FORMAT, format_version=MODEL_FORMAT_VERSION, sigma_data=ema.sigma_data,
-                resolution=ema.resolution, n_conditions=ema.n_conditions, uncond_index=ema.uncond_index)
-    io.write_json(out_dir / "cedm.json", meta)
+    meta = ModelInfo.from_dict({**dict(ema.info), **dict(info or {})}).updated(
+        format=MODEL_FORMAT, format_version=MODEL_FORMAT_VERSION, sigma_data=ema.sigma_data,
+        resolution=ema.resolution, n_conditions=ema.n_conditions)
+    io.write_json(out_dir / "cedm.json", meta.to_dict())
     ema.info = meta
     return out_dir
 
 
-def read_model_info(model_dir) -> dict:
+def read_model_info(model_dir) -> ModelInfo:
     p = Path(model_dir) / "cedm.json"
     if not p.is_file():
         raise CedmError(f"{model_dir} is not a cedm model folder (no cedm.json)")
@@ -194,9 +194,13 @@ def read_model_info(model_dir) -> dict:
         info = io.read_json(p)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CedmError(f"{p} is not valid JSON: {e}") from e
-    if info.get("format") != MODEL_FORMAT:
-        raise CedmError(f"{p} is not a cedm model description (format {info.get('format')!r})")
-    return info
+    if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:
+        fmt = info.get("format") if isinstance(info, dict) else None
+        raise CedmError(f"{p} is not a cedm model description (format {fmt!r})")
+    try:
+        return ModelInfo.from_dict(info)
+    except (TypeError, ValueError) as e:
+        raise CedmError(f"{p} is not a valid cedm model description: {e}") from None
 
 
 def load_model(model_dir, device="cpu", ema: bool = True) -> CEDM:
