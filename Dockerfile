@@ -9,13 +9,14 @@
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
-# Everything stays local: no analytics, no Hub downloads at run time; workspaces live in the /data volume.
+# Everything stays local: no analytics, no model downloads unless allowed (-e CEDM_ALLOW_DOWNLOADS=1 or
+# --allow-downloads); workspaces live in the /data volume.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     GRADIO_ANALYTICS_ENABLED=False \
-    HF_HUB_OFFLINE=1 \
+    CEDM_ALLOW_DOWNLOADS=0 \
     HF_HUB_DISABLE_TELEMETRY=1 \
     CEDM_HOME=/data \
     VIRTUAL_ENV=/opt/venv \

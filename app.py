@@ -1,9 +1,13 @@
-"""Gradio entry point (also the Hugging Face Spaces app_file): ``python app.py [--host H] [--port P] [--home DIR]``."""
+"""Gradio entry point (also the Hugging Face Spaces app_file):
+``python app.py [--host H] [--port P] [--home DIR] [--allow-downloads]``.
+
+Downloads follow cedm.hub's policy: off by default, on with --allow-downloads or CEDM_ALLOW_DOWNLOADS=1, and on a
+Space (SPACE_ID set), where nothing is fetched until a visitor picks a model that needs it.
+"""
 import os
 
-# Keep everything local before gradio/huggingface_hub are imported.
+# No analytics or telemetry: set before gradio/huggingface_hub are imported (cedm.hub does the same).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from cedm.cli import main  # noqa: E402

@@ -81,8 +81,46 @@ def kmeans_rows(x, y, n, c, quick, rows, results):
     results["runs"].append(rec)
 
 
+def curve(args):
+    """r_C of TEMI on the demo's features at each C, for one schedule (cached in the demo's overlay, so the
+    bound search and the app reuse every point). Writes bench/results/clustering_curve_<schedule>.json."""
+    import time
+
+    from cedm.clusters.bound import ALPHA, c_max_from_curve
+    from cedm.clusters.labelings import cluster_workspace, find_clusters
+    from cedm.clusters.temi import PAPER_SCHEDULE
+    from cedm.workspace import open_workspace
+
+    torch.set_num_threads(args.threads)
+    ws = open_workspace(None, "demo")
+    kw = {} if args.schedule == "cpu" else {**PAPER_SCHEDULE, "heads": args.paper_heads}
+    out = Path(args.out).with_name(f"clustering_curve_{args.schedule}"
+                                   + ("" if args.schedule == "cpu" else f"_{args.paper_heads}h") + ".json")
+    rec = {"schedule": args.schedule, "settings": kw, "backbone": args.backbone, "threads": args.threads,
+           "machine": platform.processor() or platform.machine(), "points": []}
+    for c in args.cs:
+        cached = find_clusters(ws, "temi", c, backbone=args.backbone, device="cpu", **kw) is not None
+        t0 = time.perf_counter()
+        res = cluster_workspace(ws, "temi", c, backbone=args.backbone, device="cpu", **kw)
+        secs = res.info.get("seconds", time.perf_counter() - t0)
+        rec["points"].append({"c": c, "r_c": res.utilization, "n_used": res.n_used, "seconds": secs,
+                              "cached": cached, "ami_gt": metrics.ami(res.assignments, ws.ground_truth.labels)})
+        print(f"C = {c:4d}  r_C = {res.utilization:.3f}  {secs:.0f} s{' (cached)' if cached else ''}", flush=True)
+        curve_pts = [(p["c"], p["r_c"]) for p in rec["points"]]
+        rec["c_max_on_points"] = c_max_from_curve(curve_pts, ALPHA)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rec, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--curve", action="store_true", help="r_C curve on the demo features for --schedule")
+    ap.add_argument("--schedule", choices=["cpu", "paper"], default="cpu")
+    ap.add_argument("--paper-heads", type=int, default=50, help="--schedule paper: heads (paper: 50)")
+    ap.add_argument("--cs", type=int, nargs="+", default=[20, 40, 50, 60, 80, 100])
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="reduced run (CPU here): fewer sizes and heads")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sizes", type=int, nargs="+", default=None)
@@ -92,6 +130,8 @@ def main():
                     help="run full TEMI when estimated below this many seconds (default 420 on CUDA, 120 on CPU)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "clustering.json"))
     args = ap.parse_args()
+    if args.curve:
+        return curve(args)
     dev = torch.device(args.device)
     if args.full_temi_budget is None:
         args.full_temi_budget = 420.0 if dev.type == "cuda" else 120.0

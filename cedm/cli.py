@@ -9,11 +9,15 @@ import argparse
 import importlib
 import sys
 
-from cedm import __version__
+from cedm import __version__, hub  # cedm.hub first: it switches library telemetry off before anything loads
 from cedm.errors import CedmError
 
 # Order follows the data flow: dataset -> features -> clusters -> model -> samples.
-COMMANDS = ["import", "features", "cluster", "bound", "labels", "train", "sample", "eval", "workspaces", "serve"]
+ALLOW_HELP = (f"allow downloading the named pretrained weights (DINO, DINOv2, CLIP, Inception) from the model hub "
+              f"into the Hugging Face cache (also {hub.ALLOW_ENV}=1; on by default on a Hugging Face Space; "
+              f"offline otherwise)")
+COMMANDS = ["import", "features", "ablate-features", "annotate", "cluster", "bound", "labels", "train", "probe",
+            "sample", "eval", "workspaces", "serve"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,18 +28,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _module(name: str):
-    return importlib.import_module(f"cedm.commands.{name.replace('import', 'import_')}")
+    return importlib.import_module(f"cedm.commands.{name.replace('import', 'import_').replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cedm", description="Label-free conditional image generation (C-EDM).")
     parser.add_argument("--version", action="version", version=f"cedm {__version__}")
+    parser.add_argument("--allow-downloads", action="store_true", help=ALLOW_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
         mod = _module(name)
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
+        # also accepted after the subcommand (cedm serve --allow-downloads); SUPPRESS keeps the global value
+        p.add_argument("--allow-downloads", action="store_true", default=argparse.SUPPRESS, help=ALLOW_HELP)
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -43,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.allow_downloads:
+        hub.set_allow_downloads(True)
     try:
         return int(args._run(args) or 0)
     except CedmError as e:

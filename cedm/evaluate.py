@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cedm import __version__, io
+from cedm import __version__, hub, io
 from cedm.errors import CedmError
 from cedm.features.backbones import OFFLINE_BACKBONE
 from cedm.sampling.guidance import parse_interval
@@ -47,9 +47,12 @@ KMEANS_TEMPERATURE = 0.1      # softmax temperature over cosine similarities (TE
 GENERATE_CHUNK = 256          # generated images saved per resumable chunk
 DINOV2_BACKBONE = "dinov2_vits14"
 METRIC_NAMES = {OFFLINE_BACKBONE: "FD_EffNetLite0", DINOV2_BACKBONE: "FD_DINOv2"}
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
-FID_SKIPPED = "FID skipped: Inception weights unavailable offline; pass --inception-weights PATH"
-DINOV2_SKIPPED = "FD_DINOv2 skipped: DINOv2 weights unavailable offline; pass --dinov2-weights PATH"
+# pytorch-fid's FID Inception weights (the URL's '-<hex>.' part is the start of the file's sha256, checked)
+INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+FID_SKIPPED = ("FID skipped: Inception weights unavailable offline; pass --inception-weights PATH or allow "
+               "downloads (--allow-downloads)")
+DINOV2_SKIPPED = ("FD_DINOv2 skipped: DINOv2 weights unavailable offline; pass --dinov2-weights PATH or allow "
+                  "downloads (--allow-downloads)")
 Progress = Callable[[int, int, str], None]
 
 
@@ -109,6 +112,7 @@ class MetricNet:
     identity: dict
     fn: Callable[[np.ndarray], np.ndarray]
     batch_size: int = 64
+    weights_file: dict | None = None   # the exact weights used (cedm.hub.WeightsFile.record), for the results
 
 
 def metric_name(backbone: str) -> str:
@@ -121,45 +125,51 @@ def backbone_net(backbone: str = OFFLINE_BACKBONE, weights=None, device=None) ->
 
     net = cached_backbone(backbone, weights, device)
     return MetricNet(metric_name(backbone), {"kind": "backbone", **feature_params(backbone, weights)}, net,
-                     batch_size=256 if net.device.type == "cuda" else 32)
+                     batch_size=256 if net.device.type == "cuda" else 32,
+                     weights_file=getattr(net, "weights_record", None))
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "CEDM_OFFLINE", "TRANSFORMERS_OFFLINE"))
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    from urllib.parse import urlparse
 
-
-def _reachable(host: str, timeout: float = 3.0) -> bool:
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # behind a proxy a direct probe says nothing; let the download try
+    u = urlparse(url)
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=timeout).close()
         return True
     except OSError:
         return False
 
 
-def find_inception_weights(download: bool = True) -> Path | None:
-    """pytorch-fid's FID Inception weights: the torch hub cache, else downloaded when online, else None.
+def find_inception_weights(download: bool = True, progress: Progress | None = None) -> Path | None:
+    """pytorch-fid's FID Inception weights: the torch hub cache (where pytorch-fid keeps them), else downloaded
+    when cedm.hub's policy allows it (sha256 prefix checked), else None.
 
-    Offline (HF_HUB_OFFLINE / CEDM_OFFLINE set, or github.com unreachable within 3 s) nothing is attempted."""
+    With downloads off, or the host unreachable within 3 s, nothing is attempted."""
     import torch
-    from pytorch_fid.inception import FID_WEIGHTS_URL
 
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    name = INCEPTION_URL.rsplit("/", 1)[1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
     if cached.is_file():
         return cached
-    if not download or _offline() or not _reachable("github.com"):
+    if not download or not hub.downloads_allowed() or not _reachable(INCEPTION_URL):
         return None
     cached.parent.mkdir(parents=True, exist_ok=True)
+    if progress:
+        progress(0, 1, f"downloading {name}")
     try:  # the file name carries a sha256 prefix, which download_url_to_file checks
-        torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(cached), hash_prefix=INCEPTION_FILE.split("-")[-1][:8])
+        torch.hub.download_url_to_file(INCEPTION_URL, str(cached), hash_prefix=name.rsplit("-", 1)[1].split(".")[0],
+                                       progress=progress is None)
     except (OSError, RuntimeError):
         return None
+    if progress:
+        progress(1, 1, f"downloaded {name}")
     return cached
 
 
-def inception_net(weights=None, device=None, download: bool = True) -> MetricNet | None:
+def inception_net(weights=None, device=None, download: bool = True, progress: Progress | None = None
+                  ) -> MetricNet | None:
     """pytorch-fid's ``InceptionV3([3])`` (2048-d pool3, the TF FID network) with weights read safely.
 
     ``weights``: a local pt_inception file; None: the cache or a download (None is returned when neither
@@ -171,9 +181,10 @@ def inception_net(weights=None, device=None, download: bool = True) -> MetricNet
     from cedm.device import resolve_device
     from cedm.features.backbones import file_sha256, read_weights_file
 
-    path = Path(weights).expanduser() if weights is not None else find_inception_weights(download)
+    path = Path(weights).expanduser() if weights is not None else find_inception_weights(download, progress)
     if path is None:
         return None
+    record = hub.file_record(path) if weights is not None else hub.file_record(path, "url", INCEPTION_URL)
     state = read_weights_file(path)
     original = fid_inception.load_state_dict_from_url
     fid_inception.load_state_dict_from_url = lambda *a, **k: state
@@ -193,27 +204,32 @@ def inception_net(weights=None, device=None, download: bool = True) -> MetricNet
             return net(x)[0].flatten(1).float().cpu().numpy()
 
     ident = {"kind": "pytorch-fid-inception-v3-pool3", "weights": f"sha256:{file_sha256(path)}"}
-    return MetricNet("FID", ident, fn, batch_size=200 if dev.type == "cuda" else 16)
+    return MetricNet("FID", ident, fn, batch_size=200 if dev.type == "cuda" else 16, weights_file=record.record())
 
 
 def metric_nets(backbone: str = OFFLINE_BACKBONE, backbone_weights=None, inception_weights=None,
-                dinov2_weights=None, extra: bool = True, device=None) -> tuple[list[MetricNet], list[str]]:
+                dinov2_weights=None, extra: bool = True, device=None,
+                progress: Progress | None = None) -> tuple[list[MetricNet], list[str]]:
     """The FD metrics to compute: the offline backbone always; FID and FD_DINOv2 when their weights can be
-    had (given files must load; missing weights only add a note)."""
+    had: a given file (which must load), the cache, or a download cedm.hub's policy allows (shown through
+    ``progress``); missing weights only add a note."""
+    from cedm.features.backbones import availability
+
     nets, notes = [backbone_net(backbone, backbone_weights, device)], []
     if not extra:
         return nets, notes
-    fid = inception_net(inception_weights, device)
+    fid = inception_net(inception_weights, device, progress=progress)
     if fid is None:
         notes.append(FID_SKIPPED)
     else:
         nets.append(fid)
     if backbone != DINOV2_BACKBONE:
-        if dinov2_weights is None and _offline():
-            notes.append(DINOV2_SKIPPED)
+        if dinov2_weights is None and availability(DINOV2_BACKBONE)[0] == "off":
+            notes.append(DINOV2_SKIPPED)  # not cached, downloads off: nothing is tried
         else:
             try:
-                nets.append(backbone_net(DINOV2_BACKBONE, dinov2_weights, device))
+                with hub.download_progress(progress):
+                    nets.append(backbone_net(DINOV2_BACKBONE, dinov2_weights, device))
             except CedmError:
                 if dinov2_weights is not None:
                     raise  # a given file that does not load is an error, not a skip
@@ -344,7 +360,7 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
     method, _, arg = spec.partition(":")
     if int(info.get("n_conditions", 0)) == 0:
         return None, "unconditional model: no condition classifier"
-    if method not in ("temi", "kmeans"):
+    if method not in ("temi", "kmeans", "skmeans"):
         return None, f"condition {spec} has no classifier (MSP needs a TEMI or k-means labeling)"
     want_sha = ((info.get("provenance") or {}).get("data") or {}).get("labels_sha")
     candidates = [c for c in list_clusterings(ws) if c["method"] == method and str(c["n_clusters"]) == arg]
@@ -504,7 +520,7 @@ def evaluate_model(model_dir, ws, n: int = 1000, seed: int = 0, guidance: Sequen
 
     # Real side: features at the model resolution (cached), their statistics and the noise floor.
     nets, net_notes = metric_nets(backbone, backbone_weights, inception_weights, dinov2_weights,
-                                  extra_metrics, dev)
+                                  extra_metrics, dev, progress=progress)
     notes += net_notes
     reals = None
     real_feats, floors = {}, {}
@@ -565,7 +581,8 @@ def evaluate_model(model_dir, ws, n: int = 1000, seed: int = 0, guidance: Sequen
                 res["agreement"] = float(np.mean(clusters == np.asarray(conditions)))
             res["msp_classifier"] = {"spec": head.spec, "backbone": head.backbone, "artifact": head.artifact,
                                      "model": str(head_from or model_dir)}
-        res.update(metrics={net.metric: net.identity for net in nets}, notes=list(notes),
+        res.update(metrics={net.metric: {**net.identity, "weights_file": net.weights_file} for net in nets},
+                   notes=list(notes),
                    seconds=time.perf_counter() - t0, sample_seconds=t_sample, device=str(dev),
                    cedm_version=__version__, created=time.time())
         io.write_json(out_dir / f"{key}.json", res)

@@ -111,10 +111,12 @@ def _pretrained_cfg(model: str, tag: str | None) -> dict:
     return get_pretrained_cfg(model, tag) if tag else {}
 
 
-def clip_offline_message(model: str, tag: str | None) -> str:
-    return (f"the open_clip {model} ({tag}) weights could not be downloaded (no internet connection or the model "
-            f"hub is unreachable): use ImageNet classifier labels with --imagenet or pass a local weights file "
-            f"with --weights PATH")
+def clip_offline_message(model: str, tag: str | None, error: Exception | None = None) -> str:
+    """One sentence: why the CLIP weights are missing and what to do instead."""
+    from cedm import hub
+
+    return hub.missing_message(f"the open_clip {model} ({tag}) weights", "use ImageNet classifier labels with "
+                               "--imagenet or pass a local weights file with --weights PATH", error)
 
 
 def _create(model: str, tag: str | None):
@@ -130,13 +132,12 @@ def _create(model: str, tag: str | None):
         logging.disable(previous)
 
 
-def _fetch(model: str, tag: str) -> dict:
-    from cedm.features.backbones import hub_download, read_weights_file
+def _fetch(model: str, tag: str):
+    """The whole CLIP checkpoint's file (cedm.hub.WeightsFile): the HF cache, or a download the policy allows."""
+    from cedm import hub
+    from cedm.features.backbones import clip_hub
 
-    repo = (_pretrained_cfg(model, tag).get("hf_hub") or "").strip("/")
-    if not repo:
-        raise CedmError(f"open_clip weights {model} ({tag}) are not on the model hub: pass --weights PATH")
-    return read_weights_file(hub_download(repo, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")))
+    return hub.hub_file(*clip_hub(model, tag)())
 
 
 def image_backbone(model: str, tag: str | None) -> str:
@@ -159,30 +160,35 @@ def image_backbone(model: str, tag: str | None) -> str:
         interpolation=pre.get("interpolation", "bicubic"), mean=tuple(pre.get("mean", bb.OPENAI_CLIP_MEAN)),
         std=tuple(pre.get("std", bb.OPENAI_CLIP_STD)), weights_source=f"open_clip:{model}/{tag}",
         create=lambda: _create(model, tag).visual, embed=lambda net, x: net(x),
-        fetch_pretrained=lambda: _fetch(model, tag), adapt_state_dict=bb._clip_adapt))
+        hub_ref=bb.clip_hub(model, tag) if tag else None, adapt_state_dict=bb._clip_adapt))
     return name
 
 
 def load_clip(model: str = DEFAULT_MODEL, tag: str | None = None, weights=None, device=None,
               random_init: bool = False):
-    """(open_clip model in eval mode on ``device``, its tokenizer). Weights: a local file, the hub, or a
-    reproducible random initialisation; no internet gives a one-sentence CedmError naming the alternatives."""
+    """(open_clip model in eval mode on ``device``, its tokenizer). Weights: a local file, the HF cache or a
+    download cedm.hub's policy allows, or a reproducible random initialisation; missing weights give a
+    one-sentence CedmError naming the alternatives. ``model.weights_record`` says which exact file was used."""
     import open_clip
     from open_clip.factory import convert_state_dict, resize_pos_embed, resize_text_pos_embed
 
+    from cedm import hub
     from cedm.device import resolve_device
     from cedm.features import backbones as bb
 
     dev = resolve_device(device) if not hasattr(device, "type") else device
     _model_config(model)
     sd, what = None, f"the open_clip {model} ({tag}) weights"
+    record = {"source": "random-init", "seed": bb.RANDOM_INIT_SEED}
     if weights is not None:
         sd, what = bb.read_weights_file(weights), f"weights file {str(weights)!r}"
+        record = hub.file_record(Path(weights).expanduser()).record()
     elif not random_init:
         try:
-            sd = _fetch(model, tag)
-        except (OSError, ConnectionError, TimeoutError):
-            raise CedmError(clip_offline_message(model, tag)) from None
+            wf = _fetch(model, tag)
+        except (hub.DownloadsOff, hub.DownloadFailed, OSError, TimeoutError) as e:
+            raise CedmError(clip_offline_message(model, tag, e)) from None
+        sd, record = bb.read_weights_file(wf.path), wf.record()
     net = bb._random_init(lambda: _create(model, tag))
     if sd is not None:
         # the same conversions open_clip's own loader applies (older layouts, other position-grid sizes)
@@ -197,6 +203,7 @@ def load_clip(model: str = DEFAULT_MODEL, tag: str | None = None, weights=None, 
         tokenizer = open_clip.get_tokenizer(model)
     except (OSError, ValueError) as e:  # hub tokenizers (non-CLIP text towers) need the internet
         raise CedmError(f"the tokenizer of {model} could not be loaded ({e}); use --imagenet") from None
+    net.weights_record = record
     return net.eval().requires_grad_(False).to(dev), tokenizer
 
 
@@ -240,7 +247,7 @@ def _cached(ws, name: str, details: dict) -> Labeling | None:
     return load_labeling(ws, name) if all(stored.get(k) == v for k, v in details.items()) else None
 
 
-def clip_pseudo_labels(ws, names, model: str = DEFAULT_MODEL, pretrained: str | None = None, weights=None,
+def clip_pseudo_labels(ws, names, model: str | None = None, pretrained: str | None = None, weights=None,
                        device=None, batch_size: int | None = None, progress: Progress | None = None,
                        save_as: str | None = None, prompt_names: list[str] | None = None,
                        _random_init: bool = False) -> Labeling:
@@ -249,10 +256,13 @@ def clip_pseudo_labels(ws, names, model: str = DEFAULT_MODEL, pretrained: str | 
 
     ``pretrained``: the open_clip weights tag (default: the LAION-2B weights of ``model``); ``weights``: a local
     file instead (safetensors or a plain torch file); ``prompt_names``: how each name reads inside the
-    prompts (default: the names themselves).
+    prompts (default: the names themselves). ``model``: default DEFAULT_MODEL (ViT-B-32; ViT-bigG-14 is the
+    paper's). The labeling's details record the exact weights file (repo, commit, sha256) used.
     """
+    from cedm import hub
     from cedm.features import get_features, weights_identity
 
+    model = model or DEFAULT_MODEL
     names = check_names(names)
     prompt_names = check_names(prompt_names) if prompt_names is not None else names
     if len(prompt_names) != len(names):
@@ -266,15 +276,16 @@ def clip_pseudo_labels(ws, names, model: str = DEFAULT_MODEL, pretrained: str | 
     hit = _cached(ws, save_as, details)
     if hit is not None:
         return hit
-    net, tokenizer = load_clip(model, tag, weights, device, _random_init)  # fails (offline, bad file) first
+    with hub.download_progress(progress):  # fails (offline, bad file) before anything is written
+        net, tokenizer = load_clip(model, tag, weights, device, _random_init)
     text = text_embeddings(net, tokenizer, prompt_names).cpu().numpy()
-    scale = float(net.logit_scale.exp())
+    scale, record = float(net.logit_scale.exp()), net.weights_record
     del net
     image = get_features(ws, backbone, weights=weights, device=device, batch_size=batch_size,
                          normalized=True, progress=progress, pretrained=not _random_init)
     probs = zero_shot_probs(image, text, scale)
     save_labeling(ws, save_as, probs.argmax(1), class_names=names, probs=probs,
-                  params={**details, "logit_scale": scale})
+                  params={**details, "logit_scale": scale, "weights_file": record})
     return load_labeling(ws, save_as)
 
 
@@ -383,3 +394,92 @@ __all__ = ["PROMPTS", "DEFAULT_MODEL", "IMAGENET_NAME", "check_names", "read_nam
            "load_clip", "text_embeddings", "zero_shot_probs", "clip_pseudo_labels", "imagenet_labels",
            "imagenet_top5", "compare_labelings", "top_labels", "cluster_names", "describe", "label_counts",
            "list_labelings"]
+
+
+# --- cluster names: guessed from a labeling (said so), or given by the user ----------------------------------
+STAGE_NAMES = "cluster_names"
+NAME_THRESHOLD = 0.5  # a guessed name is shown only when at least this share of the cluster carries the label
+
+
+def label_source(ws, label_spec: str) -> str:
+    """Where names of ``label_spec`` come from, as a reader should see it: 'ImageNet guess', 'CLIP guess',
+    'ground truth' or 'labels NAME'."""
+    if label_spec == "gt":
+        return "ground truth"
+    name = label_spec.split(":", 1)[1] if label_spec.startswith("labels:") else label_spec
+    found = [m for _, m in ws.list_artifacts(STAGE_LABELINGS) if m["params"].get("name") == name]
+    kind = (found[-1].get("details", {}).get("kind") if found else None) or \
+        ("imagenet" if name == IMAGENET_NAME else None)
+    return {"imagenet": "ImageNet guess", "clip": "CLIP guess"}.get(kind, f"labels {name}")
+
+
+def _names_params(ws, cluster_spec: str, backbone=None) -> dict:
+    from cedm.clusters.labelings import resolve_backbone
+
+    return {"clustering": str(cluster_spec), "backbone": resolve_backbone(backbone)}
+
+
+def cluster_renames(ws, cluster_spec: str, backbone=None) -> dict[int, str]:
+    """The names the user gave clusters of ``cluster_spec`` (on ``backbone`` features): {cluster id: name}."""
+    found = ws.find_artifact(STAGE_NAMES, _names_params(ws, cluster_spec, backbone))
+    if found is None:
+        return {}
+    return {int(k): str(v) for k, v in io.read_json(found / "names.json").items()}
+
+
+def rename_cluster(ws, cluster_spec: str, cluster: int, name: str | None, backbone=None) -> dict[int, str]:
+    """Give cluster ``cluster`` of ``cluster_spec`` a name (kept in the workspace; an empty name removes it).
+    Returns all names of that clustering."""
+    clusters = resolve(ws, cluster_spec, backbone=backbone)
+    ids = {int(i) for i in _original_ids(clusters)}
+    try:
+        cluster = int(cluster)
+    except (TypeError, ValueError):
+        raise CedmError(f"choose a cluster to rename, got {cluster!r}") from None
+    if cluster not in ids:
+        raise CedmError(f"cluster {cluster} is not a cluster of {cluster_spec}")
+    name = " ".join(str(name or "").split())
+    if len(name) > 60:
+        raise CedmError("a cluster name has at most 60 characters")
+    names = cluster_renames(ws, cluster_spec, backbone)
+    if name:
+        names[cluster] = name
+    else:
+        names.pop(cluster, None)
+    with ws.write_artifact(STAGE_NAMES, _names_params(ws, cluster_spec, backbone)) as d:
+        io.write_json(d / "names.json", {str(k): v for k, v in sorted(names.items())})
+    return names
+
+
+def cluster_titles(ws, cluster_spec: str, label_spec: str | None = None, backbone=None,
+                   threshold: float = NAME_THRESHOLD) -> dict[int, str]:
+    """Honest names of the clusters of ``cluster_spec``: the user's name when given, else the most common label
+    of ``label_spec`` saying where it comes from ("ImageNet guess: analog clock 80%") when at least
+    ``threshold`` of the cluster carries it. Clusters with neither are absent (shown by their id)."""
+    out: dict[int, str] = {}
+    if label_spec:
+        source = label_source(ws, label_spec)
+        for c, top in cluster_names(ws, cluster_spec, label_spec, top=1, backbone=backbone).items():
+            if top and top[0][1] >= threshold:
+                out[int(c)] = f"{source}: {str(top[0][0]).split(',')[0].strip()} {round(100 * top[0][1])}%"
+    out.update(cluster_renames(ws, cluster_spec, backbone))
+    return out
+
+
+def search_rows(ws, text: str, assignments=None, titles: dict[int, str] | None = None,
+                label_spec: str | None = None) -> np.ndarray:
+    """Rows whose file name, cluster name (``titles`` of the clusters in ``assignments``) or label (of
+    ``label_spec``) contains ``text`` (case-insensitive), in row order."""
+    needle = " ".join(str(text or "").split()).lower()
+    if not needle:
+        raise CedmError("type something to search for")
+    hit = np.fromiter((needle in p.lower() for p in ws.paths), dtype=bool, count=ws.n)
+    if titles and assignments is not None:
+        named = [c for c, t in titles.items() if needle in str(t).lower()]
+        hit |= np.isin(np.asarray(assignments), named)
+    if label_spec:
+        lab = resolve(ws, label_spec)
+        matching = [k for k, n in enumerate(lab.class_names or []) if needle in str(n).lower()]
+        if matching:  # a labeling's ids index its class names
+            hit |= np.isin(np.asarray(lab.labels), matching)
+    return np.flatnonzero(hit)

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def test_only_working_actions_are_public(app):
     api = client(url).view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == {"/import_dataset", "/delete_workspace", "/cluster", "/cluster_bound",
                                            "/query", "/export_assignments", "/export_cluster", "/train", "/generate",
-                                           "/compare"}
+                                           "/compare", "/download_model", "/upload_model"}
     assert api["unnamed_endpoints"] == {}
 
 
@@ -182,17 +183,27 @@ def test_session_areas_are_private_and_cleaned(tmp_path):
     assert s.sweep() == [b.name] and not b.exists() and fresh.exists()
 
 
-def test_only_the_visitor_area_and_assets_are_served(app):
+def test_no_home_file_is_served_by_path_only_assets_and_outputs(app, tmp_path):
+    """The file route serves assets/ and component outputs (gradio's cache), never a path into the home: not
+    the sessions folder, not a visitor's workspace even when its path is known."""
     url, demo, home = app
     import httpx
+    from gradio_client import handle_file
+
+    from cedm import workspace as wsp
 
     outside = home / "workspaces-secret.txt"
     outside.write_text("private")
     inside = demo.cedm_context.sessions.root / "served.txt"
-    inside.write_text("ok")
-    assert httpx.get(f"{url}gradio_api/file={inside}").text == "ok"
-    assert httpx.get(f"{url}gradio_api/file={outside}").status_code == 403
-    assert httpx.get(f"{url}gradio_api/file=/etc/passwd").status_code == 403
+    inside.write_text("private too")
+    c = client(url)
+    c.predict([handle_file(str(make_zip(tmp_path / "mine.zip", junk=False)))], "mine", 32, None,
+              api_name="/import_dataset")
+    images = [p for p in session_workspaces(home) if p.name == "mine"][0] / "images.npy"
+    for p in (inside, outside, images, images.parent / "paths.json", "/etc/passwd"):
+        assert httpx.get(f"{url}gradio_api/file={p}").status_code == 403, p
+    asset = wsp.REPO_ROOT / "assets" / "demo" / "manifest.json"
+    assert httpx.get(f"{url}gradio_api/file={asset}").status_code == 200
 
 
 def test_cancel_stops_a_running_step(tmp_path):
@@ -208,7 +219,7 @@ def test_cancel_stops_a_running_step(tmp_path):
     s.request_cancel("abc")
     with pytest.raises(CedmError, match="cancelled"):
         report(2, 4, "importing")
-    assert seen == [((1, 4), "importing")]
+    assert len(seen) == 1 and seen[0][0] == (1, 4) and seen[0][1].startswith("importing")  # gr.Progress draws the %
     progress_callback(None, s, req)(3, 4)  # a new step starts uncancelled
 
 
@@ -232,12 +243,17 @@ def test_train_endpoint_trains_continues_and_lists_the_model(app):
     url, demo, home = app
     c = client(url)
     s = c.predict("demo", "gt", "", "tiny", 16, 0.064, "gt-tiny", api_name="/train")
-    ws = demo.cedm_context.open("demo", None)
+    ctx = demo.cedm_context
+    ws = ctx.open("demo", SimpleNamespace(session_hash=c.session_hash))
     assert s["model"] == f"{ws.name}/gt-tiny" and s["n_conditions"] == 3 and s["complete"] and s["kimg_done"] == 0.064
     assert "--resume" in s["command_line"] and "--out gt-tiny" in s["command_line"]
     folder = ws.derived_dir("models") / "gt-tiny"
-    assert folder.is_relative_to(home)  # the read-only demo got it in its overlay
+    # public mode: the read-only demo's overlay for this visitor is in their own area, not the shared one
+    assert folder.is_relative_to(ctx.sessions.home_for(c.session_hash)) and folder.is_dir()
+    assert not (home / "overlays").exists() or not list((home / "overlays").glob("*/models/gt-tiny"))
     assert [e.name for e in list_models(ws, shipped_dirs=[]) if e.source == "workspace"] == [s["model"]]
+    other = ctx.open("demo", SimpleNamespace(session_hash="someone-else"))
+    assert [e for e in list_models(other, shipped_dirs=[]) if e.source == "workspace"] == []
     s2 = c.predict("demo", "gt", "", "tiny", 16, 0.128, "gt-tiny", api_name="/train")
     assert s2["complete"] and s2["kimg_done"] == 0.128
     steps = [_json.loads(line)["step"] for line in (folder / "training" / "log.jsonl").read_text().splitlines()]
@@ -246,6 +262,10 @@ def test_train_endpoint_trains_continues_and_lists_the_model(app):
     assert "above the workspace" in _app_error(c.predict, "demo", "gt", "", "tiny", 32, 1, "", api_name="/train")
     assert "paper" in _app_error(c.predict, "demo", "gt", "", "paper", 16, 1, "", api_name="/train")
     assert "invalid model name" in _app_error(c.predict, "demo", "gt", "", "tiny", 16, 1, "../up", api_name="/train")
+    # "start from the shipped unconditional model" takes its network (32 px), which these 16 px images lack
+    if train_tab.init_model(None) is not None:
+        assert "above the workspace" in _app_error(c.predict, "demo", "gt", "", "tiny", 16, 1, "", True,
+                                                   api_name="/train")
     assert "no workspace named" in _app_error(c.predict, "someone-else", "gt", "", "tiny", 16, 1, "", api_name="/train")
     with train_tab._TRAINING:  # someone else is training
         assert "another training" in _app_error(c.predict, "demo", "none", "", "tiny", 16, 0.032, "",
@@ -356,8 +376,11 @@ def test_export_assignments_and_a_cluster_zip(demo_app, demo_ws):
     assert doc["clustering"] == "kmeans:50" and len(doc["assignments"]) == demo_ws.n
     assert doc["assignments"][7] == {"path": demo_ws.paths[7], "cluster": int(res.assignments[7]),
                                      "confidence": pytest.approx(float(res.confidence[7]), abs=1e-6)}
-    # the files were written to this visitor's own area
-    assert list((home / "sessions").glob("*/exports/*/demo-efficientnet_lite0-kmeans-50.csv"))
+    # the files were written to a fresh downloads folder of this visitor, outside every home (never served by
+    # its path: only as this output, copied into gradio's cache)
+    downloads = demo_app[1].cedm_context.sessions._downloads
+    assert list(downloads.glob("*/*/demo-efficientnet_lite0-kmeans-50.csv"))
+    assert not list(home.rglob("demo-efficientnet_lite0-kmeans-50.csv"))
 
     cluster = int(np.argmax(res.sizes))
     zpath = c.predict("demo", OFFLINE, "kmeans:50", cluster, api_name="/export_cluster")
@@ -419,24 +442,101 @@ def test_map_figure_draws_a_stated_sample_above_the_limit(demo_ws, monkeypatch):
     assert len(rows) == demo_ws.n  # the shipped demo's map is precomputed
     res = _clustering(demo_ws)
     fig = cv.map_figure(demo_ws, rows, xy, res, selected=4, point=int(np.flatnonzero(res.assignments == 4)[0]))
-    assert len(fig.data[0].x) == demo_ws.n and len(fig.data[1].x) == res.sizes[4] and len(fig.data[2].x) == 1
-    assert "all 3,391 images" in fig.layout.title.text
+    clusters = [t for t in fig.data if t.showlegend is not False]  # one legend entry per used cluster
+    assert sum(len(t.x) for t in clusters) == demo_ws.n and len(clusters) == res.n_used
+    for t in clusters:  # each trace holds exactly its cluster's points
+        assert set(t.customdata[:, 1].astype(int)) == {int(t.name.split(" ")[0])}
+        assert len(t.x) == res.sizes[int(t.name.split(" ")[0])]
+    assert len(fig.data[-2].x) == res.sizes[4] and len(fig.data[-1].x) == 1  # outline of 4, the point's star
+    assert "all 3,391 images" in fig.layout.title.text and fig.layout.showlegend
     monkeypatch.setattr(cv, "MAP_DRAW_LIMIT", 1000)
     fig = cv.map_figure(demo_ws, rows, xy, res)
-    assert len(fig.data[0].x) == 1000 and "1,000 of 3,391 images" in fig.layout.title.text
-    drawn = fig.data[0].customdata[:, 0].astype(int)
-    np.testing.assert_allclose(fig.data[0].x, xy[drawn, 0])  # each point keeps its own row
+    assert sum(len(t.x) for t in fig.data) == 1000 and "1,000 of 3,391 images" in fig.layout.title.text
+    for t in fig.data:
+        drawn = t.customdata[:, 0].astype(int)
+        np.testing.assert_allclose(t.x, xy[drawn, 0])  # each point keeps its own row
+
+
+def test_selection_library_parts(demo_ws, tmp_path):
+    """What the map selection uses: its page and counts, "more like these", the CSV with names."""
+    import csv
+
+    from cedm.clusters.export import assignments_csv
+    from cedm.errors import CedmError
+    from cedm.features.search import more_like
+    from cedm.ui import cluster_views as cv
+
+    res = _clustering(demo_ws)
+    rows = np.flatnonzero(res.assignments == 4)[:5].tolist() + [int(np.flatnonzero(res.assignments == 2)[0])]
+    items, info, page = cv.selection_page(demo_ws, res, rows)
+    assert len(items) == 6 and page == 0 and "of 6" in info
+    assert items[0][1].endswith("cluster 4")  # the selection's largest cluster first
+    text = cv.selection_counts(res, rows)
+    assert text.startswith("**6 images selected** in 2 clusters") and "cluster 4: 5" in text and "cluster 2: 1" in text
+    found, cos = more_like(demo_ws, rows, backbone=OFFLINE, k=10)
+    assert len(found) == 10 and not set(found.tolist()) & set(rows) and np.all(np.diff(cos) <= 1e-6)
+    path = tmp_path / "sel.csv"
+    assert assignments_csv(demo_ws, res, path, rows=rows, names={4: "clocks, mostly"}) == 6
+    got = list(csv.reader(path.open()))
+    assert got[0] == ["path", "cluster", "confidence", "name"] and len(got) == 7
+    assert got[1][0] == demo_ws.paths[rows[0]] and got[1][1] == "4" and got[1][3] == "clocks, mostly"
+    assert got[-1][3] == ""  # a cluster without a name
+    with pytest.raises(CedmError, match="rows must be"):
+        assignments_csv(demo_ws, res, path, rows=[demo_ws.n])
+    with pytest.raises(CedmError, match="select some"):
+        more_like(demo_ws, [], backbone=OFFLINE)
 
 
 def test_bound_curve_helpers():
-    from cedm.ui.cluster_views import c_max_of, curve_figure
+    from cedm.clusters.bound import c_max_of
+    from cedm.ui.cluster_views import curve_figure
 
     curve = [(10, 1.0), (20, 1.0), (40, 0.9), (30, 0.97), (35, 0.95)]
     assert c_max_of(curve) == 30
     assert c_max_of([(10, 1.0), (20, 0.99)]) is None  # no failing C yet: no bound
     fig = curve_figure(sorted(curve), 30, c_star=12)
-    texts = [a.text for a in fig.layout.annotations]
+    texts = [t for tr in fig.data for t in (tr.text or ()) if t]
     assert any("C_max = 30" in t for t in texts) and any("C* = 12" in t for t in texts)
+
+
+def _x_range_in_c(fig) -> tuple[float, float]:
+    lo, hi = fig.layout.xaxis.range
+    return (10 ** lo, 10 ** hi) if fig.layout.xaxis.type == "log" else (lo, hi)
+
+
+@pytest.mark.parametrize("curve, c_max", [
+    # an upload: doubling from 10 to 640, then bisection (the axis once read 1 ... 10^91)
+    ([(10, 1.0), (20, 1.0), (40, 1.0), (80, 0.99), (160, 0.97), (320, 0.93), (240, 0.95), (200, 0.96),
+      (220, 0.955), (640, 0.8)], 200),
+    ([(10, 1.0), (20, 0.98), (40, 0.97)], None),  # a short curve: a linear axis
+    ([(16, 1.0)], None),  # one point
+])
+def test_bound_curve_axis_covers_exactly_the_points(curve, c_max):
+    from cedm.ui.cluster_views import curve_figure
+
+    fig = curve_figure(sorted(curve), c_max)
+    assert_axis_covers_exactly(fig, [c for c, _ in curve])
+
+
+def assert_axis_covers_exactly(fig, cs) -> None:
+    lo, hi = _x_range_in_c(fig)
+    assert lo < min(cs) and hi > max(cs)  # every point is inside
+    if len(cs) > 1:  # and the range is the points' span plus a small margin, nothing more
+        span = np.log10(max(cs) / min(cs)) if fig.layout.xaxis.type == "log" else max(cs) - min(cs)
+        out = (np.log10(min(cs) / lo), np.log10(hi / max(cs))) if fig.layout.xaxis.type == "log" else \
+            (min(cs) - lo, hi - max(cs))
+        assert max(out) <= 0.06 * span
+    assert all(a.xref == "paper" for a in fig.layout.annotations)  # none placed in (log) data units
+
+
+def test_bound_curve_axis_of_the_demo(demo_ws):
+    from cedm.clusters.bound import c_max_of, cached_curve
+    from cedm.ui.cluster_views import curve_figure
+
+    curve = cached_curve(demo_ws, backbone=OFFLINE)
+    if not curve:
+        pytest.skip("the demo has no cached bound curve")
+    assert_axis_covers_exactly(curve_figure(curve, c_max_of(curve)), [c for c, _ in curve])
 
 
 def test_generation_condition_hook():

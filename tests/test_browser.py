@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cedm.ui.cluster_views import DEFAULT_C, get_clustering
+from cedm.ui.cluster_views import DEFAULT_C, DEFAULT_METHOD, get_clustering
 
 from tests.browser_util import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DEMO_N, make_tiny_models, make_zip, running_app, \
     session_workspaces
@@ -160,9 +160,16 @@ def demo_app(tmp_path_factory):
 MAP = "#cedm-map .js-plotly-plot"
 
 
-def _map_points(page) -> list[int]:
-    """Points per trace, counted from plotly's own data (arrays arrive base64-encoded in plotly >= 6)."""
-    return page.evaluate(f"() => document.querySelector('{MAP}')._fullData.map(t => t.x.length)")
+# the map has one trace per cluster (legend entries), then the selected cluster's outline (no legend entry)
+CLUSTER_TRACES = "gd._fullData.filter(t => t.showlegend !== false)"
+OUTLINE_TRACE = "gd._fullData.find(t => t.showlegend === false && t.name.startsWith('cluster '))"
+
+
+def _map_summary(page) -> dict:
+    """{points: drawn points over all cluster traces, outlined: points of the selected cluster's outline}."""
+    return page.evaluate(f"""() => {{ const gd = document.querySelector('{MAP}');
+        return {{points: {CLUSTER_TRACES}.reduce((n, t) => n + t.x.length, 0),
+                 outlined: ({OUTLINE_TRACE} || {{x: []}}).x.length, legend: {CLUSTER_TRACES}.length}} }}""")
 
 
 def _cluster_gallery_count(page) -> int:
@@ -181,9 +188,10 @@ def test_first_screen_shows_the_map_and_a_cluster_gallery(demo_app, browser_page
     page.locator(MAP).wait_for()
     page.wait_for_function(f"() => {{ const gd = document.querySelector('{MAP}');"
                            " return gd && gd._fullData && gd._fullData.length > 0 }")
-    points = _map_points(page)
-    assert points[0] == DEMO_SIZE  # every image drawn, coloured by cluster
-    selected = points[1]  # the largest cluster is selected at start and outlined
+    found = _map_summary(page)
+    assert found["points"] == DEMO_SIZE  # every image drawn, coloured by cluster, one legend entry each
+    assert found["legend"] == DEFAULT_C
+    selected = found["outlined"]  # the largest cluster is selected at start and outlined
     _wait_images_decoded(page, "#cedm-cluster-gallery")
     assert _cluster_gallery_count(page) == min(24, selected)
     page.locator("#cedm-cluster-info", has_text=f"{selected} images").wait_for()
@@ -200,14 +208,16 @@ def test_a_click_on_the_map_selects_a_cluster(demo_app, browser_page):
     _wait_images_decoded(page, "#cedm-cluster-gallery")
     # the screen position of a point outside the selected cluster, from plotly's own axes
     target = page.evaluate(f"""() => {{
-        const gd = document.querySelector('{MAP}'), t = gd._fullData[0];
-        const sel = gd._fullData[1].customdata[0][1];
+        const gd = document.querySelector('{MAP}');
+        const sel = {OUTLINE_TRACE}.customdata[0][1];
         const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
         const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
-        for (let i = 0; i < t.x.length; i += 7) {{
-            const x = xa.l2p(t.x[i]), y = ya.l2p(t.y[i]);
-            if (t.customdata[i][1] !== sel && x > 40 && y > 40 && x < r.width - 40 && y < r.height - 40)
-                return {{x: r.left + x, y: r.top + y}};
+        for (const t of {CLUSTER_TRACES}) {{
+            if (t.customdata[0][1] === sel) continue;
+            for (let i = 0; i < t.x.length; i += 3) {{
+                const x = xa.l2p(t.x[i]), y = ya.l2p(t.y[i]);
+                if (x > 40 && y > 40 && x < r.width - 40 && y < r.height - 40) return {{x: r.left + x, y: r.top + y}};
+            }}
         }}
         return null; }}""")
     assert target is not None
@@ -218,12 +228,13 @@ def test_a_click_on_the_map_selects_a_cluster(demo_app, browser_page):
     text = info.inner_text()
     row, cluster = int(text.split("row ")[1].split()[0]), int(text.split("cluster ")[1].split()[0])
     ctx = demo.cedm_context
-    res = get_clustering(ctx.open("demo", None), "efficientnet_lite0", f"kmeans:{DEFAULT_C}", compute=False)
+    res = get_clustering(ctx.open("demo", None), "efficientnet_lite0", f"{DEFAULT_METHOD}:{DEFAULT_C}", compute=False)
     assert int(res.assignments[row]) == cluster  # the point's own cluster is the one selected
     size = int(res.sizes[cluster])
     page.locator("#cedm-cluster-info", has_text=f"cluster {cluster} · ").wait_for()
     page.wait_for_function(f"() => document.querySelectorAll('#cedm-cluster-gallery img').length === {min(24, size)}")
-    page.wait_for_function(f"() => document.querySelector('{MAP}')._fullData[1].x.length === {size}")
+    page.wait_for_function(f"() => {{ const gd = document.querySelector('{MAP}');"
+                           f" return ({OUTLINE_TRACE} || {{x: []}}).x.length === {size} }}")
     page.locator("#cedm-point-image img").wait_for()
     page.screenshot(path=str(ARTIFACTS / "clusters_after_click.png"), full_page=True)
     # a click on a size bar selects that cluster too
@@ -314,7 +325,7 @@ def test_generate_with_a_moved_slider_shows_images(gen_app, browser_page):
 
     # the two shared-seed comparisons: a row unconditional + a row conditioned, then one seed at five w
     page.locator("#cedm-gen-same-noise").click()
-    page.locator("#cedm-gen-gallery", has_text="unconditional").first.wait_for()
+    page.locator("#cedm-gen-gallery", has_text="uncond").first.wait_for()
     page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 16")
     page.locator("#cedm-gen-sweep").click()
     page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 5")
@@ -346,3 +357,252 @@ def test_labels_tab_compares_the_clustering_with_labels(demo_app, browser_page):
     assert len(names.splitlines()) == int(spec.group(2))  # one name per cluster of the current clustering
     page.screenshot(path=str(ARTIFACTS / "labels.png"), full_page=True)
     assert errors == []
+
+
+# --- what a long job shows while it runs; selection; the bound's axis (issue 14) -----------------------------
+WATCH = """([panel, result]) => {
+    window._cedmSeen = [];
+    const tick = () => {
+        const p = document.querySelector(panel), r = document.querySelector(result);
+        const bars = [...document.querySelectorAll('.progress-level, .progress-text')];
+        window._cedmSeen.push({panel: p ? p.innerText : '', result: r ? r.innerText : '',
+                               elsewhere: bars.filter(b => !(p && p.contains(b))).length});
+    };
+    window._cedmWatch = setInterval(tick, 50);
+}"""
+
+
+def _watch(page, panel: str, result: str) -> None:
+    """Record, every 50 ms, the job's progress component, the result's text and progress bars elsewhere."""
+    page.evaluate(WATCH, [panel, result])
+
+
+def _seen(page) -> list[dict]:
+    return page.evaluate("() => { clearInterval(window._cedmWatch); return window._cedmSeen; }")
+
+
+def _progress_before(seen: list[dict], words: str, done: str) -> bool:
+    """Some snapshot shows the job's progress line (``words``, a percent or a time) while the result (``done``)
+    is not there yet."""
+    return any(words in s["panel"] and ("%" in s["panel"] or " s" in s["panel"]) and done not in s["result"]
+               for s in seen)
+
+
+def test_clustering_shows_its_progress_in_one_place_before_the_result(app, browser_page):
+    """Stand-in demo (no features yet): features, k-means and the map take a while; their stages show in the
+    clustering's progress component, and no other component is covered by a progress bar."""
+    url, _, _ = app
+    page, errors = browser_page
+    page.goto(url)
+    page.locator("#cedm-cluster").wait_for()
+    c_box = page.get_by_label("clusters C")
+    c_box.fill("3")
+    c_box.press("Enter")
+    _watch(page, "#cedm-progress-clustering", "#cedm-clusters-status")
+    page.locator("#cedm-cluster").click()
+    page.locator("#cedm-clusters-status", has_text="C = 3").wait_for(timeout=300_000)  # UMAP compiles first
+    seen = _seen(page)
+    assert _progress_before(seen, "clustering", "C = 3"), seen[-5:]
+    assert max(s["elsewhere"] for s in seen) == 0  # no stacked bars over other components
+    assert errors == []
+
+
+def test_bound_after_an_upload_shows_progress_and_a_sane_axis(app, browser_page, tmp_path):
+    """Upload, then Compute bound: the TEMI runs show in the bound's progress component before the curve,
+    and the curve's x axis covers exactly the computed C values (it once read 1 ... 10^91)."""
+    url, _, _ = app
+    page, errors = browser_page
+    page.goto(url)
+    _open_tab(page, "Dataset")
+    _gallery_images(page).first.wait_for()
+    page.get_by_text("Upload images as a new workspace").click()
+    page.locator("#cedm-upload input[type=file]").set_input_files(
+        str(make_zip(tmp_path / "colours.zip", n_images=60, junk=False)))
+    page.locator("#cedm-upload", has_text="colours.zip").wait_for()
+    page.locator("#cedm-import").click()
+    page.locator("#cedm-status", has_text="into colours").wait_for()
+    _open_tab(page, "Clusters")
+    page.locator("#cedm-clusters-status", has_text="colours").wait_for(timeout=300_000)
+    _watch(page, "#cedm-progress-bound", "#cedm-progress-bound")
+    page.locator("#cedm-bound").click()
+    page.locator("#cedm-progress-bound", has_text=re.compile(r"C_max|TEMI runs|no C|bound")).wait_for()
+    page.wait_for_function("() => { const gd = document.querySelector('#cedm-curve .js-plotly-plot');"
+                           " return gd && gd._fullData && gd._fullData.length > 0 && gd._fullData[0].x.length > 1 }",
+                           timeout=300_000)
+    seen = _seen(page)
+    assert any("bound" in s["panel"] and "TEMI" in s["panel"] for s in seen), seen[-5:]
+    axis = page.evaluate("""() => { const gd = document.querySelector('#cedm-curve .js-plotly-plot');
+        const xa = gd._fullLayout.xaxis; return {type: xa.type, range: xa.range, x: Array.from(gd._fullData[0].x)} }""")
+    lo, hi = axis["range"]
+    if axis["type"] == "log":
+        lo, hi = 10 ** lo, 10 ** hi
+    cs = axis["x"]
+    assert lo < min(cs) and hi > max(cs)
+    assert hi < 1.5 * max(cs) and lo > min(cs) / 1.5  # the points fill the axis
+    page.screenshot(path=str(ARTIFACTS / "bound_after_upload.png"), full_page=True)
+    assert errors == []
+
+
+def test_training_shows_live_progress_before_the_result(app, browser_page):
+    url, _, _ = app
+    page, errors = browser_page
+    page.goto(url)
+    _open_tab(page, "Train")
+    page.wait_for_function("() => document.querySelector('#cedm-train-resolution input').value === '16'")
+    page.locator("#cedm-train-condition textarea, #cedm-train-condition input").first.fill("gt")
+    page.locator("#cedm-train-preset input").click()
+    page.get_by_role("option", name="tiny").click()
+    kimg = page.locator("#cedm-train-kimg input")
+    kimg.fill("2")
+    kimg.press("Enter")
+    page.locator("#cedm-train-eta", has_text="images/s measured here").wait_for()  # an estimate first
+    page.locator("#cedm-train-name textarea, #cedm-train-name input").first.fill("browser-live")
+    _watch(page, "#cedm-progress-training", "#cedm-train-status")
+    page.locator("#cedm-train-go").click()
+    page.locator("#cedm-train-status", has_text="complete").wait_for(timeout=300_000)
+    seen = _seen(page)
+    assert _progress_before(seen, "kimg", "complete"), seen[-5:]
+    assert max(s["elsewhere"] for s in seen) == 0
+    assert errors == []
+
+
+def test_a_box_selection_on_the_map_drives_the_gallery(demo_app, browser_page):
+    url, demo, _ = demo_app
+    page, errors = browser_page
+    page.goto(url)
+    page.locator(MAP).wait_for()
+    _wait_images_decoded(page, "#cedm-cluster-gallery")
+    page.locator("#cedm-map .modebar-btn[data-title='Box Select']").click()
+    box = page.locator("#cedm-map .nsewdrag").bounding_box()
+    x0, y0 = box["x"] + 0.35 * box["width"], box["y"] + 0.35 * box["height"]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x0 + 0.1 * box["width"], y0 + 0.1 * box["height"], steps=8)
+    page.mouse.move(x0 + 0.25 * box["width"], y0 + 0.25 * box["height"], steps=8)
+    page.mouse.up()
+    info = page.locator("#cedm-selection-info", has_text="images selected")
+    info.wait_for()
+    n = int(info.inner_text().split(" images selected")[0].strip("* ").replace(",", ""))
+    assert n > 0
+    page.locator("#cedm-cluster-page-info", has_text="selection:").wait_for()
+    page.wait_for_function(f"() => document.querySelectorAll('#cedm-cluster-gallery img').length === {min(24, n)}")
+    _wait_images_decoded(page, "#cedm-cluster-gallery")
+    page.screenshot(path=str(ARTIFACTS / "clusters_selection.png"), full_page=True)
+    # saved as a named set of rows, for few-shot probes ("rows:NAME")
+    page.locator("#cedm-selection-name textarea, #cedm-selection-name input").first.fill("browser-pick")
+    page.locator("#cedm-selection-save").click()
+    from cedm.clusters.labelings import list_row_sets, load_rows
+
+    ws = demo.cedm_context.open("demo", None)
+    for _ in range(600):
+        if "browser-pick" in list_row_sets(ws):
+            break
+        time.sleep(0.1)
+    assert len(load_rows(ws, "browser-pick")) == n
+    assert errors == []
+
+
+def test_generate_from_this_cluster_produces_images(demo_app, browser_page, tmp_path):
+    url, demo, _ = demo_app
+    page, errors = browser_page
+    from PIL import Image
+
+    ws = demo.cedm_context.open("demo", None)
+    Image.fromarray(ws.images[100]).save(tmp_path / "query.png")
+    page.goto(url)
+    page.locator(MAP).wait_for()
+    _open_tab(page, "Query")
+    page.locator("#cedm-query-image input[type=file]").set_input_files(str(tmp_path / "query.png"))
+    page.locator("#cedm-query-image img").wait_for()
+    page.locator("#cedm-query").click()
+    page.locator("#cedm-query-top3", has_text="cluster").first.wait_for()
+    page.locator("#cedm-query-generate").click()
+    page.locator("#cedm-gen-query-note", has_text="generated by").wait_for(timeout=300_000)
+    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 8")
+    _wait_images_decoded(page, "#cedm-gen-gallery")
+    cluster = page.locator("#cedm-gen-query-note").inner_text().split("cluster ")[1].split()[0]
+    page.locator("#cedm-gen-gallery", has_text=f"cluster {cluster} ").first.wait_for()
+    assert errors == []
+
+
+# --- local mode (issue 13): the work survives a reload; a closed tab stops its sampling -------------------------
+@pytest.fixture(scope="module")
+def local_app(tmp_path_factory):
+    models = make_tiny_models(tmp_path_factory.mktemp("local-models"))
+    with running_app(tmp_path_factory.mktemp("local-app"), public=False, model_dirs=[models]) as served:
+        yield served
+
+
+def _pick_workspace(page, name: str) -> None:
+    page.get_by_label("workspace", exact=True).click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cedm.dataset.importers") is None,
+                    reason="cedm.dataset.importers is not in this tree yet")
+def test_local_mode_a_reload_finds_the_upload_and_cli_workspaces(local_app, browser_page, tmp_path):
+    import numpy as np
+
+    from cedm import workspace as wsp
+
+    url, _, home = local_app
+    wsp.create_from_array(home, "made-by-cli", np.zeros((5, 16, 16, 3), np.uint8))  # as `cedm import` does
+    page, errors = browser_page
+    page.goto(url)
+    _open_tab(page, "Dataset")
+    _gallery_images(page).first.wait_for()
+    page.get_by_text("Upload images as a new workspace").click()
+    page.locator("#cedm-upload input[type=file]").set_input_files(str(make_zip(tmp_path / "holiday.zip")))
+    page.locator("#cedm-upload", has_text="holiday.zip").wait_for()
+    page.locator("#cedm-import").click()
+    page.locator("#cedm-status", has_text=re.compile(r"Imported 6 of 8 files into holiday")).wait_for()
+    assert errors == []
+    page.reload()  # today this deleted the upload about 13 s later
+    _open_tab(page, "Dataset")
+    errors.clear()  # the old page's aborted requests
+    _gallery_images(page).first.wait_for()
+    _pick_workspace(page, "holiday")
+    page.get_by_text("6 images").first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#cedm-dataset-gallery img').length === 6")
+    _pick_workspace(page, "made-by-cli")
+    page.get_by_text("5 images").first.wait_for()
+    assert (home / "workspaces" / "holiday" / "manifest.json").is_file() and session_workspaces(home) == []
+    assert errors == []
+
+
+def test_closing_the_tab_stops_its_sampling(local_app, browser_page, monkeypatch):
+    """A 200-step request (each network call slowed, so it is surely still running) from a page that then
+    closes: the engine ends it cancelled instead of running it to the end."""
+    from cedm.inference import engine as eng
+    from cedm.inference import get_engine
+    from cedm.inference.engine import Cancelled
+
+    real = eng.FastNet.__call__
+
+    def slow(self, *a, **k):
+        time.sleep(0.2)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(eng.FastNet, "__call__", slow)
+    url, _, _ = local_app
+    page, _ = browser_page
+    page.goto(url)
+    _open_tab(page, "Generate")
+    page.wait_for_function("() => (document.querySelector('#cedm-gen-model input') || {}).value?.startsWith('tiny-c4')")
+    _wait_for_model_settings(page)
+    steps = page.get_by_label("steps")
+    steps.fill("200")
+    steps.press("Enter")
+    page.locator("#cedm-gen-go").click()
+    engine = get_engine()
+    ticket = None
+    for _ in range(1200):  # until the request is in the engine (a condition, not a time)
+        ticket = next((t for t in list(engine._tickets) if t.owner and not t.done()), None)
+        if ticket is not None:
+            break
+        time.sleep(0.1)
+    assert ticket is not None
+    page.close()
+    assert ticket._event.wait(180)
+    with pytest.raises(Cancelled):
+        ticket.result(0)

@@ -60,7 +60,8 @@ def test_serves_app_on_7860_locally_configured(ins):
     assert json.loads(cmd[0]) == ["python", "app.py", "--host", "0.0.0.0", "--port", "7860"]
     env = " ".join(a for k, a in ins if k == "ENV")
     pairs = dict(p.split("=", 1) for p in shlex.split(env) if "=" in p)
-    assert pairs["GRADIO_ANALYTICS_ENABLED"] == "False" and pairs["HF_HUB_OFFLINE"] == "1"
+    assert pairs["GRADIO_ANALYTICS_ENABLED"] == "False" and pairs["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert pairs["CEDM_ALLOW_DOWNLOADS"] == "0" and "HF_HUB_OFFLINE" not in pairs  # off, but one switch away
     assert (ROOT / "app.py").is_file()
 
 

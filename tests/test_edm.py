@@ -213,6 +213,54 @@ def test_train_workspace_with_a_labeling(home):
     assert [p.name for p in (out / "training").glob("samples-*.png")] == ["samples-000000001.png"]  # at the end
 
 
+def test_init_from_an_unconditional_model_carries_its_weights(tmp_path):
+    """--init: a C-EDM made from an unconditional model keeps every weight; each condition starts as its
+    "no condition" embedding, so before any step it denoises exactly like the unconditional model."""
+    import torch
+
+    from cedm.model.edm import save_model
+    from cedm.model.train import init_weights
+
+    torch.manual_seed(1)
+    src = CEDM.from_preset("tiny", 16, 0)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # not a fresh init: carried weights are recognisable
+    save_model(tmp_path / "uncond", src)
+    torch.manual_seed(2)
+    net = CEDM.from_preset("tiny", 16, 3)
+    found = init_weights(net, tmp_path / "uncond")
+    assert found["class_rows"] == "uncond"
+    theirs, ours = src.unet.state_dict(), net.unet.state_dict()
+    for k, v in theirs.items():
+        if k != "class_embedding.weight":
+            assert torch.equal(ours[k], v), k
+    emb = ours["class_embedding.weight"]
+    assert emb.shape[0] == 4 and all(torch.equal(emb[i], theirs["class_embedding.weight"][0]) for i in range(4))
+    x, sigma = torch.randn(2, 3, 16, 16), torch.tensor([1.0, 1.0])
+    with torch.no_grad():
+        want = src.eval()(x, sigma, None)
+        got = net.eval()(x, sigma, torch.tensor([0, 2]))
+    torch.testing.assert_close(got, want)
+    # a different architecture is refused with the reason
+    with pytest.raises(CedmError, match="preset"):
+        init_weights(CEDM.from_preset("tiny", 32, 3), tmp_path / "uncond")
+    # training with init=: the first weights are the carried ones, and the model records where it came from
+    images, labels = blobs(16)
+    out = train(images, labels % 3, 3, tmp_path / "ft", TrainConfig(preset="tiny", kimg=0.016, batch=16,
+                sample_kimg=0, init=str(tmp_path / "uncond"), lr=1e-9, lr_rampup_kimg=0), show_progress=False)
+    assert json.loads((out / "cedm.json").read_text())["provenance"]["init"] == str(tmp_path / "uncond")
+    got = load_model(out, ema=False).unet.state_dict()
+    assert torch.allclose(got["conv_in.weight"], theirs["conv_in.weight"], atol=1e-6)
+
+
+def test_measured_training_speed_is_positive_and_remembered():
+    from cedm.model import train as tr
+
+    ips = tr.measure_images_per_s("tiny", 16, batch=4, steps=1, device="cpu")
+    assert ips > 0 and tr.measure_images_per_s("tiny", 16, batch=4, steps=1, device="cpu") == ips
+
+
 # --- generation ---------------------------------------------------------------------------------
 class _Recorder:
     """Wraps a model and keeps the input of its first call (= sigma_max x the initial noise)."""

@@ -92,8 +92,12 @@ def test_fid_and_dinov2_are_skipped_offline_without_trying(monkeypatch, tmp_path
 
 
 def test_fid_skipped_when_github_is_unreachable(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("CEDM_ALLOW_DOWNLOADS", "1")
     for v in ("CEDM_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(v, raising=False)
     probes = []

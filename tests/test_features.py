@@ -154,18 +154,25 @@ def test_bad_weights_files_are_clear_errors(tmp_path):
 
 # --- offline -------------------------------------------------------------------------------------------
 def test_offline_error_names_the_offline_backbone_and_weights(home, monkeypatch, capsys, tiny_images):
+    import huggingface_hub.constants
+
+    from cedm import hub
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf"))  # an empty cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CedmError) as e:
         build_backbone("dino_vitb16", device="cpu")
     msg = str(e.value)
-    assert "could not be downloaded" in msg and "efficientnet_lite0" in msg and "--weights" in msg
+    assert "downloads are off (HF_HUB_OFFLINE is set)" in msg and "--allow-downloads" in msg
+    assert "efficientnet_lite0" in msg and "--weights" in msg
     assert "\n" not in msg and msg.count(". ") == 0  # one sentence
 
-    # without HF_HUB_OFFLINE an unreachable hub is noticed by a quick probe, not a minute of retries
-    from cedm.features import backbones
+    # downloads allowed, but the hub is unreachable: noticed by a quick probe, not a minute of retries
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(CedmError, match="could not be downloaded.*efficientnet_lite0.*--weights"):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("CEDM_ALLOW_DOWNLOADS", "1")
+    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(CedmError, match="could not be downloaded .cannot reach the model hub.*efficientnet_lite0.*"
+                                        "--weights"):
         build_backbone("clip_vitb32", device="cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 

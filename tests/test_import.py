@@ -353,6 +353,45 @@ def test_labels_csv_kept_as_ground_truth(tmp_path, home):
     np.testing.assert_array_equal(ws2.ground_truth.labels, gt.labels)
 
 
+def test_labels_csv_inside_a_zip_is_the_ground_truth(tmp_path, home):
+    """A labels.csv (path,label) inside an upload is used as the ground truth (paths relative to its folder),
+    not skipped as "not an image"."""
+    src = make_folder(tmp_path / "src")
+    (src / "labels.csv").write_text("path,label\na/red.png,warm\nb/green.jpg,cool\n")
+    ws = imp(zip_of(src, tmp_path / "s.zip"), home)
+    got = {p: (ws.ground_truth.names[i] if i >= 0 else None) for p, i in zip(ws.paths, ws.ground_truth.labels)}
+    assert got["a/red.png"] == "warm" and got["b/green.jpg"] == "cool" and got["white.gif"] is None
+    assert "labels.csv" not in ws.paths and "labels.csv" not in reasons(ws)
+    assert ws.import_report["labels"] == {"csv": "labels.csv", "rows": 2, "matched": 2}
+    # one folder down (a zip of a folder): paths are relative to the CSV's own folder
+    nested = tmp_path / "nested"
+    nested.mkdir()
+    (src / "labels.csv").rename(src / "b" / "labels.csv")
+    (src / "b" / "labels.csv").write_text("green.jpg,cool\ndeep/blue.webp,cool\n")
+    ws2 = imp(zip_of(src, tmp_path / "n.zip"), home, name="n")
+    gt2 = ws2.ground_truth
+    assert {p for p, i in zip(ws2.paths, gt2.labels) if i >= 0} == {"b/green.jpg", "b/deep/blue.webp"}
+
+
+def test_idx_folder_as_distributed_imports_with_labels(tmp_path, home):
+    """The four Fashion-MNIST files in one folder (train and t10k, images and labels, gzipped)."""
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    x_train, x_test = rng.integers(0, 256, (5, 28, 28), np.uint8), rng.integers(0, 256, (3, 28, 28), np.uint8)
+    y_train, y_test = np.array([0, 9, 3, 3, 1], np.uint8), np.array([2, 0, 9], np.uint8)
+    write_idx(folder / "train-images-idx3-ubyte.gz", x_train)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", y_train)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", x_test)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", y_test)
+    ws = imp(folder, home, resolution=28)
+    assert ws.n == 8 and ws.import_report["kind"] == "idx"
+    assert ws.paths[:3] == ["t10k/000000", "t10k/000001", "t10k/000002"] and ws.paths[3] == "train/000000"
+    got = [ws.ground_truth.names[i] for i in ws.ground_truth.labels]
+    assert got == [str(v) for v in list(y_test) + list(y_train)]
+    np.testing.assert_array_equal(ws.images[3][..., 0], x_train[0])  # grey at the same size: unchanged
+
+
 @pytest.mark.parametrize("text", ["a/red.png\n", "a/red.png,x\na/red.png,y\n", "path,label\n"])
 def test_bad_labels_csv(tmp_path, home, text):
     src = make_folder(tmp_path / "src")

@@ -147,18 +147,28 @@ def test_weights_file_for_both_towers(ws, tmp_path):
 
 
 def test_offline_message_names_imagenet_and_weights(ws, home, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    from cedm import hub
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf"))  # an empty cache
+    monkeypatch.setenv("CEDM_ALLOW_DOWNLOADS", "0")  # restored afterwards, though --allow-downloads sets it
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CedmError) as e:
         labels.clip_pseudo_labels(ws, NAMES)  # ViT-B-32 LAION-2B from the hub
     msg = str(e.value)
-    assert "could not be downloaded" in msg and "--imagenet" in msg and "--weights" in msg and "ViT-B-32" in msg
+    assert "downloads are off" in msg and "--allow-downloads" in msg
+    assert "--imagenet" in msg and "--weights" in msg and "ViT-B-32" in msg
     assert "\n" not in msg and msg.count(". ") == 0  # one sentence
     assert not (ws.root / "artifacts").exists() and not (ws.root / "scratch").exists()
 
-    monkeypatch.delenv("HF_HUB_OFFLINE")  # an unreachable hub is noticed by the quick probe
-    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: False)
-    assert main(["labels", "tiny", "--names", "cat,dog", "--home", str(home), "--device", "cpu"]) == 2
-    assert capsys.readouterr().err.strip() == f"cedm labels: error: {msg}"
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # downloads allowed, the hub unreachable: noticed by the quick probe
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: False)
+    assert main(["--allow-downloads", "labels", "tiny", "--names", "cat,dog", "--home", str(home),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cedm labels: error: the open_clip ViT-B-32 (laion2b_s34b_b79k) weights could not be "
+                          "downloaded (cannot reach the model hub at https://huggingface.co)") and "--imagenet" in err
     assert not (ws.root / "artifacts").exists()
 
 
@@ -241,6 +251,36 @@ def test_cluster_names_shares(ws):
     # ImageNet names are shown by their first synonym; a cluster without labelled images says so
     assert labels.describe(3, [("tabby, tabby cat", 0.5)]) == "cluster 3: tabby 50%"
     assert labels.top_labels([0, 1], [0, -1], ["a"])[1] == []
+
+
+def test_honest_cluster_titles_renames_and_search(ws):
+    """A guessed name says where it comes from and shows only above the threshold; a user's name wins, is kept
+    in the workspace and is removed by an empty name; search finds file names, cluster names and labels."""
+    clusters = np.array([5, 5, 5, 5, 7, 7, 7, 7, 5, 7])
+    lab = np.array([0, 0, 0, 1, 2, 2, 0, 1, 0, 3])  # cluster 5: cat 80%; cluster 7: car 40% (below 50%)
+    save_labeling(ws, "clu", clusters, [f"cluster {i}" for i in range(8)])
+    save_labeling(ws, "lab", lab, ["cat", "dog", "car", "bus"], params={"kind": "clip"})
+    assert labels.label_source(ws, "labels:lab") == "CLIP guess"
+    assert labels.label_source(ws, "gt") == "ground truth"
+    titles = labels.cluster_titles(ws, "labels:clu", "labels:lab")
+    assert titles == {5: "CLIP guess: cat 80%"}  # cluster 7 has no confident name: shown by its id
+    assert labels.cluster_titles(ws, "labels:clu", "labels:lab", threshold=0.3)[7] == "CLIP guess: car 40%"
+    assert labels.rename_cluster(ws, "labels:clu", 7, "  vehicles  ") == {7: "vehicles"}
+    assert labels.cluster_titles(ws, "labels:clu", "labels:lab") == {5: "CLIP guess: cat 80%", 7: "vehicles"}
+    assert labels.cluster_renames(ws, "labels:clu") == {7: "vehicles"}  # stored, read back
+    with pytest.raises(CedmError, match="not a cluster"):
+        labels.rename_cluster(ws, "labels:clu", 6, "nothing here")
+    with pytest.raises(CedmError, match="60 characters"):
+        labels.rename_cluster(ws, "labels:clu", 5, "x" * 61)
+    # search: cluster names and labels (clusters resolve to their original ids 5 and 7)
+    assign = clusters
+    found = labels.search_rows(ws, "VEHIC", assign, labels.cluster_titles(ws, "labels:clu"))
+    assert found.tolist() == np.flatnonzero(clusters == 7).tolist()
+    assert labels.search_rows(ws, "dog", assign, {}, "labels:lab").tolist() == np.flatnonzero(lab == 1).tolist()
+    assert labels.search_rows(ws, ws.paths[3], assign).tolist() == [3]
+    with pytest.raises(CedmError, match="type something"):
+        labels.search_rows(ws, "  ")
+    assert labels.rename_cluster(ws, "labels:clu", 7, "") == {}  # an empty name gives the guess back
 
 
 # --- command line ----------------------------------------------------------------------------------------

@@ -2,8 +2,18 @@
 
 Upper bound: TEMI with gamma = 0.6 pushes towards using every cluster, so the utilization ratio
 r_C = C_u / C (C_u = clusters with at least one image) stays near 1 until C exceeds what the data supports.
-Double C from C0 until r_C < alpha, then bisect between the last passing and the first failing C;
-C_max = the largest C with r_C >= alpha. That is O(log2(C_max / C0)) TEMI runs.
+The paper: double C until r_C < alpha, then a finer grid; C_max = the highest C with r_C >= alpha. Here:
+
+1. doubling C0, 2 C0, ... until r_C < alpha twice in a row (one failing doubling followed by a passing one is
+   a dip of a non-monotone r_C, as the official CIFAR-10 curve has at C = 150, and the doubling goes on);
+2. a grid of GRID_INTERVALS equal steps between the last passing and the first failing doubling;
+3. exact bisection to 1 between the highest robust grid point and the next grid point above it.
+
+The rule that reads C_max off the evaluated points (``c_max_from_curve``): with the points sorted by C,
+C_max is the largest C with r_C >= alpha whose three-point window (its lower and upper evaluated
+neighbours and itself) has a majority >= alpha. An isolated pass between two failures is noise and is not
+C_max; an isolated failure between two passes does not end the range. On a monotone curve this is exactly
+the largest C with r_C >= alpha. Cost: about log2(C_max / C0) + GRID_INTERVALS + log2(grid step) runs.
 
 Lower bound: TEMI with gamma = 1 started from a large C collapses onto C* clusters (partial collapse).
 """
@@ -41,17 +51,35 @@ class LowerBoundResult:
     result: object = None        # the ClusterResult
 
 
-def search_upper_bound(utilization: Callable[[int], float], c_limit: int, c0: int = 10, alpha: float = ALPHA,
-                       rel_tol: float = 0.05) -> tuple[int | None, dict, bool, str]:
-    """Doubling then bisection on r_C = utilization(C). Returns (C_max, {C: r_C}, complete, message).
+GRID_INTERVALS = 4
 
-    The bisection stops when the gap between passing and failing C is at most max(1, rel_tol * C)."""
+
+def c_max_from_curve(curve, alpha: float = ALPHA) -> int | None:
+    """The largest C whose r_C >= alpha and whose three-point window (evaluated neighbours below and above)
+    is at least two thirds >= alpha; None when no C >= 2 qualifies. ``curve``: (C, r_C) pairs or a dict.
+    C = 1 counts as a passing point (one cluster is always used), the lower neighbour of the smallest C."""
+    pts = sorted({1: 1.0, **dict(curve)}.items())
+    ok = [r >= alpha for _, r in pts]
+    best = None
+    for i, (c, _) in enumerate(pts):
+        window = ok[max(0, i - 1):i + 2]
+        if ok[i] and sum(window) * 2 > len(window):
+            best = c
+    return int(best) if best is not None and best >= 2 else None
+
+
+def search_upper_bound(utilization: Callable[[int], float], c_limit: int, c0: int = 10, alpha: float = ALPHA,
+                       grid: int = GRID_INTERVALS) -> tuple[int | None, dict, bool, str]:
+    """Doubling, a grid, then exact bisection on r_C = utilization(C) (module docstring).
+    Returns (C_max, {C: r_C}, complete, message)."""
     c_limit = int(c_limit)
     if not 2 <= c0 <= c_limit:
         raise CedmError(f"the starting number of clusters must be between 2 and {c_limit} (the number of "
                         f"images), got {c0}")
     if not 0 < alpha <= 1:
         raise CedmError(f"alpha must be in (0, 1], got {alpha}")
+    if int(grid) < 1:
+        raise CedmError(f"the grid needs at least 1 interval, got {grid}")
     r: dict[int, float] = {}
 
     def passes(c: int) -> bool:
@@ -59,25 +87,39 @@ def search_upper_bound(utilization: Callable[[int], float], c_limit: int, c0: in
             r[c] = float(utilization(c))
         return r[c] >= alpha
 
-    lo, c = None, int(c0)
-    while passes(c):
-        lo = c
-        if c >= c_limit:
-            return c, r, False, (f"r_C stayed >= {alpha} up to C = {c}, the number of images: there is no "
-                                 f"bound below the dataset size (C_max >= {c})")
-        c = min(2 * c, c_limit)
-    hi = c
-    if lo is None:  # already the first C fails: look below it (C = 1 trivially passes)
-        lo = 1
-    while hi - lo > max(1, int(rel_tol * lo)):
-        mid = (lo + hi) // 2
-        if passes(mid):
-            lo = mid
+    # 1. doubling; a failure is confirmed by the next doubling failing too (or the dataset size)
+    lo, hi, c = None, None, int(c0)
+    while True:
+        if passes(c):
+            lo, hi = c, None
+        elif hi is None:
+            hi = c
         else:
-            hi = mid
-    if lo < 2:
+            break  # two failures in a row: the range ends at the first of them
+        if c >= c_limit:
+            break
+        c = min(2 * c, c_limit)
+    if hi is None:
+        return c, r, False, (f"r_C stayed >= {alpha} up to C = {c}, the number of images: there is no "
+                             f"bound below the dataset size (C_max >= {c})")
+    lo = lo if lo is not None else 1  # already the first C fails: look below it (C = 1 trivially passes)
+    # 2. the grid between the last passing and the first failing doubling
+    step = max(1, -(-(hi - lo) // int(grid)))
+    for g in range(lo + step, hi, step):
+        passes(g)
+    # 3. exact bisection between the highest robust grid point and the next evaluated C above it
+    a = c_max_from_curve(r, alpha) or 1
+    b = min([k for k in r if k > a], default=hi)
+    while b - a > 1:
+        mid = (a + b) // 2
+        if passes(mid):
+            a = mid
+        else:
+            b = mid
+    c_max = c_max_from_curve(r, alpha)
+    if c_max is None or c_max < 2:
         return None, r, True, f"r_C < {alpha} already for C = 2: TEMI does not use even two clusters fully"
-    return lo, r, True, ""
+    return c_max, r, True, ""
 
 
 def _source(source, backbone, weights):
@@ -88,7 +130,7 @@ def _source(source, backbone, weights):
 
 
 def upper_bound(source, c0: int = 10, alpha: float = ALPHA, *, seed: int = 0, backbone=None, weights=None,
-                rel_tol: float = 0.05, device=None, progress=None, **temi_kw) -> BoundResult:
+                grid: int = GRID_INTERVALS, device=None, progress=None, **temi_kw) -> BoundResult:
     """C_max for features (an (N, D) array) or a workspace (TEMI runs cached per C, seed and settings)."""
     from cedm.clusters.temi import mine_neighbors, resolve_settings, temi
     from cedm.device import resolve_device
@@ -117,10 +159,11 @@ def upper_bound(source, c0: int = 10, alpha: float = ALPHA, *, seed: int = 0, ba
         runs[c] = res
         return res.utilization
 
-    c_max, r, complete, message = search_upper_bound(utilization, n, c0, alpha, rel_tol)
+    c_max, r, complete, message = search_upper_bound(utilization, n, c0, alpha, grid)
     if ws is not None:  # keep the curve itself (small), so it outlives the clusterings that made it
         _save_curve(ws, STAGE_UPPER, dict(backbone=backbone, weights=weights, seed=seed, device=device, **temi_kw),
-                    {"c0": c0, "alpha": alpha}, {"curve": sorted(r.items()), "c_max": c_max, "complete": complete})
+                    {"c0": c0, "alpha": alpha, "search": f"doubling+grid{int(grid)}+bisection"},
+                    {"curve": sorted(r.items()), "c_max": c_max, "complete": complete})
     if progress:
         progress(len(runs), len(runs), "bound done")
     return BoundResult(c_max=c_max, alpha=alpha, curve=sorted(r.items()), n_runs=trained[0],
@@ -190,3 +233,21 @@ def cached_curve(ws, backbone=None, weights=None, seed: int = 0, device=None, **
         if p.get("n_used") is not None and {k: p.get(k) for k in ref} == ref:
             out[int(c)] = p["n_used"] / int(c)
     return sorted(out.items())
+
+
+def c_max_of(curve: list[tuple[int, float]], alpha: float = ALPHA) -> int | None:
+    """C_max from measured points: the largest passing C below the smallest failing one (None if no C fails)."""
+    failing = [c for c, r in curve if r < alpha]
+    if not failing:
+        return None
+    passing = [c for c, r in curve if r >= alpha and c < min(failing)]
+    return max(passing) if passing else None
+
+
+def c_star_of(ws, backbone: str) -> int | None:
+    """C* (appendix C.2) when a gamma = 1 TEMI run is cached: the clusters it used (largest start C)."""
+    from cedm.clusters.labelings import list_clusterings
+
+    runs = [p for p in list_clusterings(ws) if p.get("method") == "temi" and p.get("backbone") == backbone
+            and (p.get("temi") or {}).get("gamma") == 1.0 and p.get("n_used") is not None]
+    return int(max(runs, key=lambda p: p["n_clusters"])["n_used"]) if runs else None

@@ -5,9 +5,13 @@ everything that changes the result (method, C, backbone, seed, TEMI settings), s
 the bound's utilization curve grows run by run. Named labelings (e.g. CLIP pseudo-labels) live in stage
 ``labelings``. ``resolve(ws, spec)`` turns a spec into the Labeling that C-EDM conditions on:
 
-    kmeans:C    k-means with C clusters          temi:C    TEMI with C clusters
+    kmeans:C    k-means with C clusters (Euclidean on raw features, the paper's; ``kmeans_metric`` overrides)
+    skmeans:C   spherical k-means (cosine, L2-normalised features; the shipped demo models' clustering)
+    temi:C      TEMI with C clusters
     gt          the workspace's ground truth     labels:NAME  a labeling saved with save_labeling
     rows:NAME   a named set of rows (a selection, few-shot picks): 1 = in the set, 0 = the rest
+    self:K@MODEL  the prototypes a self:K model (online self-guidance) assigned to each image at its last
+                checkpoint (MODEL: the model's name in this workspace)
 """
 from __future__ import annotations
 
@@ -23,21 +27,22 @@ from cedm.device import resolve_device
 from cedm.errors import CedmError
 
 STAGE_CLUSTERS, STAGE_KNN, STAGE_LABELINGS, STAGE_ROWSETS = "clusters", "knn", "labelings", "rowsets"
-METHODS = ("kmeans", "temi")
+METHODS = ("kmeans", "skmeans", "temi")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 # --- features and neighbours ---------------------------------------------------------------------
 def resolve_backbone(backbone: str | None) -> str:
-    if backbone:
-        return backbone
     from cedm import features
+    if backbone:
+        return features.backbones.canonical_name(backbone)  # denoiser:M -> with its sigma/block defaults
     return features.DEFAULT_BACKBONE
 
 
-def workspace_features(ws, backbone: str | None = None, weights: str | None = None) -> np.ndarray:
+def workspace_features(ws, backbone: str | None = None, weights: str | None = None,
+                       normalized: bool = True) -> np.ndarray:
     from cedm import features  # written alongside this module; imported only when a workspace is used
-    return features.get_features(ws, resolve_backbone(backbone), weights=weights, normalized=True)
+    return features.get_features(ws, resolve_backbone(backbone), weights=weights, normalized=normalized)
 
 
 def _features_key(backbone, weights) -> dict:
@@ -62,17 +67,39 @@ def workspace_neighbors(ws, backbone=None, weights=None, m: int = 50, feats: np.
 
 
 # --- clustering a workspace ----------------------------------------------------------------------
+def kmeans_method(method: str, kmeans_metric: str | None = None) -> str:
+    """'kmeans' (Euclidean) or 'skmeans' (spherical) for a k-means request; other methods unchanged."""
+    if method != "kmeans":
+        if kmeans_metric is not None and method != "skmeans":
+            raise CedmError("--kmeans-metric applies to k-means only")
+        return method
+    from cedm.clusters.kmeans import check_metric
+    return "skmeans" if check_metric(kmeans_metric) == "spherical" else "kmeans"
+
+
+def spec_method(params: dict) -> str:
+    """The spec name of a cached clustering's params: k-means without a recorded metric is spherical (keys
+    written before the metric existed, e.g. the shipped demo's clusterings, stay addressable as skmeans:C)."""
+    if params.get("method") == "kmeans" and "metric" not in params:
+        return "skmeans"
+    return params.get("method")
+
+
 def cluster_params(ws, method: str, n_clusters: int, backbone=None, weights=None, seed: int = 0, device=None,
-                   **temi_kw) -> dict:
+                   kmeans_metric: str | None = None, **temi_kw) -> dict:
     """The cache key of a clustering: everything that changes its result."""
     from cedm.device import resolve_device
 
     temi_kw = {k: v for k, v in temi_kw.items() if v is not None}
     if method not in METHODS:
         raise CedmError(f"unknown clustering method {method!r}: use one of {', '.join(METHODS)}")
+    method = kmeans_method(method, kmeans_metric)
     from cedm.clusters.result import check_n_clusters
-    params = {"method": method, "n_clusters": check_n_clusters(n_clusters, ws.n), "seed": int(seed),
-              **_features_key(backbone, weights)}
+    # spherical k-means keeps the key it had before the metric existed: method 'kmeans', no 'metric'
+    params = {"method": "kmeans" if method == "skmeans" else method,
+              "n_clusters": check_n_clusters(n_clusters, ws.n), "seed": int(seed), **_features_key(backbone, weights)}
+    if method == "kmeans":
+        params["metric"] = "euclidean"
     if method == "temi":
         from cedm.clusters.temi import resolve_settings
         settings = resolve_settings(resolve_device(device), seed=int(seed), **temi_kw)
@@ -88,18 +115,20 @@ def find_clusters(ws, method: str, n_clusters: int, **kw) -> Path | None:
 
 
 def cluster_workspace(ws, method: str, n_clusters: int, backbone=None, weights=None, seed: int = 0,
-                      device=None, progress=None, **temi_kw) -> ClusterResult:
+                      device=None, progress=None, kmeans_metric: str | None = None, **temi_kw) -> ClusterResult:
     """Cluster a workspace's features (cached). ``temi_kw``: TemiConfig settings (heads, epochs, gamma, ...)."""
-    params = cluster_params(ws, method, n_clusters, backbone, weights, seed, device, **temi_kw)
+    params = cluster_params(ws, method, n_clusters, backbone, weights, seed, device, kmeans_metric, **temi_kw)
+    method = spec_method(params)
     found = ws.find_artifact(STAGE_CLUSTERS, params)
     if found is not None:
         return load_clusters(found)
-    feats = workspace_features(ws, backbone, weights)
+    # raw embeddings: TEMI heads and Euclidean k-means take them as they are (the official code's inputs)
+    feats = workspace_features(ws, backbone, weights, normalized=False)
     if len(feats) != ws.n:
         raise CedmError(f"features have {len(feats)} rows but the workspace has {ws.n} images")
-    if method == "kmeans":
+    if method in ("kmeans", "skmeans"):
         from cedm.clusters.kmeans import kmeans
-        res = kmeans(feats, n_clusters, seed=seed)
+        res = kmeans(feats, n_clusters, seed=seed, metric="spherical" if method == "skmeans" else "euclidean")
     else:
         from cedm.clusters.temi import temi
         settings = params["temi"]
@@ -127,7 +156,7 @@ def load_clusters(folder: Path) -> ClusterResult:
         from cedm.clusters.temi import load_head
         head, _ = load_head(folder / "head")
     opt = lambda name: io.load_npy(folder / name) if (folder / name).is_file() else None  # noqa: E731
-    return ClusterResult(method=params["method"], n_clusters=int(params["n_clusters"]),
+    return ClusterResult(method=spec_method(params), n_clusters=int(params["n_clusters"]),
                          assignments=io.load_npy(folder / "assignments.npy"),
                          confidence=io.load_npy(folder / "confidence.npy"),
                          centroids=opt("centroids.npy"), probs=opt("probs.npy"), head=head, params=params,
@@ -135,8 +164,9 @@ def load_clusters(folder: Path) -> ClusterResult:
 
 
 def list_clusterings(ws) -> list[dict]:
-    """Params (plus artifact folder and C_u) of every cached clustering of a workspace, oldest first."""
-    return [{**m["params"], "n_used": m.get("n_used"), "artifact": str(p)}
+    """Params (plus artifact folder and C_u) of every cached clustering of a workspace, oldest first; 'method'
+    is the spec's method name (``skmeans`` for spherical k-means)."""
+    return [{**m["params"], "method": spec_method(m["params"]), "n_used": m.get("n_used"), "artifact": str(p)}
             for p, m in ws.list_artifacts(STAGE_CLUSTERS)]
 
 
@@ -275,7 +305,8 @@ def rows_labeling(ws, name: str) -> Labeling:
 
 def resolve(ws, spec: str, backbone=None, weights=None, seed: int = 0, device=None, progress=None,
             **temi_kw) -> Labeling:
-    """The compacted Labeling for ``spec`` (kmeans:C, temi:C, gt, labels:NAME); clusters are computed if needed."""
+    """The compacted Labeling for ``spec`` (kmeans:C, skmeans:C, temi:C, gt, labels:NAME); clusters are computed
+    if needed."""
     spec = str(spec).strip()
     method, _, arg = spec.partition(":")
     if spec == "gt":
@@ -287,6 +318,8 @@ def resolve(ws, spec: str, backbone=None, weights=None, seed: int = 0, device=No
         return load_labeling(ws, arg).compact()
     if method == "rows" and arg:
         return rows_labeling(ws, arg)
+    if method == "self" and "@" in arg:
+        return self_labeling(ws, spec)
     if method in METHODS:
         try:
             c = int(arg)
@@ -295,4 +328,28 @@ def resolve(ws, spec: str, backbone=None, weights=None, seed: int = 0, device=No
         res = cluster_workspace(ws, method, c, backbone=backbone, weights=weights, seed=seed, device=device,
                                 progress=progress, **temi_kw)
         return from_clusters(res, spec).compact()
-    raise CedmError(f"unknown labeling {spec!r}: use kmeans:C, temi:C, gt, labels:NAME or rows:NAME")
+    raise CedmError(f"unknown labeling {spec!r}: use kmeans:C, skmeans:C, temi:C, gt, labels:NAME, rows:NAME "
+                     "or self:K@MODEL")
+
+
+def self_labeling(ws, spec: str) -> Labeling:
+    """``self:K@MODEL``: the per-image prototypes saved by an online self-guided model of this workspace."""
+    from cedm.model.registry import find_model, list_models
+    from cedm.model.self_guidance import LABELS_FILE
+
+    k_text, _, model = spec.partition(":")[2].partition("@")
+    try:
+        k = int(k_text)
+    except ValueError:
+        raise CedmError(f"bad labeling {spec!r}: expected self:K@MODEL with an integer K") from None
+    name = model if "/" in model else f"{ws.name}/{model}"
+    entry = find_model(list_models(ws, shipped_dirs=()), name)
+    path = entry.path / LABELS_FILE
+    if entry.condition_spec != f"self:{k}" or not path.is_file():
+        raise CedmError(f"model {name!r} is not a self:{k} model with saved assignments")
+    labels = io.load_npy(path).astype(np.int64)
+    if labels.shape != (ws.n,):
+        raise CedmError(f"model {name!r} was trained on other images ({len(labels)} rows, workspace has {ws.n})")
+    return Labeling(name=spec, labels=labels, class_names=[f"prototype {i}" for i in range(k)],
+                    meta={"model": name, "utilization": entry.info.get("condition", {}).get("utilization")}
+                    ).compact()

@@ -29,14 +29,20 @@ import torch.nn.functional as F
 from cedm.clusters.result import ClusterResult, check_n_clusters, l2_normalize
 from cedm.errors import CedmError
 
-# Paper (C-EDM table 8) settings; epochs/heads are the expensive part.
+# The official recipe (C-EDM table 8 and the TEMI repository's commands): 50 heads, 200 epochs, batch 512,
+# AdamW lr 1e-4 per 256 images (linear scaling: 2e-4 at batch 512) after a 20-epoch linear warm-up, then
+# constant (min_lr = lr); teacher EMA momentum constant 0.996 (max_momentum_teacher = 0.996); head
+# in -> 512 -> 256 (nlayers 2) -> L2 -> weight-normalised last layer; raw backbone embeddings as inputs.
 PAPER_HEADS, PAPER_EPOCHS = 50, 200
-# CPU defaults: ~3.4k images x 1280-d must finish in under a minute on 2 cores, which buys a few hundred
-# optimiser steps instead of the paper's ~20k. Fewer heads/epochs pay for it; a smaller batch (more steps per
-# epoch) and a faster teacher EMA (0.99) let those few steps converge. See docs / README for the cost.
 PAPER_SCHEDULE = {"heads": PAPER_HEADS, "epochs": PAPER_EPOCHS, "batch_size": 512, "teacher_momentum": 0.996}
-CPU_SCHEDULE = {"heads": 2, "epochs": 10, "batch_size": 64, "teacher_momentum": 0.99}
+# CPU default: the same recipe, epochs, batch and momentum, with fewer heads (each head costs the same, and
+# the heads only compete for the lowest loss), and for large N at most CPU_MAX_STEPS optimiser steps (the
+# epochs shrink, warm-up in proportion). bench/clustering.py --curve measures what this changes on the demo.
+CPU_MAX_STEPS = 2000
+CPU_SCHEDULE = {"heads": 2, "epochs": PAPER_EPOCHS, "batch_size": 512, "teacher_momentum": 0.996,
+                "max_steps": CPU_MAX_STEPS}
 EXACT_KNN_LIMIT = 100_000  # above this, neighbours come from an approximate (IVF) faiss index
+INPUTS = ("raw", "l2")
 
 
 @dataclass
@@ -45,17 +51,21 @@ class TemiConfig:
     heads: int = PAPER_HEADS
     epochs: int = PAPER_EPOCHS
     batch_size: int = 512
-    lr: float = 1e-4
+    lr: float = 1e-4                    # per 256 images: the optimiser uses lr * batch_size / 256
+    warmup_epochs: int = 20             # linear warm-up of the learning rate from 0
     weight_decay: float = 1e-4
     gamma: float = 0.6                  # the paper's gamma (beta in the official code)
     knn: int = 50                       # m neighbours per image
+    nlayers: int = 2                    # MLP layers before the bottleneck (official default 2)
     hidden_dim: int = 512
     bottleneck_dim: int = 256
     student_temp: float = 0.1
     teacher_temp: float = 0.1
-    teacher_momentum: float = 0.996     # raised to 1 with a cosine schedule, as in the official code
+    teacher_momentum: float = 0.996     # constant, as the official recipe (max_momentum_teacher = 0.996)
     prior_momentum: float = 0.9         # EMA momentum of qhat_t(c)
     freeze_last_layer_epochs: int = 1
+    inputs: str = "raw"                 # 'raw' backbone embeddings (official) or 'l2' (unit rows)
+    max_steps: int | None = None        # cap on optimiser steps (fewer epochs for large N); None = no cap
     seed: int = 0
 
     def settings(self) -> dict:
@@ -136,41 +146,59 @@ def exact_neighbors_torch(x: np.ndarray, m: int, device, chunk: int = 4096) -> n
 
 # --- the heads -----------------------------------------------------------------------------------
 class MultiHead(torch.nn.Module):
-    """H independent heads MLP(in -> hidden -> hidden -> bottleneck, GELU) -> L2-normalise ->
-    weight-normalised linear (bottleneck -> C, no bias), stored stacked so each layer is one batched matmul."""
+    """H independent heads MLP(in -> hidden [-> hidden ...] -> bottleneck, GELU between) -> L2-normalise ->
+    weight-normalised linear (bottleneck -> C, no bias), stored stacked so each layer is one batched matmul.
+
+    ``nlayers`` linear layers before the bottleneck's normalisation (official default 2: in -> 512 -> 256;
+    heads saved before the official recipe had 3). ``inputs``: 'raw' embeddings or 'l2' unit rows; the head
+    applies it itself, so callers pass raw backbone features either way."""
 
     def __init__(self, heads: int, in_dim: int, n_clusters: int, hidden_dim: int = 512, bottleneck_dim: int = 256,
-                 generator=None):
+                 generator=None, nlayers: int = 2, inputs: str = "raw"):
         super().__init__()
-        self.config = {"heads": heads, "in_dim": in_dim, "n_clusters": n_clusters,
-                       "hidden_dim": hidden_dim, "bottleneck_dim": bottleneck_dim}
+        if nlayers < 1:
+            raise CedmError(f"a TEMI head needs at least 1 layer, got {nlayers}")
+        if inputs not in INPUTS:
+            raise CedmError(f"TEMI inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+        self.config = {"heads": heads, "in_dim": in_dim, "n_clusters": n_clusters, "hidden_dim": hidden_dim,
+                       "bottleneck_dim": bottleneck_dim, "nlayers": nlayers, "inputs": inputs}
+        self.inputs = inputs
 
         def weight(i, o, std=0.02):  # truncated normal at +-2 std, as in DINO/TEMI heads
             w = torch.empty(heads, i, o)
             torch.nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std, generator=generator)
             return torch.nn.Parameter(w)
 
-        P = torch.nn.Parameter
-        self.w1, self.b1 = weight(in_dim, hidden_dim), P(torch.zeros(heads, 1, hidden_dim))
-        self.w2, self.b2 = weight(hidden_dim, hidden_dim), P(torch.zeros(heads, 1, hidden_dim))
-        self.w3, self.b3 = weight(hidden_dim, bottleneck_dim), P(torch.zeros(heads, 1, bottleneck_dim))
-        # last layer: weight = g * v / ||v|| per output unit; g starts at 1
-        self.v = P(torch.randn(heads, bottleneck_dim, n_clusters, generator=generator) / math.sqrt(bottleneck_dim))
-        self.g = P(torch.ones(heads, 1, n_clusters))
+        dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
+        self.nlayers = nlayers
+        for k in range(nlayers):  # w1, b1, w2, b2, ...: the names heads saved before had (nlayers 3)
+            setattr(self, f"w{k + 1}", weight(dims[k], dims[k + 1]))
+            setattr(self, f"b{k + 1}", torch.nn.Parameter(torch.zeros(heads, 1, dims[k + 1])))
+        # last layer: weight = g * v / ||v|| per output unit; g starts at 1 (and is trained: norm_last_layer off)
+        self.v = torch.nn.Parameter(torch.randn(heads, bottleneck_dim, n_clusters, generator=generator)
+                                    / math.sqrt(bottleneck_dim))
+        self.g = torch.nn.Parameter(torch.ones(heads, 1, n_clusters))
 
     @property
     def heads(self) -> int:
         return self.w1.shape[0]
 
+    def layers(self):
+        return [(getattr(self, f"w{k + 1}"), getattr(self, f"b{k + 1}")) for k in range(self.nlayers)]
+
     def last_layer(self):
         return self.g * self.v / self.v.norm(dim=1, keepdim=True)
 
+    def prepare(self, x):
+        """The head's input transform applied to (B, D) backbone features."""
+        return F.normalize(x, dim=-1) if self.inputs == "l2" else x
+
     def forward(self, x):
-        """x: (B, D) shared by all heads -> logits (H, B, C)."""
-        gelu = F.gelu
-        h = gelu(torch.matmul(x, self.w1) + self.b1)   # (B, D) @ (H, D, hid) -> (H, B, hid)
-        h = gelu(torch.baddbmm(self.b2, h, self.w2))
-        h = torch.baddbmm(self.b3, h, self.w3)
+        """x: (B, D) prepared features shared by all heads -> logits (H, B, C)."""
+        (w, b), *rest = self.layers()
+        h = torch.matmul(x, w) + b   # (B, D) @ (H, D, hid) -> (H, B, hid)
+        for w, b in rest:
+            h = torch.baddbmm(b, F.gelu(h), w)
         h = F.normalize(h, dim=-1)
         return torch.bmm(h, self.last_layer())
 
@@ -181,10 +209,10 @@ class MultiHead(torch.nn.Module):
         return one
 
     def decay_parameters(self):
-        return [self.w1, self.w2, self.w3, self.v]
+        return [w for w, _ in self.layers()] + [self.v]
 
     def no_decay_parameters(self):
-        return [self.b1, self.b2, self.b3, self.g]
+        return [b for _, b in self.layers()] + [self.g]
 
 
 def temi_loss(student_logits, teacher_logits, prior, gamma: float, student_temp: float, teacher_temp: float):
@@ -206,20 +234,45 @@ def temi_loss(student_logits, teacher_logits, prior, gamma: float, student_temp:
     return 0.5 * (pmi(log_ps[:, :b], log_pt[:, b:]) + pmi(log_ps[:, b:], log_pt[:, :b]))
 
 
+def schedule_steps(n: int, batch_size: int, epochs: int, warmup_epochs: int,
+                   max_steps: int | None = None) -> tuple[int, int, int, int]:
+    """(batch, steps per epoch, epochs, warm-up steps) for N images; ``max_steps`` caps the optimiser steps by
+    running fewer epochs (at least 1), the warm-up shrinking in proportion."""
+    batch = min(int(batch_size), n)
+    steps_per_epoch = max(1, n // batch)  # drop the last incomplete batch, as the official loader does
+    run_epochs = int(epochs)
+    if max_steps is not None and run_epochs * steps_per_epoch > max_steps:
+        run_epochs = max(1, int(max_steps) // steps_per_epoch)
+    warmup_steps = int(round(min(warmup_epochs, epochs) * run_epochs / epochs)) * steps_per_epoch
+    return batch, steps_per_epoch, run_epochs, warmup_steps
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
+    """Linear warm-up from 0 to ``base_lr`` over ``warmup_steps``, then constant (official: min_lr = lr)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * step / (warmup_steps - 1) if warmup_steps > 1 else base_lr
+    return base_lr
+
+
 def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, device=None, progress=None,
          **settings) -> ClusterResult:
-    """Train TEMI heads on (N, D) features and return the best head's clustering.
+    """Train TEMI heads on (N, D) backbone features and return the best head's clustering.
 
-    ``settings`` are TemiConfig fields (heads, epochs, gamma, ...); heads/epochs default to the paper's on a
-    GPU and to the CPU defaults otherwise. ``neighbors`` (N, m) can be passed to reuse mined kNN."""
+    ``settings`` are TemiConfig fields (heads, epochs, gamma, ...); the schedule defaults to the paper's on
+    a GPU and to CPU_SCHEDULE otherwise. ``neighbors`` (N, m) can be passed to reuse mined kNN (neighbours
+    are always mined by cosine similarity)."""
     from cedm.device import resolve_device
 
     dev = resolve_device(device)
     settings = resolve_settings(dev, **settings)
-    x_np = l2_normalize(features)
+    x_np = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
+    if x_np.ndim != 2 or len(x_np) == 0:
+        raise CedmError(f"expected a (N, D) feature matrix, got shape {x_np.shape}")
     cfg = TemiConfig(n_clusters=check_n_clusters(n_clusters, len(x_np)), **settings)
-    if cfg.heads < 1 or cfg.epochs < 1 or cfg.batch_size < 2:
-        raise CedmError("TEMI needs heads >= 1, epochs >= 1 and batch_size >= 2")
+    if cfg.heads < 1 or cfg.epochs < 1 or cfg.batch_size < 2 or cfg.warmup_epochs < 0:
+        raise CedmError("TEMI needs heads >= 1, epochs >= 1, batch_size >= 2 and warmup_epochs >= 0")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise CedmError(f"TEMI max_steps must be at least 1, got {cfg.max_steps}")
     n = len(x_np)
     t0 = time.perf_counter()
     if neighbors is None:
@@ -229,25 +282,30 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
     t_knn = time.perf_counter() - t0
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    x = torch.from_numpy(x_np).to(dev)
+    student = MultiHead(cfg.heads, x_np.shape[1], cfg.n_clusters, cfg.hidden_dim, cfg.bottleneck_dim,
+                        generator=gen, nlayers=cfg.nlayers, inputs=cfg.inputs).to(dev)
+    x = student.prepare(torch.from_numpy(x_np).to(dev))
     nbrs = torch.from_numpy(np.ascontiguousarray(neighbors)).to(dev)
-    student = MultiHead(cfg.heads, x.shape[1], cfg.n_clusters, cfg.hidden_dim, cfg.bottleneck_dim,
-                        generator=gen).to(dev)
     teacher = copy.deepcopy(student).requires_grad_(False)
+    batch, steps_per_epoch, epochs, warmup_steps = schedule_steps(n, cfg.batch_size, cfg.epochs,
+                                                                  cfg.warmup_epochs, cfg.max_steps)
+    base_lr = cfg.lr * batch / 256  # linear scaling rule of the official code
     opt = torch.optim.AdamW([{"params": student.decay_parameters(), "weight_decay": cfg.weight_decay},
-                             {"params": student.no_decay_parameters(), "weight_decay": 0.0}], lr=cfg.lr)
+                             {"params": student.no_decay_parameters(), "weight_decay": 0.0}], lr=base_lr)
     prior = torch.full((cfg.heads, cfg.n_clusters), 1.0 / cfg.n_clusters, device=dev)
 
-    batch = min(cfg.batch_size, n)
-    steps_per_epoch = max(1, n // batch)  # drop the last incomplete batch, as the official loader does
-    total_steps = cfg.epochs * steps_per_epoch
+    total_steps = epochs * steps_per_epoch
+    m = cfg.teacher_momentum
     epoch_losses = torch.zeros(cfg.heads, device=dev)
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen).to(dev)
         pick = torch.randint(nbrs.shape[1], (n,), generator=gen).to(dev)  # fresh neighbour per image
         partner = nbrs[torch.arange(n, device=dev), pick]
         epoch_losses.zero_()
         for step in range(steps_per_epoch):
+            it = epoch * steps_per_epoch + step
+            for group in opt.param_groups:
+                group["lr"] = lr_at(it, base_lr, warmup_steps)
             idx = perm[step * batch:(step + 1) * batch]
             pair = torch.cat([x[idx], x[partner[idx]]])           # [x; x']
             with torch.no_grad():
@@ -260,8 +318,6 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
             if epoch < cfg.freeze_last_layer_epochs:  # last layer frozen at first: helps training start
                 student.v.grad = student.g.grad = None
             opt.step()
-            it = epoch * steps_per_epoch + step
-            m = 1 - (1 - cfg.teacher_momentum) * (math.cos(math.pi * it / total_steps) + 1) / 2
             with torch.no_grad():
                 t_params = list(teacher.parameters())
                 torch._foreach_mul_(t_params, m)
@@ -270,7 +326,7 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
         if not torch.isfinite(epoch_losses).all():
             raise CedmError("TEMI training diverged (non-finite loss); try a lower learning rate")
         if progress:
-            progress(epoch + 1, cfg.epochs, "TEMI epochs")
+            progress(epoch + 1, epochs, "TEMI epochs")
     head_losses = (epoch_losses / steps_per_epoch).cpu().numpy()
     best = int(np.argmin(head_losses))
     head = teacher.select(best).cpu()
@@ -281,18 +337,20 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
                          params=asdict(cfg),
                          info={"seconds": time.perf_counter() - t0, "knn_seconds": t_knn,
                                "best_head": best, "head_losses": head_losses.tolist(),
-                               "steps": total_steps, "device": str(dev)})
+                               "steps": total_steps, "epochs_run": epochs, "lr": base_lr,
+                               "device": str(dev)})
 
 
 # --- using a trained head ------------------------------------------------------------------------
 def predict_proba(head: MultiHead, features, temperature: float = 0.1, batch: int = 8192) -> np.ndarray:
-    """(N, C) float32 cluster probabilities of the first head for new (normalised) features."""
-    x = l2_normalize(features)
+    """(N, C) float32 cluster probabilities of the first head for new images' backbone features (raw; the head
+    applies its own input transform)."""
+    x = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
     dev = head.w1.device
     out = []
     with torch.no_grad():
         for s in range(0, len(x), batch):
-            logits = head(torch.from_numpy(x[s:s + batch]).to(dev))[0]
+            logits = head(head.prepare(torch.from_numpy(x[s:s + batch]).to(dev)))[0]
             out.append(torch.softmax(logits / temperature, dim=-1).float().cpu().numpy())
     return np.concatenate(out)
 
@@ -322,8 +380,9 @@ def load_head(path) -> tuple[MultiHead, dict]:
     try:
         cfg = json.loads(path.with_suffix(".json").read_text())
         arch = {k: int(cfg[k]) for k in ("heads", "in_dim", "n_clusters", "hidden_dim", "bottleneck_dim")}
-        head = MultiHead(**arch)
+        # heads saved before the official recipe: 3 layers on L2-normalised inputs
+        head = MultiHead(**arch, nlayers=int(cfg.get("nlayers", 3)), inputs=str(cfg.get("inputs", "l2")))
         head.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
+    except (OSError, KeyError, ValueError, RuntimeError, CedmError) as e:
         raise CedmError(f"cannot load TEMI head from {path}: {e}") from e
     return head.eval(), cfg

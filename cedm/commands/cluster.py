@@ -1,13 +1,10 @@
 """`cedm cluster`: k-means or TEMI clusters of a workspace's features (cached), with a short summary."""
 from __future__ import annotations
 
-import contextlib
-import csv
-import io as _io
 
-from cedm import io
 from cedm.commands import add_device, add_workspace
 from cedm.errors import CedmError
+from cedm.progress import tqdm_progress  # noqa: F401  (commands bound and labels import it from here)
 
 HELP = "cluster a workspace's features with k-means or TEMI"
 
@@ -25,6 +22,12 @@ def add_temi(p) -> None:
                    help="the paper's TEMI schedule (50 heads, 200 epochs, batch 512, teacher momentum 0.996) even on CPU")
 
 
+def add_kmeans_metric(p) -> None:
+    p.add_argument("--kmeans-metric", choices=["euclidean", "spherical"], default=None,
+                   help="k-means objective: euclidean on the raw features (default, the paper's) or spherical "
+                        "(cosine on L2-normalised features)")
+
+
 def temi_settings(args) -> dict:
     from cedm.clusters.temi import PAPER_SCHEDULE
     kw = dict(PAPER_SCHEDULE) if getattr(args, "paper", False) else {}
@@ -36,34 +39,14 @@ def temi_settings(args) -> dict:
 
 def add_arguments(p) -> None:
     add_workspace(p)
-    p.add_argument("--method", choices=["kmeans", "temi"], default="kmeans")
+    p.add_argument("--method", choices=["kmeans", "skmeans", "temi"], default="kmeans",
+                   help="kmeans (metric from --kmeans-metric), skmeans (= kmeans with --kmeans-metric spherical) or temi")
+    add_kmeans_metric(p)
     p.add_argument("--clusters", "-C", type=int, required=True, help="number of clusters C")
     add_backbone(p)
     add_temi(p)
     p.add_argument("--export", metavar="CSV", default=None, help="write image path, cluster, confidence to CSV")
     add_device(p)
-
-
-@contextlib.contextmanager
-def tqdm_progress():
-    """A ``progress(done, total, desc)`` callback drawing a tqdm bar on stderr."""
-    from tqdm import tqdm
-    bar = None
-
-    def update(done, total, desc):
-        nonlocal bar
-        if bar is None or bar.total != total or bar.desc != desc:
-            if bar is not None:
-                bar.close()
-            bar = tqdm(total=total, desc=desc, leave=False)
-        bar.n = done
-        bar.refresh()
-
-    try:
-        yield update
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def summary_lines(ws, res) -> list[str]:
@@ -77,20 +60,14 @@ def summary_lines(ws, res) -> list[str]:
     if gt is not None and (gt.labels >= 0).any():
         m = metrics.compare(res.assignments, gt.labels)
         lines.append(f"vs ground truth ({m['n_clusters_b']} classes, {m['n_compared']} images): NMI {m['nmi']:.3f}  "
-                     f"AMI {m['ami']:.3f}  ARI {m['ari']:.3f}  accuracy {m['accuracy']:.3f}")
+                     f"AMI {m['ami']:.3f}  ARI {m['ari']:.3f}  {metrics.accuracy_text(m)}")
     return lines
 
 
 def export_csv(ws, res, path) -> None:
-    buf = _io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "cluster", "confidence"])
-    for p, c, conf in zip(ws.paths, res.assignments.tolist(), res.confidence.tolist()):
-        w.writerow([p, c, f"{conf:.6f}"])
-    try:
-        io.write_text(path, buf.getvalue())
-    except OSError as e:
-        raise CedmError(f"cannot write {path}: {e}") from e
+    from cedm.clusters.export import assignments_csv
+
+    assignments_csv(ws, res, path)
 
 
 def run(args) -> int:
@@ -99,8 +76,12 @@ def run(args) -> int:
 
     ws = open_workspace(args.home, args.workspace)
     kw = temi_settings(args) if args.method == "temi" else {}
-    if args.method == "kmeans" and (args.epochs or args.heads or args.paper):
+    if args.method != "temi" and (args.epochs or args.heads or args.paper):
         raise CedmError("--epochs, --heads and --paper apply to --method temi only")
+    if args.kmeans_metric is not None:
+        if args.method == "temi":
+            raise CedmError("--kmeans-metric applies to --method kmeans only")
+        kw["kmeans_metric"] = args.kmeans_metric
     with tqdm_progress() as progress:
         res = cluster_workspace(ws, args.method, args.clusters, backbone=args.backbone, weights=args.weights,
                                 seed=args.seed, device=args.device, progress=progress, **kw)

@@ -67,10 +67,11 @@ def run(args) -> int:
             print(f"  ... {len(counts) - SHOW_LABELS} more labels")
         if args.compare:
             kw = {"backbone": args.backbone, "device": args.device, "progress": progress}
+            from cedm.clusters import metrics
             m = labels.compare_labelings(ws, args.compare, lab.name, **kw)
             print(f"{args.compare} vs {lab.name} ({m['n_compared']} images, {m['n_clusters_a']} vs "
                   f"{m['n_clusters_b']} ids): NMI {m['nmi']:.3f}  AMI {m['ami']:.3f}  ARI {m['ari']:.3f}  "
-                  f"accuracy {m['accuracy']:.3f}")
+                  f"{metrics.accuracy_text(m)}")
             named = labels.cluster_names(ws, args.compare, lab.name, top=3, **kw)
             titles = dict(zip(m["a_ids"], m["a_names"] or m["a_ids"]))  # 'cluster 17', or a class name for gt
             for cid in list(named)[:SHOW_CLUSTERS]:

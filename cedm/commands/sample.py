@@ -35,6 +35,16 @@ def add_arguments(p) -> None:
     p.add_argument("--best-of", type=int, default=1, metavar="K",
                    help="draw K candidates per image and keep the one the clustering head (TEMI, or k-means "
                         "centroids) most confidently puts in the image's cluster; records its confidence")
+    p.add_argument("--probe", default=None, metavar="FOLDER",
+                   help="guide toward a probe's classes (cedm probe): --cluster/--clusters then name probe classes "
+                        "and --guidance is the probe weight w in D + w sigma^2 grad log p(y | x0_hat); --best-of K "
+                        "keeps the candidate the probe finds most probable")
+    p.add_argument("--condition", type=int, default=None,
+                   help="with --probe on a C-EDM: its own trained condition, guided classifier-free at --cfg")
+    p.add_argument("--cfg", type=float, default=1.0, help="with --probe and --condition: the classifier-free weight")
+    p.add_argument("--layout", default=None, metavar="LAYOUT",
+                   help="spatial models: box coordinates x0,y0,x1,y1 (pixels of the model resolution), a mask PNG "
+                        "(pixel value = segment id) or an image whose self-annotation is used (docs/spatial.md)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default=None, help="output folder (default <model>/samples/<settings>)")
     p.add_argument("--threads", type=int, default=None,
@@ -75,12 +85,25 @@ def run(args) -> int:
     if args.batch < 1:
         raise CedmError(f"--batch must be at least 1, got {args.batch}")
     n = args.n if args.n is not None else (len(clusters) if isinstance(clusters, list) else 64)
+    guidance, interval = args.guidance, args.guidance_interval
+    if args.probe is not None:
+        from cedm.probes.kind import probe_spec
+
+        if args.uncond:
+            raise CedmError("--probe guides toward a probe class: leave out --uncond (guidance 0 is unguided)")
+        guidance, interval = probe_spec(args.probe, args.guidance, args.cfg, args.condition, interval), None
+    elif args.condition is not None:
+        raise CedmError("--condition goes with --probe (without it, use --cluster)")
     with InferenceEngine(device=args.device, threads=args.threads, max_batch=args.batch,
                          dtype=args.dtype) as engine:
         info = engine.model_info(model_dir, ema=not args.raw)
         mode = ("uncond" if args.uncond or not info.get("n_conditions") else f"c{args.cluster}"
                 if args.cluster is not None else "list" if args.clusters else "uniform" if args.uniform else "q")
-        best = f"-best{args.best_of}" if args.best_of > 1 else ""
+        best = (f"-best{args.best_of}" if args.best_of > 1 else "") + ("-layout" if args.layout else "")
+        if args.probe is not None:
+            mode = "probe-" + ("q" if args.cluster is None and not args.clusters else
+                               "list" if args.clusters else f"c{args.cluster}")
+            mode += f"-cond{args.condition}-cfg{args.cfg:g}" if args.condition is not None else ""
         out = Path(args.out) if args.out else (
             model_dir / "samples" / f"seed{args.seed}-n{n}-{mode}-w{args.guidance:g}-{args.sampler}{args.steps}{best}")
         bar = tqdm(total=args.steps, unit="step", desc="sample", dynamic_ncols=True)
@@ -91,10 +114,22 @@ def run(args) -> int:
             bar.refresh()
 
         try:
-            images, records = engine.generate(
-                model_dir, n, clusters=clusters, from_q=not args.uniform, uncond=args.uncond,
-                guidance=args.guidance, guidance_interval=args.guidance_interval, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                churn=args.churn, best_of=args.best_of, progress=progress, ema=not args.raw)
+            if args.layout is not None:  # a spatial model under a layout (cedm/model/spatial.py)
+                from cedm.model.spatial import sample_with_layout
+                if args.best_of > 1:
+                    raise CedmError("--best-of is not available with --layout")
+                images, records = sample_with_layout(
+                    model_dir, args.layout, n, device=args.device, ema=not args.raw, clusters=clusters,
+                    from_q=not args.uniform, uncond=args.uncond, guidance=args.guidance,
+                    guidance_interval=args.guidance_interval, steps=args.steps, sampler=args.sampler,
+                    seed=args.seed, churn=args.churn, batch_size=args.batch,
+                    progress=lambda s, t, _d: progress(s, t))
+            else:
+                images, records = engine.generate(
+                    model_dir, n, clusters=clusters, from_q=not args.uniform, uncond=args.uncond,
+                    guidance=guidance, guidance_interval=interval, steps=args.steps,
+                    sampler=args.sampler, seed=args.seed, churn=args.churn, best_of=args.best_of,
+                    progress=progress, ema=not args.raw)
         finally:
             bar.close()
     save_samples(images, records, out, extra={"model": str(model_dir), "ema": not args.raw})

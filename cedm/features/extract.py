@@ -162,7 +162,9 @@ def features_artifact(ws, backbone: str = DEFAULT_BACKBONE, weights=None, device
         raise CedmError(f"batch size must be at least 1, got {batch_size}")
     if int(chunk_rows) < 1:
         raise CedmError(f"chunk_rows must be at least 1, got {chunk_rows}")
-    model = cached_backbone(backbone, weights, device, pretrained)  # fails (offline, bad file) before any write
+    from cedm import hub
+    with hub.download_progress(progress):  # a first use downloads the weights (when allowed), with progress
+        model = cached_backbone(backbone, weights, device, pretrained)  # fails (offline, bad file) before any write
     _compute(ws, model, params, batch_size or default_batch_size(model), int(chunk_rows), progress)
     return ws.find_artifact(STAGE, params)
 
@@ -234,7 +236,8 @@ def _compute(ws, model: Backbone, params: dict, batch_size: int, chunk_rows: int
     # assemble the chunks (one at a time, straight into the artifact file)
     peak = max(float(np.abs(io.load_npy(_chunk_file(scratch, *c), mmap=True)).max()) for c in chunks)
     dtype = np.float16 if peak < FLOAT16_MAX else np.float32
-    info = {"backbone": model.name, "weights": model.weights_id, "n": n, "dim": model.spec.feature_dim,
+    info = {"backbone": model.name, "weights": model.weights_id,
+            "weights_file": getattr(model, "weights_record", None), "n": n, "dim": model.spec.feature_dim,
             "dtype": np.dtype(dtype).name, "device": str(model.device),
             "autocast": str(model.amp_dtype).replace("torch.", "") if model.amp_dtype else "float32",
             "batch_size": batch_size, "seconds": round(seconds, 3),

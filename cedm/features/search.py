@@ -62,3 +62,20 @@ def nearest_neighbours(ws, backbone: str = DEFAULT_BACKBONE, query_features=None
     sims, rows = index.search(l2_normalize(q), int(min(int(k), index.ntotal)))
     rows, sims = rows.astype(np.int64), np.clip(sims, -1.0, 1.0).astype(np.float32)
     return (rows[0], sims[0]) if single else (rows, sims)
+
+
+def more_like(ws, rows, backbone: str = DEFAULT_BACKBONE, k: int = 24, weights=None,
+              progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """"More like these": the k images closest (cosine) to the mean of the given rows' normalised features,
+    leaving out the rows themselves. Returns (rows, cosine), most similar first."""
+    rows = np.unique(np.asarray(rows, dtype=np.int64).reshape(-1))
+    if len(rows) == 0:
+        raise CedmError("select some images first")
+    if rows.min() < 0 or rows.max() >= ws.n:
+        raise CedmError(f"rows must be in 0..{ws.n - 1}")
+    folder = features_artifact(ws, backbone, weights, progress=progress)
+    feats = io.load_npy(folder / FEATURES_FILE, mmap=True)
+    centre = l2_normalize(np.asarray(feats[rows], dtype=np.float32)).mean(0)
+    found, cos = nearest_neighbours(ws, backbone, centre, k=int(k) + len(rows), weights=weights, progress=progress)
+    keep = ~np.isin(found, rows)
+    return found[keep][:int(k)], cos[keep][:int(k)]

@@ -96,7 +96,7 @@ def find_condition_artifact(model_dir, info: dict) -> tuple[Path, dict]:
     cond = info.get("condition") or {}
     spec = str(cond.get("spec", ""))
     method, _, c = spec.partition(":")
-    if method not in ("kmeans", "temi"):
+    if method not in ("kmeans", "skmeans", "temi"):
         raise CedmError(f"sample confidence needs a k-means or TEMI conditioned model; this one is conditioned "
                         f"on {spec or 'nothing recorded'!r}")
     art = cond.get("artifact")

@@ -25,6 +25,7 @@ import contextlib
 import copy
 import logging
 import threading
+import weakref
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -100,6 +101,7 @@ class _FrozenUNet(torch.nn.Module):
     def __init__(self, frozen, config, dtype):
         super().__init__()
         self.frozen, self.config, self._dtype = frozen, config, dtype
+        self.class_embedding = torch.nn.Identity()  # CEDM.forward parks its (training-only) extra embedding here
 
     @property
     def dtype(self):
@@ -122,7 +124,8 @@ def frozen_model(model, dtype=None):
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
             unet = copy.deepcopy(model.unet).to(net_dtype).eval()
-            x = torch.randn(3, 3, R, R, generator=torch.Generator().manual_seed(0)).to(net_dtype)
+            x = torch.randn(3, int(model.unet.config.in_channels), R, R,
+                            generator=torch.Generator().manual_seed(0)).to(net_dtype)
             t = torch.linspace(-1.5, 1.0, 3).to(net_dtype)
             labels = torch.tensor([0, model.uncond_index, 0], dtype=torch.long)
             frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(
@@ -214,8 +217,9 @@ class _Loaded:
 class Ticket:
     """A handle on a submitted request: ``result(timeout)``, ``cancel()``, ``done()``."""
 
-    def __init__(self, engine: "InferenceEngine"):
+    def __init__(self, engine: "InferenceEngine", owner: str | None = None):
         self._engine = engine
+        self.owner = owner  # who asked (e.g. an app session): engine.cancel_owner stops all of theirs
         self._event = threading.Event()
         self._cancel = threading.Event()
         self._lock = threading.Lock()
@@ -346,6 +350,7 @@ class InferenceEngine:
         self._pending: list[_Request] = []   # requests with rows not yet handed to a batch, oldest first
         self._jobs: collections.deque = collections.deque()
         self._open = 0                        # unfinished requests (what max_queue bounds)
+        self._tickets: weakref.WeakSet = weakref.WeakSet()  # submitted tickets (finished ones fall out)
         self._closed = False
         self._worker = threading.Thread(target=self._serve_forever, name="cedm-inference", daemon=True)
         self._worker.start()
@@ -357,7 +362,7 @@ class InferenceEngine:
                uncond: bool = False, guidance=1.0, steps: int | None = None, sampler: str | None = None,
                seed: int = 0, churn: float = 0.0, best_of: int = 1,
                progress: Callable[[int, int], None] | None = None, ema: bool = True,
-               output: str = "uint8", guidance_interval=None) -> Ticket:
+               output: str = "uint8", guidance_interval=None, owner: str | None = None) -> Ticket:
         """Queue a sampling request; returns at once with a :class:`Ticket`.
 
         Arguments as cedm.sampling.generate (``steps``/``sampler`` default to INTERACTIVE_DEFAULTS; validated
@@ -366,7 +371,8 @@ class InferenceEngine:
         derived from it) and keep the one the condition labeling's assigner gives the highest probability of
         the image's cluster; records then carry ``confidence`` and ``candidate``. ``progress(step, steps)``
         is called as the request's images advance. ``output='float'`` returns float32 (n, 3, R, R) in [-1, 1]
-        instead of uint8 images. Raises :class:`EngineBusy` when ``max_queue`` requests are unfinished.
+        instead of uint8 images. ``owner``: a tag (e.g. the app session) that ``cancel_owner`` cancels by.
+        Raises :class:`EngineBusy` when ``max_queue`` requests are unfinished.
         """
         n, seed, best_of = check_request(n, seed, best_of, self.max_request_images)
         if output not in ("uint8", "float"):
@@ -378,7 +384,7 @@ class InferenceEngine:
                                  guidance_interval, churn, info)
         conditional = not uncond and int(info.get("n_conditions", 0)) > 0
         batch_key = (key, settings.normalized(conditional))
-        ticket = Ticket(self)
+        ticket = Ticket(self, owner)
         req = _Request(key, batch_key, Path(model_dir), n, clusters, from_q, uncond, settings, seed, best_of,
                        progress, output, ticket)
         with self._cond:
@@ -389,10 +395,18 @@ class InferenceEngine:
                 raise EngineBusy(f"busy, try again: {self._open} sampling requests are waiting "
                                  f"(limit {self.max_queue})")
             self._open += 1
+            self._tickets.add(ticket)
             self.stats["requests"] += 1
             self._pending.append(req)
             self._cond.notify_all()
         return ticket
+
+    def cancel_owner(self, owner: str) -> int:
+        """Cancel every unfinished request submitted with ``owner`` (a closed tab, a client's cancel); running
+        rows stop at their next sampler step. Returns how many were cancelled."""
+        with self._cond:
+            mine = [t for t in list(self._tickets) if t.owner == owner and not t.done()]
+        return sum(bool(t.cancel()) for t in mine)
 
     def generate(self, model_dir, n: int = 1, timeout: float | None = None, **kw):
         """Blocking ``submit(...).result()``: (uint8 images (n, R, R, 3), records) like sampling.generate."""
@@ -516,6 +530,7 @@ class InferenceEngine:
             if req in self._pending:
                 self._pending.remove(req)
             if req.ticket._finish(value, error):
+                self._tickets.discard(req.ticket)
                 self._open -= 1
                 self.stats["failed" if error is not None and not isinstance(error, Cancelled) else
                            "cancelled" if error is not None else "completed"] += 1
@@ -599,7 +614,13 @@ class InferenceEngine:
 
     def _prepare(self, r: _Request, lm: _Loaded) -> None:
         model = lm.model
-        conds = choose_conditions(model, r.n, r.clusters, r.from_q, r.uncond, r.seed)
+        g = r.settings.guidance
+        prepare = getattr(g.spec, "prepare", None)  # a kind that chooses its own per-image labels (probe)
+        if prepare is not None:
+            r.settings.for_model(model, True)
+            conds = prepare(model, g, r.n, r.clusters, r.from_q, r.seed)
+        else:
+            conds = choose_conditions(model, r.n, r.clusters, r.from_q, r.uncond, r.seed)
         conditional = conds[0] is not None
         r.settings.for_model(model, conditional)  # refuses guidance this model cannot do
         if r.best_of > 1 and not conditional:
@@ -692,21 +713,29 @@ class InferenceEngine:
     def _finish_request(self, r: _Request):
         k, n = r.best_of, r.n
         x, rows, extra = r.out, np.arange(n) * k, [{} for _ in range(n)]
-        if k > 1:  # keep the candidate most probably in its image's cluster
+        g = r.settings.guidance
+        select, describe = getattr(g.spec, "select", None), getattr(g.spec, "describe", None)
+        model = self._load(r.key, r.model_dir).model if select is not None or describe is not None else None
+        if k > 1 and select is not None:  # the kind scores its own rows (probe: its probability of the class)
+            p_want = np.asarray(select(model, g, x, r.conditions)).reshape(n, k)
+        elif k > 1:  # keep the candidate most probably in its image's cluster
             scorer = self.scorer(r.model_dir, r.key[2])
             if scorer is None:
                 raise CedmError("best-of sampling needs a conditional model")
             p = scorer.proba(to_uint8(x))
             want = np.asarray(r.conditions, dtype=np.int64)
             p_want = p[np.arange(len(want)), want].reshape(n, k)
+        if k > 1:
             best = p_want.argmax(1)
             rows = rows + best
             extra = [{"best_of": k, "candidate": int(best[i]), "confidence": float(p_want[i, best[i]])}
                      for i in range(n)]
             x = x[torch.from_numpy(rows)]
-        g = r.settings.guidance.record() if r.conditions[0] is not None else {"guidance": None}
-        records = [{"index": i, "seed": r.seeds[rows[i]], "condition": r.conditions[rows[i]], **g,
-                    **r.settings.record(), **extra[i]} for i in range(n)]
+        grec = g.record() if r.conditions[0] is not None else {"guidance": None}
+        records = [{"index": i, "seed": r.seeds[rows[i]], "condition": r.conditions[rows[i]], **grec,
+                    **r.settings.record(), **extra[i],
+                    **(describe(model, g, r.conditions[rows[i]]) if describe is not None else {})}
+                   for i in range(n)]
         if r.progress is not None and r.last_step != r.steps:
             r.progress(r.steps, r.steps)
         return (x.clone() if r.output == "float" else to_uint8(x)), records

@@ -97,11 +97,27 @@ def _new_unet(config: dict):
     return unet_class()(**config)
 
 
+AUGMENT_FILE = "augment_map.safetensors"
+AUGMENT_KEY = "map_augment.weight"  # in training checkpoints, next to the UNet's own keys
+
+
+def _add_extra_embedding(module, inputs, output):
+    """Forward hook on the UNet's class embedding: adds the pending augmentation embedding (if any), so it
+    reaches every res-block exactly as the time and class embeddings do (diffusers sums them)."""
+    extra = getattr(module, "_cedm_extra", None)
+    return output if extra is None else output + extra.to(output.dtype)
+
+
 # --- the preconditioned denoiser ----------------------------------------------------------------
 class CEDM(nn.Module):
-    """D(x; sigma, c): the EDM-preconditioned denoiser. ``info`` (cedm.model.info.ModelInfo) is saved with it."""
+    """D(x; sigma, c): the EDM-preconditioned denoiser. ``info`` (cedm.model.info.ModelInfo) is saved with it.
 
-    def __init__(self, unet, n_conditions: int, sigma_data: float = SIGMA_DATA, info=None):
+    ``augment_dim`` > 0 adds EDM's augmentation conditioning (cedm.model.augment): a bias-free linear map of
+    the augmentation vector added to the time + class embedding; a zero (or absent) vector leaves the
+    network exactly as without it, which is what sampling uses."""
+
+    def __init__(self, unet, n_conditions: int, sigma_data: float = SIGMA_DATA, info=None,
+                 augment_dim: int = 0):
         super().__init__()
         self.unet = unet
         self.n_conditions = int(n_conditions)
@@ -109,15 +125,40 @@ class CEDM(nn.Module):
         self.info = ModelInfo.from_dict({**dict(info or {}), "n_conditions": self.n_conditions,
                                          "sigma_data": self.sigma_data,
                                          "resolution": int(unet.config.sample_size)})
+        self.spatial_channels = int(unet.config.in_channels) - 3  # > 0: a spatial map joins x (model/spatial.py)
         if unet.config.num_class_embeds != self.n_conditions + 1:
             raise CedmError(f"network has {unet.config.num_class_embeds} class entries, expected "
                             f"{self.n_conditions} conditions + 1")
+        self.augment_dim = int(augment_dim)
+        self.map_augment = None
+        if self.augment_dim > 0:
+            emb_dim = unet.class_embedding.embedding_dim
+            self.map_augment = nn.Linear(self.augment_dim, emb_dim, bias=False)
+            unet.class_embedding.register_forward_hook(_add_extra_embedding)
 
     @classmethod
     def from_preset(cls, preset: str, resolution: int, n_conditions: int, dropout: float | None = None,
-                    info: dict | None = None) -> "CEDM":
+                    info: dict | None = None, augment_dim: int = 0, spatial_channels: int = 0) -> "CEDM":
         info = {"preset": preset, **(info or {})}
-        return cls(_new_unet(unet_config(preset, resolution, n_conditions, dropout)), n_conditions, info=info)
+        config = unet_config(preset, resolution, n_conditions, dropout)
+        config["in_channels"] += int(spatial_channels)
+        return cls(_new_unet(config), n_conditions, info=info, augment_dim=augment_dim)
+
+    def checkpoint_state(self) -> dict:
+        """The trained tensors: the UNet's state dict, plus the augmentation map when there is one."""
+        sd = dict(self.unet.state_dict())
+        if self.map_augment is not None:
+            sd[AUGMENT_KEY] = self.map_augment.weight
+        return sd
+
+    def load_checkpoint_state(self, sd: dict) -> None:
+        sd = dict(sd)
+        aug = sd.pop(AUGMENT_KEY, None)
+        self.unet.load_state_dict(sd)
+        if self.map_augment is not None:
+            if aug is None:
+                raise CedmError("the checkpoint has no augmentation map but the model needs one")
+            self.map_augment.load_state_dict({"weight": aug})
 
     @property
     def resolution(self) -> int:
@@ -128,9 +169,12 @@ class CEDM(nn.Module):
         """The class index of the learned "no condition"."""
         return self.n_conditions
 
-    def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None,
+                augment_labels: torch.Tensor | None = None, spatial: torch.Tensor | None = None) -> torch.Tensor:
         """Denoised estimate of x (B,3,R,R) at noise level sigma (scalar or (B,)); labels (B,) in 0..C,
-        None = unconditional (index C)."""
+        None = unconditional (index C); ``augment_labels`` (B, augment_dim) only in training (None = zero).
+        ``spatial`` (B, spatial_channels, R, R): the layout map of a spatial model, concatenated to the network
+        input (None: the all-zero "no map")."""
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
         sigma = sigma.expand(x.shape[0], 1, 1, 1)
@@ -142,16 +186,33 @@ class CEDM(nn.Module):
         c_in = 1 / (sigma ** 2 + sd ** 2).sqrt()
         c_noise = sigma.flatten().log() / 4
         dtype = self.unet.dtype
-        F_x = self.unet((c_in * x).to(dtype), c_noise.to(dtype), class_labels=class_labels.long(),
-                        return_dict=False)[0]
+        extra = None
+        if augment_labels is not None and self.map_augment is not None:
+            if augment_labels.shape != (x.shape[0], self.augment_dim):
+                raise CedmError(f"augmentation vectors must have shape ({x.shape[0]}, {self.augment_dim}), "
+                                f"got {tuple(augment_labels.shape)}")
+            extra = self.map_augment(augment_labels.to(self.map_augment.weight.dtype))
+        inp = c_in * x
+        if self.spatial_channels:
+            from cedm.model.spatial import network_input
+            inp = network_input(inp, spatial, self.spatial_channels)
+        emb = self.unet.class_embedding
+        emb._cedm_extra = extra
+        try:
+            F_x = self.unet(inp.to(dtype), c_noise.to(dtype), class_labels=class_labels.long(),
+                            return_dict=False)[0]
+        finally:
+            emb._cedm_extra = None
         return c_skip * x + c_out * F_x.to(torch.float32)
 
 
 def edm_loss(model: CEDM, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
-             P_mean: float = P_MEAN, P_std: float = P_STD) -> torch.Tensor:
+             P_mean: float = P_MEAN, P_std: float = P_STD, augment_labels: torch.Tensor | None = None,
+             spatial: torch.Tensor | None = None) -> torch.Tensor:
     """EDM training loss: sigma log-normal, weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2.
 
-    ``images`` are in [-1, 1]; ``labels`` already carry the dropout to the "no condition" index.
+    ``images`` are in [-1, 1] (already augmented, with their ``augment_labels``, when augmentation is on);
+    ``labels`` already carry the dropout to the "no condition" index.
     Returns the per-image loss (B,), averaged over pixels.
     """
     b = images.shape[0]
@@ -160,7 +221,10 @@ def edm_loss(model: CEDM, images: torch.Tensor, labels: torch.Tensor, generator:
     sd = model.sigma_data if not hasattr(model, "module") else model.module.sigma_data
     weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
     noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma
-    denoised = model(images + noise, sigma.flatten(), labels)
+    extra = {} if spatial is None else {"spatial": spatial}  # layout maps of a spatial model (model/spatial.py)
+    if augment_labels is not None:
+        extra["augment_labels"] = augment_labels
+    denoised = model(images + noise, sigma.flatten(), labels, **extra)
     return (weight * (denoised - images) ** 2).mean(dim=(1, 2, 3))
 
 
@@ -178,9 +242,13 @@ def save_model(out_dir, ema: CEDM, raw: CEDM | None = None, info: dict | None = 
             continue
         with io.atomic_dir(out_dir / sub) as tmp:
             m.unet.save_pretrained(tmp, safe_serialization=True)
+            if m.map_augment is not None:
+                from safetensors.torch import save_file
+                save_file({"weight": m.map_augment.weight.detach().cpu().contiguous()}, str(tmp / AUGMENT_FILE))
     meta = ModelInfo.from_dict({**dict(ema.info), **dict(info or {})}).updated(
         format=MODEL_FORMAT, format_version=MODEL_FORMAT_VERSION, sigma_data=ema.sigma_data,
-        resolution=ema.resolution, n_conditions=ema.n_conditions)
+        resolution=ema.resolution, n_conditions=ema.n_conditions,
+        **({"augment_dim": ema.augment_dim} if ema.augment_dim else {}))
     io.write_json(out_dir / "cedm.json", meta.to_dict())
     ema.info = meta
     return out_dir
@@ -216,7 +284,15 @@ def load_model(model_dir, device="cpu", ema: bool = True) -> CEDM:
                                            low_cpu_mem_usage=False)
     except (OSError, ValueError, EnvironmentError) as e:
         raise CedmError(f"cannot load the network in {sub}: {e}") from e
-    model = CEDM(unet, info["n_conditions"], info.get("sigma_data", SIGMA_DATA), info=info)
+    augment_dim = int(info.get("augment_dim", 0))  # models saved before augmentation existed: 0
+    model = CEDM(unet, info["n_conditions"], info.get("sigma_data", SIGMA_DATA), info=info, augment_dim=augment_dim)
+    if augment_dim:
+        from safetensors.torch import load_file
+        try:
+            w = load_file(str(sub / AUGMENT_FILE))["weight"]
+            model.map_augment.load_state_dict({"weight": w})
+        except (OSError, KeyError, RuntimeError) as e:
+            raise CedmError(f"cannot load the augmentation conditioning in {sub}: {e}") from e
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -40,6 +40,16 @@ class ModelEntry:
         return f"{self.name} · {cond} · {self.info.get('resolution', '?')} px"
 
 
+def guidance_note(entry: ModelEntry) -> str | None:
+    """Why classifier-free guidance is not possible with this model, or None when it is."""
+    if entry.n_conditions == 0:
+        return "This model is unconditional: it has no clusters, so there is nothing to guide towards."
+    if entry.p_uncond <= 0:
+        return ("This model was trained without label dropout (p_uncond = 0): it has no unconditional branch, "
+                "so only guidance 1 (plain conditional) is possible.")
+    return None
+
+
 def _scan(folder: Path, source: str, prefix: str = "") -> list[ModelEntry]:
     found = []
     if not folder.is_dir():

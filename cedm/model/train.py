@@ -54,7 +54,8 @@ class TrainConfig:
     ema_rampup_ratio: float | None = 0.05  # EMA half-life at most this fraction of the images seen so far
     p_uncond: float = 0.1  # label dropout: probability of training a conditional image as unconditional
     xflip: bool = True
-    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    grad_clip: float = 1.0  # max gradient norm; 0 disables (the official EDM code does not clip)
+    augment: float = 0.0  # EDM's non-leaking augmentation probability (paper: 0.12-0.15); 0 = off
     dropout: float | None = None  # None: the preset's
     seed: int = 0
     precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16
@@ -63,10 +64,11 @@ class TrainConfig:
     n_sample: int = 16
     keep_checkpoints: int = 2
     log_every: int = 10  # steps between log lines
+    init: str | None = None  # start from this trained model's weights (a model folder; see init_weights)
 
     # Fields that must not change when a run is resumed (the schedule and the data stream depend on them).
     FIXED = ("preset", "resolution", "batch", "lr", "lr_rampup_kimg", "ema_halflife_kimg", "ema_rampup_ratio",
-             "p_uncond", "xflip", "grad_clip", "dropout", "seed", "precision")
+             "p_uncond", "xflip", "grad_clip", "dropout", "seed", "precision", "augment")
 
     def resolved(self, data_resolution: int) -> "TrainConfig":
         c = dataclasses.replace(self)
@@ -80,6 +82,8 @@ class TrainConfig:
                 raise CedmError(f"{name} must be positive, got {getattr(c, name)}")
         if not 0 <= c.p_uncond < 1:
             raise CedmError(f"p_uncond must be in [0, 1), got {c.p_uncond}")
+        if not 0 <= c.augment <= 1:
+            raise CedmError(f"augment must be a probability in [0, 1], got {c.augment}")
         if c.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise CedmError(f"precision must be auto, fp32, bf16 or fp16, got {c.precision!r}")
         return c
@@ -243,7 +247,8 @@ ProgressFn = Callable[[int, int, str], None]
 def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_dir, config: TrainConfig | None = None,
           q: list[float] | None = None, progress: ProgressFn | None = None, resume: bool = False,
           condition: dict | None = None, provenance: dict | None = None, device=None, max_steps: int | None = None,
-          show_progress: bool = True, should_stop: Callable[[], bool] | None = None) -> Path:
+          show_progress: bool = True, should_stop: Callable[[], bool] | None = None, spatial=None,
+          self_guidance=None) -> Path:
     """Train a C-EDM model on uint8 ``images`` (N, R, R, 3) (a memmap is fine: batches are read row by row).
 
     ``labels``: int per image in 0..C-1, -1 = no condition (trained as unconditional); None when C = 0.
@@ -253,10 +258,13 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     without it, an ``out_dir`` that already holds a model is refused.
     ``max_steps``: stop (with a checkpoint) after this many steps in this call; a later ``resume`` goes on.
     ``should_stop()``: asked after every step; True stops the same way (a Stop button; single process only).
-    Under torchrun every rank calls this; rank 0 writes. Returns the model folder.
+    ``spatial``: a cedm.model.spatial.SpatialData (per-image layout maps concatenated to the input).
+    ``self_guidance``: a cedm.model.self_guidance.SelfGuidanceConfig: the model labels its own images
+    (``n_conditions`` = its K, ``labels`` None). Under torchrun every rank calls this; rank 0 writes.
+    Returns the model folder.
     """
     config = (config or TrainConfig()).resolved(images.shape[1] if hasattr(images, "shape") else 0)
-    labels = _check_data(images, labels, int(n_conditions))
+    labels = _check_data(images, labels, 0 if self_guidance is not None else int(n_conditions))
     C = int(n_conditions)
     out_dir = Path(out_dir)
     train_dir = out_dir / "training"
@@ -271,16 +279,25 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
         raise CedmError(f"per-process batch {per_rank} is not divisible by batch_gpu {micro}")
     if q is not None and (len(q) != C or min(q, default=0) < 0 or (C and abs(sum(q) - 1) > 1e-4)):
         raise CedmError(f"q(c) must be {C} non-negative numbers summing to 1")
-    q = list(map(float, q)) if q is not None else empirical_q(labels, C)
+    q = list(map(float, q)) if q is not None else [1 / C] * C if self_guidance is not None else empirical_q(labels, C)
 
     checkpoints = list_checkpoints(train_dir)
     if not resume and ((out_dir / "cedm.json").exists() or checkpoints):
         raise CedmError(f"{out_dir} already holds a model; resume it (--resume) or choose another output name")
     fingerprint = data_fingerprint(images, labels)
+    if spatial is not None:
+        from cedm.model.spatial import check_spatial_data
+        fingerprint["spatial"] = check_spatial_data(spatial, images, C)
 
     # Model, EMA, optimizer.
     torch.manual_seed(config.seed)  # the initial weights depend on the seed only
-    net = CEDM.from_preset(config.preset, config.resolution, C, dropout=config.dropout).to(dist.device).train()
+    from cedm.model.augment import edm_pipe
+    pipe = edm_pipe(config.augment) if config.augment > 0 else None
+    net = CEDM.from_preset(config.preset, config.resolution, C, dropout=config.dropout,
+                           augment_dim=pipe.dim if pipe else 0,
+                           spatial_channels=spatial.channels if spatial is not None else 0).to(dist.device).train()
+    if config.init and not (resume and checkpoints):  # a resumed run has its own weights
+        init_weights(net, config.init)
     ema = copy_model(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
     amp_dtype, use_scaler = _precision(config.precision, dist.device)
@@ -288,18 +305,27 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     batch_rng = np.random.default_rng([config.seed, 0xBA7C])
     noise_gen = torch.Generator(device=dist.device).manual_seed(config.seed * 1_000_003 + 7919 * dist.rank + 1)
     step, elapsed_before = 0, 0.0
+    online = None
+    if self_guidance is not None:  # the online self-labelling hook (its logic lives in its own module)
+        from cedm.model.self_guidance import OnlineSelfLabels, feature_channels
+        if dist.world > 1:
+            raise CedmError("self:K training runs in one process (launch it without torchrun)")
+        online = OnlineSelfLabels(self_guidance, len(images), feature_channels(
+            config.preset, config.resolution, self_guidance.block), config.seed, dist.device)
 
     if resume and checkpoints:
         meta, tensors = load_checkpoint(checkpoints[-1])
         _check_resume(meta, config, C, fingerprint, dist.world)
-        net.unet.load_state_dict(_unprefixed("net", tensors))
-        ema.unet.load_state_dict(_unprefixed("ema", tensors))
+        net.load_checkpoint_state(_unprefixed("net", tensors))
+        ema.load_checkpoint_state(_unprefixed("ema", tensors))
         _optimizer_from_tensors(opt, tensors, meta["optimizer_param_groups"])
         batch_rng.bit_generator.state = meta["batch_rng"]
         noise_gen.set_state(tensors[f"rng.noise.{dist.rank}"].to(torch.uint8).cpu())
         if meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
         step, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
+        if online is not None:
+            online.load_state(tensors, meta.get("self_guidance") or {})
         config = dataclasses.replace(TrainConfig(**{k: v for k, v in meta["config"].items()
                                                      if k in TrainConfig.__dataclass_fields__}),
                                      kimg=config.kimg, checkpoint_kimg=config.checkpoint_kimg,
@@ -319,7 +345,10 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
                     max(1, round(config.sample_kimg * 1000 / config.batch)) if config.sample_kimg else None)
     info = {"preset": config.preset, "p_uncond": config.p_uncond if C else 0.0,
             "condition": {**(condition or {}), "n_conditions": C, "q": q},
-            "provenance": {**(provenance or {}), "data": fingerprint}}
+            "provenance": {**(provenance or {}), "data": fingerprint,
+                           **({"init": str(config.init)} if config.init else {})}}
+    if spatial is not None:
+        info["spatial"] = spatial.info()
     net.info = ema.info = info
 
     def write_state(done: bool):
@@ -330,15 +359,20 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
             return
         if len(set(digests)) > 1:  # DDP must keep every replica identical (EDM's check_ddp_consistency)
             raise RuntimeError(f"DDP replicas diverged at step {step}: parameter digests {digests}")
-        tensors = {**_prefixed("net", net.unet.state_dict()), **_prefixed("ema", ema.unet.state_dict())}
+        tensors = {**_prefixed("net", net.checkpoint_state()), **_prefixed("ema", ema.checkpoint_state())}
         opt_tensors, groups = _optimizer_to_tensors(opt)
         tensors.update(opt_tensors)
         tensors.update({f"rng.noise.{r}": s for r, s in enumerate(states)})
+        if online is not None:
+            tensors.update(online.state_tensors())
+            online.on_checkpoint(ema, images, config.resolution, out_dir, info)
         elapsed = elapsed_before + time.time() - t_start
         meta = {"step": step, "nimg": step * config.batch, "config": config.to_dict(), "n_conditions": C,
                 "data": fingerprint, "world_size": dist.world, "batch_rng": batch_rng.bit_generator.state,
                 "optimizer_param_groups": groups, "scaler": scaler.state_dict() if use_scaler else None,
                 "elapsed_s": elapsed, "cedm_version": __version__, "rank_param_digests": digests}
+        if online is not None:
+            meta["self_guidance"] = online.state_meta()
         save_checkpoint(train_dir, step, tensors, meta, config.keep_checkpoints)
         training = {"kimg_done": step * config.batch / 1000, "kimg_total": config.kimg, "steps": step,
                     "complete": done, "config": config.to_dict(), "world_size": dist.world,
@@ -360,6 +394,9 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     loss_n = 0
     if dist.main:
         train_dir.mkdir(parents=True, exist_ok=True)
+        if spatial is not None:
+            from cedm.model.spatial import save_centroids
+            save_centroids(out_dir, spatial)
         io.write_json(train_dir / "config.json", {"config": config.to_dict(), "n_conditions": C, "q": q,
                                                   "world_size": dist.world})
     net_params = list(net.parameters())
@@ -376,17 +413,36 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
             drop = batch_rng.random(config.batch) < config.p_uncond
             sl = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
             x = load_batch(images, rows[sl], flips[sl], config.resolution, dist.device)
+            aug = None
+            if pipe is not None:  # seeded by (seed, step, rank): resumes exactly with no state to keep
+                aug_gen = torch.Generator(device=dist.device).manual_seed(
+                    (config.seed * 1_000_003 + step) * 2003 + dist.rank + 17)
+                x, aug = pipe(x, generator=aug_gen)
             lab = np.full(per_rank, C, dtype=np.int64) if labels is None else labels[rows[sl]].copy()
             lab[(lab < 0) | drop[sl]] = C  # no label, or dropped for guidance -> the "no condition" index
+            maps = None
+            if spatial is not None:  # layout maps, dropped together with the label (and each alone)
+                map_off, class_off = spatial.draw_drops(batch_rng, config.batch)
+                lab[class_off[sl]] = C
+                maps = spatial.maps(rows[sl], flips[sl], config.resolution, dist.device, ~(drop | map_off)[sl])
             lab = torch.from_numpy(lab).to(dist.device)
+            cond_ctx = contextlib.nullcontext  # a factory: entered once per micro-batch
+            if online is not None:  # self:K: this batch's prototypes (after the warm-up) and the SK update
+                own = online.step(ema, x, rows[sl], nimg, total_steps * config.batch)
+                if own is not None:
+                    lab = torch.where(torch.from_numpy(drop[sl]).to(dist.device), lab, own)
+                cond_ctx = online.condition_context(net, nimg, total_steps * config.batch)  # zero c in warm-up
             torch.manual_seed((config.seed * 1_000_003 + step) * 1009 + dist.rank)  # network dropout
 
             opt.zero_grad(set_to_none=True)
             n_micro = per_rank // micro
             for i in range(n_micro):
                 sync = contextlib.nullcontext() if (i == n_micro - 1 or dist.world == 1) else ddp.no_sync()
-                with sync, torch.autocast(dist.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = edm_loss(ddp, x[i * micro:(i + 1) * micro], lab[i * micro:(i + 1) * micro], noise_gen)
+                with sync, cond_ctx(), torch.autocast(dist.device.type, dtype=amp_dtype,
+                                                      enabled=amp_dtype is not None):
+                    loss = edm_loss(ddp, x[i * micro:(i + 1) * micro], lab[i * micro:(i + 1) * micro], noise_gen,
+                                    augment_labels=None if aug is None else aug[i * micro:(i + 1) * micro],
+                                    spatial=None if maps is None else maps[i * micro:(i + 1) * micro])
                     scaler.scale(loss.sum() / per_rank).backward()
                 loss_sum += loss.detach().sum()
                 loss_n += len(loss)
@@ -420,7 +476,7 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
                 loss_sum.zero_()
                 if dist.main:
                     line = {"step": step, "kimg": step * config.batch / 1000, "loss": mean_loss, "img_per_s": ips,
-                            "lr": lr, "time": now}
+                            "lr": lr, "time": now, **(online.last if online is not None else {})}
                     with open(train_dir / "log.jsonl", "a") as f:
                         f.write(json.dumps(line) + "\n")
                     desc = f"loss {mean_loss:.4f}  {ips:.1f} img/s"
@@ -446,6 +502,75 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
             bar.close()
     dist.barrier()
     return out_dir
+
+
+def init_weights(net: CEDM, model_dir) -> dict:
+    """Start ``net`` from a trained model's (EMA) weights. The networks must have the same architecture
+    (preset and resolution); their conditions may differ. Every weight is carried except the class embedding:
+    its "no condition" row is carried, and each condition row starts as that row (so a C-EDM made from an
+    unconditional model starts out as that model for every cluster); when the condition counts match, the
+    whole embedding is carried. Returns {"carried": n, "class_rows": "all" | "uncond"}."""
+    from cedm.model.edm import load_model
+
+    src = load_model(model_dir, device="cpu", ema=True)
+    def arch(config) -> dict:  # what shapes the network (lists and tuples alike)
+        return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in dict(config).items()
+                if not k.startswith("_") and k not in ("num_class_embeds", "dropout")}
+
+    a, b = arch(src.unet.config), arch(net.unet.config)
+    if a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise CedmError(f"cannot start from {model_dir}: its network differs from this one ({', '.join(diff)}); "
+                        f"use its preset ({src.info.get('preset')}) and resolution ({src.resolution})")
+    state = src.unet.state_dict()
+    own = net.unet.state_dict()
+    key = "class_embedding.weight"
+    rows = "all"
+    if state[key].shape != own[key].shape:
+        emb = state[key][src.uncond_index].to(own[key].dtype)
+        state[key] = emb.expand_as(own[key]).clone()
+        rows = "uncond"
+    net.unet.load_state_dict(state)
+    return {"carried": len(state), "class_rows": rows}
+
+
+_SPEED: dict = {}
+
+
+def measure_images_per_s(preset: str, resolution: int, n_conditions: int = 0, batch: int = 32, steps: int = 2,
+                         device=None) -> float:
+    """Training speed (images/s) of a preset on this machine, measured on random data over ``steps`` steps
+    after one warm-up step (seconds on a CPU); remembered per (preset, resolution, batch, device)."""
+    from cedm.device import resolve_device
+
+    dev = resolve_device(device)
+    key = (preset, int(resolution), int(batch), str(dev))
+    if key not in _SPEED:
+        torch.manual_seed(0)
+        net = CEDM.from_preset(preset, int(resolution), int(n_conditions)).to(dev).train()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        x = torch.rand(int(batch), 3, int(resolution), int(resolution), device=dev) * 2 - 1
+        lab = torch.full((int(batch),), net.uncond_index, dtype=torch.long, device=dev)
+        t0 = 0.0
+        for i in range(steps + 1):
+            if i == 1:
+                t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            edm_loss(net, x, lab).mean().backward()
+            opt.step()
+        _SPEED[key] = steps * int(batch) / max(time.perf_counter() - t0, 1e-9)
+    return _SPEED[key]
+
+
+def resolve_init(ws, name: str | None) -> str | None:
+    """``--init MODEL``: a model folder, or a model name of cedm.model.registry (shipped or in ``ws``)."""
+    if not name:
+        return None
+    if (Path(name) / "cedm.json").is_file():
+        return str(Path(name))
+    from cedm.model.registry import find_model, list_models
+
+    return str(find_model(list_models(ws), name).path)
 
 
 def _precision(name: str, device: torch.device):
@@ -490,8 +615,9 @@ def _gather_param_digests(net: torch.nn.Module, dist: Dist) -> list[str]:
 
 def _check_resume(meta: dict, config: TrainConfig, C: int, fingerprint: dict, world: int) -> None:
     old = meta["config"]
-    changed = [f"{k} ({old.get(k)} -> {getattr(config, k)})" for k in TrainConfig.FIXED
-               if k != "lr_rampup_kimg" and old.get(k) != getattr(config, k)]
+    fields = TrainConfig.__dataclass_fields__  # a field a checkpoint predates had its default then
+    changed = [f"{k} ({old.get(k, fields[k].default)} -> {getattr(config, k)})" for k in TrainConfig.FIXED
+               if k != "lr_rampup_kimg" and old.get(k, fields[k].default) != getattr(config, k)]
     if meta.get("n_conditions") != C:
         changed.append(f"n_conditions ({meta.get('n_conditions')} -> {C})")
     if meta.get("data") != fingerprint:
@@ -560,13 +686,22 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
                     config: TrainConfig | None = None, resume: bool = False, progress: ProgressFn | None = None,
                     device=None, max_steps: int | None = None, show_progress: bool = True,
                     backbone: str | None = None, should_stop: Callable[[], bool] | None = None,
-                    **overrides) -> Path:
+                    spatial: str | None = None, spatial_options: dict | None = None,
+                    self_guidance: dict | None = None, **overrides) -> Path:
     """Train on a workspace's images conditioned on ``condition_spec`` (``none``, ``kmeans:C``, ``temi:C``,
-    ``labels:NAME``). The model goes to ``out_dir``, default ``<workspace>/models/<name>``
-    (name default ``<spec>-<preset>``). ``overrides`` set TrainConfig fields (kimg=..., batch=...)."""
+    ``labels:NAME``, or ``self:K``: online self-labelling, settings in ``self_guidance``, a dict of
+    SelfGuidanceConfig fields). The model goes to ``out_dir``, default ``<workspace>/models/<name>``
+    (name default ``<spec>-<preset>``). ``overrides`` set TrainConfig fields (kimg=..., batch=...).
+    ``spatial``: ``box`` or ``segments:S`` adds the workspace's self-annotations as a layout condition
+    (cedm.model.spatial; ``spatial_options``: p_drop_map, p_drop_class, weights, pretrained)."""
+    from cedm.model.self_guidance import P_DROP, SelfGuidanceConfig, parse_spec
+    k_self = parse_spec(condition_spec)
+    if k_self is not None and config is None and "p_uncond" not in overrides:
+        overrides["p_uncond"] = P_DROP  # seed 002's condition dropout
     config = dataclasses.replace(config or TrainConfig(), preset=preset, **overrides)
+    config.init = resolve_init(ws, config.init)
     if out_dir is None:
-        name = name or default_model_name(condition_spec, config.preset)
+        name = name or default_model_name(condition_spec + (f"-{spatial}" if spatial else ""), config.preset)
         if _SAFE_NAME.search(name) or name.startswith("."):
             raise CedmError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-'")
         out_dir = ws.derived_dir("models") / name
@@ -574,11 +709,21 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
     # Rank 0 resolves (and may compute and cache) the labeling first; the others then read the cache.
     if not dist.main:
         dist.barrier()
-    labels, C, q, desc = resolve_condition(ws, condition_spec, backbone=backbone)
+    if k_self is None:
+        labels, C, q, desc = resolve_condition(ws, condition_spec, backbone=backbone)
+    else:  # self:K: the model labels its own images while it trains (seed 002, online)
+        self_guidance = SelfGuidanceConfig(k=k_self, **(self_guidance or {})).check()
+        labels, C, q, desc = None, k_self, None, {"spec": f"self:{k_self}", "source": "self"}
+    layouts = None
+    if spatial:
+        from cedm.model.spatial import workspace_spatial
+        opts = dict(spatial_options or {})
+        layouts = workspace_spatial(ws, spatial, opts.pop("backbone", None) or backbone, device=device, **opts)
     if dist.main:
         dist.barrier()
     provenance = {"workspace": ws.name, "workspace_hash": ws.content_hash, "n_images": ws.n,
                   "workspace_resolution": ws.resolution}
     return train(ws.images, labels, C, out_dir, config, q=q if C else None, progress=progress, resume=resume,
                  condition=desc, provenance=provenance, device=device, max_steps=max_steps,
-                 show_progress=show_progress, should_stop=should_stop)
+                 show_progress=show_progress, should_stop=should_stop, spatial=layouts,
+                 self_guidance=self_guidance if k_self is not None else None)

@@ -7,21 +7,20 @@ softmax probability (MSP).
 """
 from __future__ import annotations
 
-import importlib
 import logging
 
 import numpy as np
 
+from cedm.clusters.bound import ALPHA
 from cedm.errors import CedmError
 
 log = logging.getLogger("cedm.ui")
 
-DEFAULT_METHOD, DEFAULT_C = "kmeans", 20  # the shipped demo model conditions on kmeans:20
-METHODS = {"kmeans": "k-means", "temi": "TEMI"}
+DEFAULT_METHOD, DEFAULT_C = "skmeans", 20  # the shipped demo model conditions on (spherical) skmeans:20
+METHODS = {"kmeans": "k-means", "skmeans": "spherical k-means", "temi": "TEMI"}
 PAGE_SIZE = 24
 MAP_DRAW_LIMIT = 20_000       # points drawn in the browser; more are sampled (seeded) and the map says so
 KMEANS_TEMPERATURE = 0.1      # query probabilities of k-means: softmax(cosine to centroids / T)
-ALPHA = 0.96
 
 
 # --- the clustering ------------------------------------------------------------------------------
@@ -40,7 +39,7 @@ def spec_of(method: str, n_clusters) -> str:
 def parse_spec(spec: str) -> tuple[str, int]:
     method, _, c = str(spec or "").strip().partition(":")
     if method not in METHODS or not c.strip().isdigit():
-        raise CedmError(f"bad clustering {spec!r}: expected kmeans:C or temi:C, e.g. kmeans:50")
+        raise CedmError(f"bad clustering {spec!r}: expected kmeans:C, skmeans:C or temi:C, e.g. kmeans:50")
     return method, int(c)
 
 
@@ -57,16 +56,18 @@ def get_clustering(ws, backbone: str, spec: str, progress=None, compute: bool = 
 def backbone_choices(ws) -> tuple[list[tuple[str, str]], str]:
     """(label, name) of every backbone, those with cached features first; and the default choice."""
     from cedm.features import OFFLINE_BACKBONE, list_backbones, list_features
+    from cedm.features.backbones import availability
 
     cached = []
     if ws is not None:
         for meta in list_features(ws):
             b = meta.get("backbone") or meta.get("params", {}).get("backbone")
-            if b in list_backbones() and b not in cached:
+            if (b in list_backbones() or str(b).startswith("denoiser:")) and b not in cached:
                 cached.append(b)
-    order = cached + [b for b in list_backbones() if b not in cached]
-    labels = [(f"{b} (features ready)" if b in cached else
-               f"{b} (works offline)" if b == OFFLINE_BACKBONE else b, b) for b in order]
+    from cedm.features.denoiser import workspace_backbones  # the open workspace's own models (seed 002)
+    order = cached + [b for b in list_backbones() + workspace_backbones(ws) if b not in cached]
+    # what a click would do: read cached features, run offline, use cached weights, download, or need downloads
+    labels = [(f"{b} (features ready)" if b in cached else f"{b} ({availability(b)[1]})", b) for b in order]
     return labels, (cached[0] if cached else OFFLINE_BACKBONE)
 
 
@@ -93,27 +94,19 @@ def names_source(ws) -> str | None:
 
 
 def cluster_names(ws, res, backbone: str | None = None, label_spec: str | None = None) -> list[str | None] | None:
-    """Each cluster's most common label ("face-smiling 64%") from ``cedm.labels.cluster_names``, using
-    ``label_spec`` or the latest saved labeling; None when there is none (or no labels module yet)."""
-    try:
-        labels = importlib.import_module("cedm.labels")
-        fn = labels.cluster_names
-    except (ImportError, AttributeError):
-        return None
+    """Each cluster's honest name (cedm.labels.cluster_titles): the user's name, or a guess that says where it
+    comes from ("ImageNet guess: analog clock 80%") when confident enough; None for clusters without one."""
+    from cedm.labels import cluster_titles
+
     label_spec = label_spec or names_source(ws)
-    if label_spec is None:
-        return None
     try:
-        found = fn(ws, f"{res.method}:{res.n_clusters}", label_spec, top=1, backbone=backbone)
+        found = cluster_titles(ws, f"{res.method}:{res.n_clusters}", label_spec, backbone=backbone)
     except CedmError as e:  # names are a help, not the point: show the clusters without them
         log.warning("no cluster names from %s: %s", label_spec, e)
         return None
-    names: list[str | None] = [None] * res.n_clusters
-    for c, top in found.items():
-        if top and 0 <= int(c) < res.n_clusters:
-            name, share = top[0]
-            names[int(c)] = f"{str(name).split(',')[0].strip()} {round(100 * share)}%"
-    return names
+    if not found:
+        return None
+    return [found.get(c) for c in range(res.n_clusters)]
 
 
 def cluster_title(c: int, size: int, names) -> str:
@@ -135,11 +128,13 @@ def summary(ws, backbone: str, res, cached: bool) -> dict:
     gt = ws.ground_truth
     if gt is not None and (gt.labels >= 0).any():
         m = metrics.compare(res.assignments, gt.labels)
-        out["vs_ground_truth"] = {k: round(float(m[k]), 4) for k in ("nmi", "ami", "ari", "accuracy")}
+        out["vs_ground_truth"] = {k: round(float(m[k]), 4) for k in ("nmi", "ami", "ari", "accuracy",
+                                                                      "accuracy_hungarian", "accuracy_majority")}
     return out
 
 
 def summary_markdown(s: dict) -> str:
+    from cedm.clusters import metrics
     line = (f"**{METHODS[s['method']]}, C = {s['n_clusters']}** on {s['backbone']} features of "
             f"**{s['workspace']}** ({s['n_images']:,} images): {s['n_used']} clusters used "
             f"(r_C = {s['utilization']:.3f}), sizes {s['sizes_min']}–{s['sizes_max']} "
@@ -148,7 +143,7 @@ def summary_markdown(s: dict) -> str:
     gt = s.get("vs_ground_truth")
     if gt:
         line += (f"  \nagreement with the ground truth (evaluation only): AMI {gt['ami']:.3f} · "
-                 f"NMI {gt['nmi']:.3f} · ARI {gt['ari']:.3f} · accuracy {gt['accuracy']:.3f}")
+                 f"NMI {gt['nmi']:.3f} · ARI {gt['ari']:.3f} · {metrics.accuracy_text(gt)}")
     return line
 
 
@@ -178,7 +173,7 @@ def cluster_heading(ws, res, c: int, names=None) -> str:
 
 
 def confidence_word(res) -> str:
-    return "centroid cosine" if res.method == "kmeans" else "MSP"
+    return "centroid cosine" if res.method != "temi" else "MSP"
 
 
 def cluster_page(ws, res, cluster, page: int = 0, page_size: int = PAGE_SIZE) -> tuple[list, str, int]:
@@ -211,7 +206,8 @@ def cluster_probabilities(res, features: np.ndarray) -> tuple[np.ndarray, str]:
             raise CedmError("this TEMI clustering has no stored head, so new images cannot be assigned")
         from cedm.clusters.temi import predict_proba
         temperature = float(res.params.get("temi", {}).get("teacher_temp", 0.1))
-        return predict_proba(res.head, x, temperature)[0], "TEMI head probabilities (softmax)"
+        raw = np.asarray(features, np.float32).reshape(1, -1)  # the head applies its own input transform
+        return predict_proba(res.head, raw, temperature)[0], "TEMI head probabilities (softmax)"
     if res.centroids is None:
         raise CedmError("this k-means clustering has no stored centroids")
     cos = (x @ l2_normalize(res.centroids).T)[0]
@@ -242,45 +238,61 @@ def draw_rows(rows: np.ndarray, limit: int | None = None, seed: int = 0) -> np.n
     return np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
 
 
-def map_figure(ws, rows, xy, res=None, selected: int | None = None, point: int | None = None):
-    """Plotly WebGL scatter of the map coloured by cluster; hover names row, path, cluster and confidence.
+def cluster_colours(n_clusters: int) -> list[str]:
+    """One colour per cluster id (Turbo at golden-ratio steps, so neighbouring ids differ)."""
+    from plotly.colors import sample_colorscale
 
-    Each point's customdata is [row, cluster, confidence]; a click on a point reports it (see app.py)."""
+    pos = _palette_index(np.arange(max(n_clusters, 1)), max(n_clusters, 1))
+    return sample_colorscale("Turbo", [0.05 + 0.9 * float(v) for v in pos])
+
+
+def map_figure(ws, rows, xy, res=None, selected: int | None = None, point: int | None = None, names=None):
+    """Plotly WebGL scatter of the map, one trace per cluster (the legend names them and hides/shows them).
+
+    Each point's customdata is [row, cluster, confidence]: a click selects its cluster, a box or lasso selects
+    images, hovering shows the image (see app.PLOT_CLICK_JS)."""
     import plotly.graph_objects as go
 
     keep = draw_rows(rows)
     r, p = rows[keep], xy[keep]
-    paths = [ws.paths[i] for i in r.tolist()]
+    paths = np.asarray([ws.paths[i] for i in r.tolist()], dtype=object)
     fig = go.Figure()
     if res is not None:
         cl, conf = res.assignments[r], res.confidence[r]
         custom = np.column_stack([r, cl, np.round(conf, 3)])
         hover = ("row %{customdata[0]}<br>%{text}<br>cluster %{customdata[1]}<br>"
                  f"{confidence_word(res)} " "%{customdata[2]:.2f}<extra></extra>")
-        colour = _palette_index(cl, res.n_clusters)
+        colours = cluster_colours(res.n_clusters)
         dim = selected is not None
-        fig.add_trace(go.Scattergl(
-            x=p[:, 0], y=p[:, 1], mode="markers", customdata=custom, text=paths, hovertemplate=hover,
-            marker=dict(size=5, color=colour, colorscale="Turbo", cmin=0, cmax=1, opacity=0.5 if dim else 0.8),
-            name="images", showlegend=False))
+        for c in np.argsort(-res.sizes, kind="stable"):  # the legend lists the largest clusters first
+            sel = cl == c
+            if not sel.any():
+                continue
+            name = names[c] if names and c < len(names) and names[c] else None
+            fig.add_trace(go.Scattergl(
+                x=p[sel, 0], y=p[sel, 1], mode="markers", customdata=custom[sel], text=paths[sel].tolist(),
+                hovertemplate=hover, name=f"{c}" + (f" · {name}" if name else ""), legendgroup=str(c),
+                marker=dict(size=5, color=colours[c], opacity=0.85 if not dim or c == int(selected) else 0.35)))
         if dim:
             sel = cl == int(selected)
             fig.add_trace(go.Scattergl(
-                x=p[sel, 0], y=p[sel, 1], mode="markers", customdata=custom[sel], text=[paths[i] for i in np.flatnonzero(sel)],
-                hovertemplate=hover, name=f"cluster {selected}", showlegend=False,
+                x=p[sel, 0], y=p[sel, 1], mode="markers", customdata=custom[sel], text=paths[sel].tolist(),
+                hovertemplate=hover, name=f"cluster {selected}", showlegend=False, legendgroup=str(selected),
                 marker=dict(size=8, color="rgba(0,0,0,0)", line=dict(width=1, color="#222"))))
     else:
         fig.add_trace(go.Scattergl(x=p[:, 0], y=p[:, 1], mode="markers", customdata=np.column_stack([r, -np.ones_like(r), np.zeros(len(r))]),
-                                   text=paths, hovertemplate="row %{customdata[0]}<br>%{text}<extra></extra>",
+                                   text=paths.tolist(), hovertemplate="row %{customdata[0]}<br>%{text}<extra></extra>",
                                    marker=dict(size=5, color="#5b7db1", opacity=0.7), showlegend=False))
     if point is not None and point in set(r.tolist()):
         k = int(np.flatnonzero(r == int(point))[0])
         fig.add_trace(go.Scattergl(x=[p[k, 0]], y=[p[k, 1]], mode="markers", hoverinfo="skip", showlegend=False,
                                    marker=dict(size=16, symbol="star", color="#ffd400", line=dict(width=1.5, color="#111"))))
     drawn = f"{len(r):,} of {ws.n:,} images (a seeded random sample)" if len(r) < ws.n else f"all {ws.n:,} images"
-    fig.update_layout(title=dict(text=f"UMAP of the features · {drawn} · click a point", font=dict(size=13)),
-                      margin=dict(l=10, r=10, t=36, b=10), height=520, dragmode="pan",
-                      plot_bgcolor="#fafafa", hovermode="closest")
+    fig.update_layout(title=dict(text=f"UMAP of the features · {drawn} · click a point, or lasso/box to select",
+                                 font=dict(size=13)),
+                      margin=dict(l=10, r=10, t=36, b=10), height=520, dragmode="lasso",
+                      plot_bgcolor="#fafafa", hovermode="closest", showlegend=res is not None,
+                      legend=dict(title=dict(text="clusters"), itemsizing="constant", font=dict(size=11)))
     # UMAP places small disconnected groups far out: frame the bulk (5th-95th percentile); the
     # autoscale button shows every point
     lo, hi = np.percentile(p, 5, axis=0), np.percentile(p, 95, axis=0)
@@ -288,6 +300,39 @@ def map_figure(ws, rows, xy, res=None, selected: int | None = None, point: int |
     fig.update_xaxes(visible=False, range=[float(lo[0] - pad[0]), float(hi[0] + pad[0])])
     fig.update_yaxes(visible=False, range=[float(lo[1] - pad[1]), float(hi[1] + pad[1])])
     return fig
+
+
+def selection_page(ws, res, rows, page: int = 0, page_size: int = PAGE_SIZE) -> tuple[list, str, int]:
+    """One page of selected rows, grouped by cluster (largest share first), most confident first within."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return [], "nothing selected", 0
+    cl = res.assignments[rows]
+    share = np.bincount(cl, minlength=res.n_clusters)
+    rows = rows[np.lexsort((rows, -res.confidence[rows], -share[cl]))]
+    pages = max(1, -(-len(rows) // page_size))
+    page = int(min(max(int(page or 0), 0), pages - 1))
+    shown = rows[page * page_size:(page + 1) * page_size]
+    order = np.sort(shown)
+    images = np.asarray(ws.images[order])
+    pos = {r: k for k, r in enumerate(order.tolist())}
+    items = [(images[pos[r]], f"{ws.paths[r]} · cluster {int(res.assignments[r])}") for r in shown.tolist()]
+    info = (f"selection: page {page + 1} of {pages} · images {page * page_size + 1}-"
+            f"{page * page_size + len(shown)} of {len(rows):,}")
+    return items, info, page
+
+
+def selection_counts(res, rows, names=None, top: int = 12) -> str:
+    """'**412 images selected** · cluster 3 · name: 200 · cluster 5: 120 · ...' (largest first)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return ""
+    counts = np.bincount(res.assignments[rows], minlength=res.n_clusters)
+    order = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c]]
+    parts = [f"cluster {c}" + (f" ({names[c]})" if names and c < len(names) and names[c] else "") +
+             f": {int(counts[c]):,}" for c in order[:top]]
+    more = f" · and {len(order) - top} more clusters" if len(order) > top else ""
+    return f"**{len(rows):,} images selected** in {len(order)} clusters · " + " · ".join(parts) + more
 
 
 def sizes_figure(res, selected: int | None = None, names=None):
@@ -308,47 +353,48 @@ def sizes_figure(res, selected: int | None = None, names=None):
     return fig
 
 
-def c_max_of(curve: list[tuple[int, float]], alpha: float = ALPHA) -> int | None:
-    """C_max from measured points: the largest passing C below the smallest failing one (None if no C fails)."""
-    failing = [c for c, r in curve if r < alpha]
-    if not failing:
-        return None
-    passing = [c for c, r in curve if r >= alpha and c < min(failing)]
-    return max(passing) if passing else None
-
-
-def c_star_of(ws, backbone: str) -> int | None:
-    """C* (appendix C.2) when a gamma = 1 TEMI run is cached: the clusters it used (largest start C)."""
-    from cedm.clusters.labelings import list_clusterings
-
-    runs = [p for p in list_clusterings(ws) if p.get("method") == "temi" and p.get("backbone") == backbone
-            and (p.get("temi") or {}).get("gamma") == 1.0 and p.get("n_used") is not None]
-    return int(max(runs, key=lambda p: p["n_clusters"])["n_used"]) if runs else None
+def curve_range(cs, log: bool) -> list[float]:
+    """The x range that shows exactly the computed C values, with a 5% margin (log10 units on a log axis,
+    as plotly expects)."""
+    lo, hi = float(min(cs)), float(max(cs))
+    if log:
+        lo, hi = np.log10(lo), np.log10(hi)
+    pad = 0.05 * (hi - lo) if hi > lo else (0.1 if log else max(1.0, 0.1 * lo))
+    return [lo - pad, hi + pad]
 
 
 def curve_figure(curve: list[tuple[int, float]], c_max: int | None, c_star: int | None = None,
                  alpha: float = ALPHA):
-    """The utilization ratio r_C = C_u / C against C (TEMI, gamma = 0.6), alpha line, C_max and C*."""
+    """The utilization ratio r_C = C_u / C against C (TEMI, gamma = 0.6), alpha line, C_max and C*.
+
+    The x axis is set from the points (a log axis when they span more than a factor 8). C_max and C* are
+    drawn as traces, not as plotly shapes with annotations: on a log axis an annotation's x is read as a
+    power of ten, which stretched the axis to 10^95."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    xs = [int(c) for c, _ in curve] + ([int(c_star)] if c_star else [])
+    wide = bool(xs) and max(xs) / max(min(xs), 1) > 8
     if curve:
         cs, rs = zip(*curve)
         fig.add_trace(go.Scatter(x=cs, y=rs, mode="lines+markers", name="r_C",
                                  hovertemplate="C = %{x}<br>r_C = %{y:.3f}<extra></extra>"))
-    fig.add_hline(y=alpha, line_dash="dash", line_color="#888", annotation_text=f"alpha = {alpha}",
-                  annotation_position="bottom left")
-    if c_max is not None:
-        fig.add_vline(x=c_max, line_color="#d62728", annotation_text=f"C_max = {c_max}")
-    if c_star is not None:
-        fig.add_vline(x=c_star, line_color="#2ca02c", line_dash="dot", annotation_text=f"C* = {c_star}",
-                      annotation_position="top left")
+        fig.add_trace(go.Scatter(x=[min(xs), max(xs)], y=[alpha, alpha], mode="lines", hoverinfo="skip",
+                                 line=dict(dash="dash", color="#888"), name=f"alpha = {alpha}"))
+        fig.add_annotation(text=f"alpha = {alpha}", x=0.01, xref="paper", y=alpha, yref="y", showarrow=False,
+                           yanchor="top", xanchor="left", font=dict(size=11, color="#666"))
+    for c, colour, label, dash in ((c_max, "#d62728", "C_max", "solid"), (c_star, "#2ca02c", "C*", "dot")):
+        if c is not None:
+            fig.add_trace(go.Scatter(x=[c, c], y=[0, 1.02], mode="lines+text", text=["", f"{label} = {c}"],
+                                     textposition="top right", hoverinfo="skip", name=label,
+                                     line=dict(color=colour, dash=dash)))
     if not curve:
         fig.add_annotation(text="no TEMI runs yet: press Compute bound", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper", font=dict(size=14, color="#666"))
-    wide = bool(curve) and max(cs) / max(min(cs), 1) > 8
+    xaxis = dict(title="C", type="log" if wide else "linear", visible=bool(curve))
+    if xs:
+        xaxis["range"] = curve_range(xs, wide)
     fig.update_layout(title=dict(text="utilization ratio r_C = C_u / C of TEMI (gamma = 0.6)", font=dict(size=13)),
                       margin=dict(l=40, r=10, t=36, b=30), height=300, showlegend=False,
-                      xaxis=dict(title="C", type="log" if wide else "linear", visible=bool(curve)),
-                      yaxis=dict(title="r_C", range=[0, 1.05]))
+                      xaxis=xaxis, yaxis=dict(title="r_C", range=[0, 1.1]))
     return fig

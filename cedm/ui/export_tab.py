@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io as _io
 import re
-import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -25,9 +24,7 @@ _CHUNK = 256
 
 
 def export_dir(ctx: AppContext, request) -> Path:
-    d = ctx.visitor_home(request) / "exports" / uuid.uuid4().hex[:12]
-    d.mkdir(parents=True)
-    return d
+    return ctx.downloads(request)  # outside the home: served only as this output, never by its path
 
 
 def _stem(ws, backbone: str, res) -> str:

@@ -12,14 +12,16 @@ Public API endpoint: ``/generate`` (model, condition, cluster, guidance, steps, 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 import gradio as gr
 
 from cedm.errors import CedmError
-from cedm.model.registry import ModelEntry, find_model, list_models
+from cedm.model.registry import ModelEntry, find_model, guidance_note, list_models
 from cedm.ui import cluster_views as cv
-from cedm.ui.common import AppContext, guarded
+from cedm.ui.common import AppContext, generation_condition, guarded
+from cedm.ui.sessions import session_owner
 
 log = logging.getLogger("cedm.ui")
 
@@ -29,17 +31,9 @@ SAMPLERS = ["dpmpp2m", "heun", "euler"]
 MAX_IMAGES = 16
 DEFAULT_GUIDANCE = 2.0
 SWEEP = (0.0, 1.0, 2.0, 4.0, 6.0)
+MAX_GUIDANCE = 20.0
+MAX_SEED = 2**63 - 1 - MAX_IMAGES  # image i uses seed + i
 POLL_S = 0.2
-
-
-def guidance_note(entry: ModelEntry) -> str | None:
-    """Why the guidance slider is off for this model, or None when guidance works."""
-    if entry.n_conditions == 0:
-        return "This model is unconditional: it has no clusters, so there is nothing to guide towards."
-    if entry.p_uncond <= 0:
-        return ("This model was trained without label dropout (p_uncond = 0): it has no unconditional branch, "
-                "so only guidance 1 (plain conditional) is possible.")
-    return None
 
 
 def require_both_branches(entry: ModelEntry, what: str) -> None:
@@ -62,8 +56,6 @@ def condition_index(entry: ModelEntry, cluster: int) -> int:
 
 def query_condition(entry: ModelEntry, value: dict | None) -> int:
     """The Query tab's cluster as a condition index of this model; it must be the model's own clustering."""
-    from cedm.ui.app import generation_condition
-
     cond = generation_condition(value)
     if cond is None:
         raise CedmError("no query cluster yet: query an image in the Query tab and click 'Generate from this cluster'")
@@ -80,7 +72,7 @@ def request_of(entry: ModelEntry, mode: str, cluster, guidance, query_value=None
     """engine.submit's condition arguments for a condition mode; refuses guidance the model cannot do."""
     if mode not in CONDITIONS:
         raise CedmError(f"unknown condition {mode!r}; choose one of: {', '.join(CONDITIONS)}")
-    guidance = float(1.0 if guidance is None else guidance)
+    guidance = _number(1.0 if guidance is None else guidance, "guidance w", 0.0, MAX_GUIDANCE)
     if entry.n_conditions == 0 or mode == NONE:
         return {"uncond": True, "clusters": None, "guidance": 1.0}
     note = guidance_note(entry)
@@ -89,10 +81,28 @@ def request_of(entry: ModelEntry, mode: str, cluster, guidance, query_value=None
     if mode == CLUSTER:
         if cluster is None or cluster == "":
             raise CedmError("choose a cluster")
-        return {"clusters": condition_index(entry, int(cluster)), "guidance": guidance}
+        return {"clusters": condition_index(entry, cluster_id(cluster)), "guidance": guidance}
     if mode == QUERY:
         return {"clusters": query_condition(entry, query_value), "guidance": guidance}
     return {"clusters": None, "from_q": True, "guidance": guidance}
+
+
+def cluster_id(value) -> int:
+    """A cluster id from the API: a whole number, or the dropdown's label ('cluster 3 · name · q 5%')."""
+    m = re.match(r"^\s*(?:cluster\s+)?(\d{1,9})(?:\.0*)?(?:\s*·.*)?\s*$", str(value))
+    if not m:
+        raise CedmError(f"cluster must be a cluster id (a whole number such as 3), got {str(value)[:40]!r}")
+    return int(m.group(1))
+
+
+def _number(value, what: str, lo: float, hi: float) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise CedmError(f"{what} must be a number, got {str(value)[:40]!r}") from None
+    if not lo <= x <= hi:  # also refuses nan
+        raise CedmError(f"{what} must be between {lo:g} and {hi:g}, got {x:g}")
+    return x
 
 
 _FIRST: dict = {}
@@ -124,22 +134,23 @@ def guarded_first(entry: ModelEntry) -> None:
         log.exception("first batch of %s failed", entry.name)
 
 
-def caption(record: dict, conf) -> str:
+def caption(record: dict, conf, short: bool = False) -> str:
+    """Short enough to show whole under a thumbnail: 'cluster 7 · w 2 · 0.83' (the seed and the rest are in
+    the records); ``short`` for narrow grids: 'c7 · w 2 · 0.83'."""
     c = record.get("condition")
-    parts = ["unconditional" if c is None else f"cluster {c}"]
+    parts = [("uncond." if short else "unconditional") if c is None else (f"c{c}" if short else f"cluster {c}")]
     if record.get("guidance") is not None and c is not None:
         parts.append(f"w {record['guidance']:g}")
     if conf is not None:
-        parts.append(f"conf {conf:.2f}")
-    parts.append(f"seed {record['seed']}")
+        parts.append(f"{conf:.2f}")
     return " · ".join(parts)
 
 
-def captioned(engine, entry: ModelEntry, images, recs) -> tuple[list, list]:
+def captioned(engine, entry: ModelEntry, images, recs, short: bool = False) -> tuple[list, list]:
     """Gallery items (image, caption) and records with the model name and each image's confidence."""
     conf = confidences(engine, entry, images)
     recs = [{**r, "model": entry.name, "confidence": c} for r, c in zip(recs, conf)]
-    return [(img, caption(r, c)) for img, r, c in zip(images, recs, conf)], recs
+    return [(img, caption(r, c, short)) for img, r, c in zip(images, recs, conf)], recs
 
 
 def confidences(engine, entry: ModelEntry, images) -> list:
@@ -192,8 +203,8 @@ def check_numbers(steps, seed, n) -> tuple[int, int, int]:
         raise CedmError(f"number of images must be 1..{MAX_IMAGES}, got {n}")
     if not 1 <= steps <= 200:
         raise CedmError(f"steps must be 1..200, got {steps}")
-    if seed < 0:
-        raise CedmError(f"seed must be >= 0, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise CedmError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     return steps, seed, n
 
 
@@ -206,7 +217,8 @@ def run_jobs(engine, entry: ModelEntry, jobs: list[dict], steps: int, sampler: s
     tickets = []
     try:
         for job, box in zip(jobs, boxes):
-            tickets.append(submit(engine, entry, steps=steps, sampler=sampler, steps_box=box, **job))
+            tickets.append(submit(engine, entry, steps=steps, sampler=sampler, steps_box=box,
+                                  owner=session_owner(session), **job))
     except BaseException:
         for t in tickets:
             t.cancel()
@@ -298,7 +310,8 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         engine = get_engine()
         (images, recs), = run_jobs(engine, entry, [dict(n=n, seed=seed, **cond)], steps, sampler, runs,
                                    session_of(request), progress)
-        return captioned(engine, entry, images, recs)
+        items, recs = captioned(engine, entry, images, recs)
+        return gr.Gallery(value=items, columns=4), recs
 
     @guarded
     def compare_same_noise(model_name, condition_mode, cluster_id, guidance_w, n_steps, sampler_name, seed_value,
@@ -314,7 +327,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         results = run_jobs(engine, entry, jobs, n_steps, sampler_name, runs, session_of(request), progress)
         items, all_recs = [], []
         for images, recs in results:
-            its, rs = captioned(engine, entry, images, recs)
+            its, rs = captioned(engine, entry, images, recs, short=n_images > 4)
             items, all_recs = items + its, all_recs + rs
         return gr.Gallery(value=items, columns=n_images), all_recs
 
@@ -333,7 +346,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         results = run_jobs(engine, entry, jobs, n_steps, sampler_name, runs, session_of(request), progress)
         items, all_recs = [], []
         for images, recs in results:
-            its, rs = captioned(engine, entry, images[:1], recs[:1])
+            its, rs = captioned(engine, entry, images[:1], recs[:1], short=True)
             items, all_recs = items + its, all_recs + rs
         return gr.Gallery(value=items, columns=len(SWEEP)), all_recs
 
@@ -380,13 +393,37 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
                            value=current if current in names else (names[0] if names else None))
 
     def on_query(value):
-        from cedm.ui.app import generation_condition
-
         cond = generation_condition(value)
         if cond is None:
             return gr.Radio(), ""
         return gr.Radio(value=QUERY), (f"query cluster: {cond['cluster']} of {cond['clustering']} on "
                                        f"{cond['backbone']} ({cond['workspace']})")
+
+    @guarded
+    def generate_for_query(value, model_name, guidance_w, n_steps, sampler_name, seed_value, n_images, workspace_name,
+                           request: gr.Request, progress=gr.Progress()):
+        """"Generate from this cluster" (Query tab): sample the query's cluster with the selected model when it
+        is conditioned on that clustering, else with the first model that is."""
+        cond = generation_condition(value)
+        if cond is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        entries = models_for(workspace_name, request)
+        backbone_of = lambda e: (e.info.get("condition") or {}).get("backbone")  # noqa: E731
+        fits = [e for e in entries if e.condition_spec == cond["clustering"]
+                and backbone_of(e) in (None, cond["backbone"])]
+        if not fits:
+            raise CedmError(f"no model here is conditioned on {cond['clustering']} ({cond['backbone']}): train one "
+                            "in the Train tab, or choose that model's clustering in the Clusters tab and query again")
+        entry = next((e for e in fits if e.name == model_name), fits[0])
+        steps_, seed_, n_ = check_numbers(n_steps, seed_value, n_images)
+        w = float(guidance_w) if guidance_note(entry) is None else 1.0
+        c = request_of(entry, QUERY, None, w, value)
+        engine = get_engine()
+        (images, recs), = run_jobs(engine, entry, [dict(n=n_, seed=seed_, **c)], steps_, sampler_name, runs,
+                                   session_of(request), progress)
+        items, recs = captioned(engine, entry, images, recs)
+        return items, recs, (f"cluster {cond['cluster']} of {cond['clustering']} on {cond['backbone']} "
+                             f"({cond['workspace']}) · generated by **{entry.name}**")
 
     def on_open(model_name, workspace_name, request: gr.Request):
         """Page load: the first batch of the selected model (computed once, then served from memory)."""
@@ -403,7 +440,10 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
     cancel.click(stop, None, None, api_visibility="private", concurrency_limit=None)
     model.change(on_model, [model, workspace], [cluster, mode, guidance, guidance_info], api_visibility="private")
     workspace.change(on_workspace, [workspace, model], [model], api_visibility="private")
-    condition.change(on_query, [condition], [mode, query_note], api_visibility="private")
+    condition.change(on_query, [condition], [mode, query_note], api_visibility="private", show_progress="hidden"
+                     ).then(generate_for_query, [condition, model, guidance, steps, sampler, seed, n, workspace],
+                            [gallery, records, query_note], api_visibility="private", concurrency_limit=4,
+                            show_progress_on=[gallery])
     return GenerateTab(on_model=on_model, model=model, init_outputs=[cluster, mode, guidance, guidance_info],
                        on_open=on_open, open_outputs=[gallery, records], on_workspace=on_workspace)
 

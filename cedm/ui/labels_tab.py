@@ -7,16 +7,23 @@ names: ["cluster 17: face-smiling 64%, ..."], ...}.
 """
 from __future__ import annotations
 
-import numpy as np
+import logging
+
 import gradio as gr
+import numpy as np
 
 from cedm.errors import CedmError
 from cedm.ui import common
 from cedm.ui.common import AppContext, guarded
 
+log = logging.getLogger("cedm.ui")
+
+OFFLINE_CLIP = ("⚠️ CLIP is not available on this server: its weights are not installed here and the server does "
+                "not download them. Press **ImageNet classifier labels (offline)** below instead: it names the "
+                "clusters with an ImageNet classifier that ships with cedm.")
 HEATMAP_ROWS = 40   # clusters shown (largest first)
 HEATMAP_COLS = 25   # labels shown (most common first)
-METRICS = ("nmi", "ami", "ari", "accuracy")
+METRICS = ("nmi", "ami", "ari", "accuracy", "accuracy_hungarian", "accuracy_majority")
 
 
 def _metrics(found: dict) -> dict:
@@ -68,13 +75,14 @@ def heatmap(result: dict):
 
 
 def metrics_markdown(r: dict) -> str:
+    from cedm.clusters import metrics
     m = r["metrics"]
     lines = [f"**{r['clustering']} vs {r['labels']}** ({m['n_compared']:,} images): NMI {m['nmi']:.3f} · "
-             f"AMI {m['ami']:.3f} · ARI {m['ari']:.3f} · accuracy {m['accuracy']:.3f}"]
+             f"AMI {m['ami']:.3f} · ARI {m['ari']:.3f} · {metrics.accuracy_text(m)}"]
     if r.get("vs_ground_truth"):
         g = r["vs_ground_truth"]
         lines.append(f"**{r['clustering']} vs ground truth**: NMI {g['nmi']:.3f} · AMI {g['ami']:.3f} · "
-                     f"ARI {g['ari']:.3f} · accuracy {g['accuracy']:.3f}")
+                     f"ARI {g['ari']:.3f} · {metrics.accuracy_text(g)}")
     return "  \n".join(lines)
 
 
@@ -101,6 +109,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, clusters) -> tuple:
                                    elem_id="cedm-labels-labeling")
             compare_btn = gr.Button("Compare with the current clustering", elem_id="cedm-labels-compare")
         with gr.Column(scale=2, min_width=400):
+            panel = common.progress_panel("labels")
             summary = gr.Markdown(elem_id="cedm-labels-metrics")
             plot = gr.Plot(label="contingency (share of each cluster's images per label)",
                            elem_id="cedm-labels-heatmap")
@@ -115,10 +124,19 @@ def build(ctx: AppContext, workspace: gr.Dropdown, clusters) -> tuple:
         contingency table and each cluster's top-3 label names."""
         ws = ctx.open(workspace_name, request)
         return run_compare(ws, backbone_name, spec, labels,
-                           progress=common.progress_callback(progress, ctx.sessions, request))
+                           progress=common.progress_callback(progress, ctx.sessions, request, job="labels"))
 
-    def show(r: dict):
+    def show(r: dict | None):
+        if not r:
+            return gr.skip(), gr.skip(), gr.skip()
         return metrics_markdown(r), heatmap(r), "\n".join(r["names"])
+
+    @guarded
+    def compare_made(workspace_name, backbone_name, spec, labels, request: gr.Request, progress=gr.Progress()):
+        """After new labels: compare them with the clustering when both exist (else leave the result)."""
+        if not labels or not spec:
+            return None
+        return compare(workspace_name, backbone_name, spec, labels, request, progress)
 
     @guarded
     def refresh_choices(workspace_name: str, current, request: gr.Request):
@@ -140,11 +158,13 @@ def build(ctx: AppContext, workspace: gr.Dropdown, clusters) -> tuple:
             if len(label_names) < 2:
                 raise CedmError("give at least two label names, comma-separated (or use the ground-truth names)")
             prompt_names = None
-        report = common.progress_callback(progress, ctx.sessions, request)
+        report = common.progress_callback(progress, ctx.sessions, request, job="labels")
+        report(0, 1, "CLIP: loading the model")
         try:
             lab = clip_pseudo_labels(ws, label_names, prompt_names=prompt_names, progress=report)
-        except CedmError as e:  # offline: say so in one sentence and offer the ImageNet classifier instead
-            return gr.Dropdown(), f"⚠️ {e}", gr.Button(variant="primary")
+        except CedmError as e:  # offline: say what to do here, in the app (the CLI's flags mean nothing here)
+            log.info("CLIP labels failed: %s", e)
+            return gr.Dropdown(), OFFLINE_CLIP, gr.Button(variant="primary")
         return (gr.Dropdown(choices=labeling_choices(ws), value=lab.name),
                 f"saved as {lab.name}", gr.Button())
 
@@ -153,18 +173,22 @@ def build(ctx: AppContext, workspace: gr.Dropdown, clusters) -> tuple:
         from cedm.labels import imagenet_labels
 
         ws = ctx.open(workspace_name, request)
-        lab = imagenet_labels(ws, progress=common.progress_callback(progress, ctx.sessions, request))
+        report = common.progress_callback(progress, ctx.sessions, request, job="labels")
+        report(0, 1, "ImageNet classifier: starting")
+        lab = imagenet_labels(ws, progress=report)
         return gr.Dropdown(choices=labeling_choices(ws), value=lab.name), f"saved as {lab.name}"
 
-    compare_btn.click(compare, [workspace, clusters.backbone, clusters.clustering, labeling], [result],
-                      api_name="compare", concurrency_limit=4
-                      ).success(show, [result], [summary, plot, cluster_names], api_visibility="private")
-    # new labels name the clusters: redraw the Clusters tab (its titles, sizes chart and gallery heading)
-    clip_btn.click(make_clip, [workspace, names, use_gt], [labeling, clip_note, imagenet_btn],
-                   api_visibility="private", concurrency_limit=2
-                   ).success(clusters.on_workspace, [workspace], clusters.outputs, api_visibility="private")
-    imagenet_btn.click(make_imagenet, [workspace], [labeling, clip_note], api_visibility="private",
-                       concurrency_limit=2
-                       ).success(clusters.on_workspace, [workspace], clusters.outputs, api_visibility="private")
+    compare_inputs = [workspace, clusters.backbone, clusters.clustering, labeling]
+    quiet = dict(api_visibility="private", show_progress="hidden")
+    compare_btn.click(compare, compare_inputs, [result], api_name="compare", concurrency_limit=4,
+                      show_progress_on=[panel]
+                      ).success(show, [result], [summary, plot, cluster_names], **quiet)
+    # new labels name the clusters: compare at once (no second click) and redraw the Clusters tab's titles
+    for btn, fn, inputs in ((clip_btn, make_clip, [workspace, names, use_gt]), (imagenet_btn, make_imagenet, [workspace])):
+        made = btn.click(fn, inputs, [labeling, clip_note] + ([imagenet_btn] if fn is make_clip else []),
+                         api_visibility="private", concurrency_limit=2, show_progress_on=[panel])
+        made.success(compare_made, compare_inputs, [result], api_visibility="private", show_progress_on=[panel]
+                     ).success(show, [result], [summary, plot, cluster_names], **quiet)
+        made.success(clusters.on_workspace, [workspace], clusters.outputs, **quiet)
     workspace.change(refresh_choices, [workspace, labeling], [labeling, use_gt], api_visibility="private")
     return refresh_choices, [workspace, labeling], [labeling, use_gt]

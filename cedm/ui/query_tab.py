@@ -1,6 +1,6 @@
 """Query tab: an uploaded or pasted image -> its top-3 clusters with probabilities, its nearest neighbours in
 the workspace (faiss, cosine of features) and its cluster's gallery; "generate from this cluster" hands
-the cluster to the Generate tab through the shared condition state (app.generation_condition).
+the cluster to the Generate tab through the shared condition state (common.generation_condition).
 
 Public API endpoint: ``/query`` (image, workspace, backbone, clustering -> {top3, neighbours: [{row, file,
 cosine, cluster}], ...}).
@@ -13,7 +13,7 @@ import gradio as gr
 from cedm.errors import CedmError
 from cedm.ui import cluster_views as cv
 from cedm.ui import common
-from cedm.ui.common import AppContext, guarded
+from cedm.ui.common import AppContext, generation_condition, guarded
 
 N_NEIGHBOURS = 8
 
@@ -28,7 +28,7 @@ def run_query(ws, backbone: str, spec: str, image, progress=None) -> dict:
     if not spec:
         raise CedmError("no clustering chosen: cluster the workspace first (Clusters tab) or name one, e.g. kmeans:50")
     res = cv.get_clustering(ws, backbone, spec, progress=progress)
-    feat = extract_one(image, backbone, resolution=ws.resolution)
+    feat = extract_one(image, backbone, resolution=ws.resolution, normalized=False)  # raw: TEMI heads' input
     top, how = cv.top_clusters(res, feat, k=3, names=cv.cluster_names(ws, res, backbone))
     rows, cos = nearest_neighbours(ws, backbone, feat, k=N_NEIGHBOURS, progress=progress)
     # "file", not "path": gradio_client downloads any dict with a "path" key as a file
@@ -93,8 +93,6 @@ def build(ctx: AppContext, workspace: gr.Dropdown, backbone: gr.Dropdown, cluste
 
     @guarded
     def use_for_generation(value: dict | None):
-        from cedm.ui.app import generation_condition
-
         cond = generation_condition(value)
         if cond is None:
             raise CedmError("query an image first")
