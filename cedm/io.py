@@ -1,7 +1,9 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename.
 
 A killed process leaves at most a ``.tmp-*`` file or folder behind, never a half-written file under
-its final name, so a later run can never mistake a partial artifact for a complete one.
+its final name, so a later run can never mistake a partial artifact for a complete one. Every temporary name
+carries its owner (``@host@pid@process start``): cleanup removes only leftovers whose owner is gone, never
+the build of a process that is still running (another import, a listing during an import).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,10 +22,61 @@ from typing import Any, Iterator
 import numpy as np
 
 TMP_PREFIX = ".tmp-"
+FOREIGN_HOST_STALE_S = 24 * 3600  # a leftover of another machine (shared home) is removed after a day
+
+
+def _process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (guards against a reused pid); '' where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+_HOST = socket.gethostname().replace("@", "_")[:64] or "host"
+
+
+def owner_tag() -> str:
+    """``host@pid@start`` of this process: who a temporary file or folder belongs to."""
+    pid = os.getpid()
+    return f"{_HOST}@{pid}@{_process_start(pid)}"
+
+
+def tmp_name(name: str, tag: str | None = None) -> str:
+    """A temporary sibling name for ``name`` owned by this process."""
+    return f"{TMP_PREFIX}{name}-{tag or uuid.uuid4().hex[:8]}@{owner_tag()}"
 
 
 def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    return path.with_name(tmp_name(path.name))
+
+
+def owner_alive(path: Path, now: float | None = None) -> bool:
+    """Whether the process that made temporary ``path`` is still running (see ``tmp_name``).
+
+    Same machine: its pid exists with the same start time. Another machine: assumed alive for a day. A name
+    without an owner (made by an older cedm) has no live owner."""
+    parts = path.name.rsplit("@", 3)
+    if len(parts) != 4:
+        return False
+    _, host, pid, start = parts
+    if host != _HOST:
+        try:
+            age = (time.time() if now is None else now) - path.lstat().st_mtime
+        except FileNotFoundError:
+            return False
+        return age < FOREIGN_HOST_STALE_S
+    try:
+        pid_i = int(pid)
+        os.kill(pid_i, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    except ValueError:
+        return False
+    return not start or _process_start(pid_i) == start
 
 
 @contextlib.contextmanager
@@ -94,13 +149,24 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def clean_stale_tmp(folder: Path) -> None:
-    """Remove leftovers of killed writers (``.tmp-*``) directly inside ``folder``."""
-    if not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        if p.name.startswith(TMP_PREFIX):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+def clean_stale_tmp(folder: Path) -> list[str]:
+    """Remove leftovers of killed writers (``.tmp-*`` whose owner process is gone) directly inside ``folder``;
+    a live writer's temporary file or folder is left alone. Returns the removed names."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for p in entries:
+        if p.name.startswith(TMP_PREFIX) and not owner_alive(p):
+            try:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
 
 
 def _json_default(o):

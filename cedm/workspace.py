@@ -69,12 +69,16 @@ class GroundTruth:
 class Workspace:
     """An opened workspace folder. Cheap to construct; images are memory-mapped on first use."""
 
-    def __init__(self, root: str | os.PathLike, read_only: bool = False, overlay: Path | None = None):
+    def __init__(self, root: str | os.PathLike, read_only: bool = False, overlay: Path | None = None,
+                 shared_overlays: Iterable[Path] = ()):
+        """``overlay``: where a read-only workspace writes; ``shared_overlays``: more folders whose artifacts
+        are read (never written), e.g. the server's demo overlay under a visitor's own one in public mode."""
         self.root = Path(root)
         if not (self.root / "manifest.json").is_file():
-            raise CedmError(f"{self.root} is not a cedm workspace (no manifest.json)")
+            raise CedmError(f"{self.root.name} is not a cedm workspace (no manifest.json)")
         self.read_only = read_only
         self.overlay = Path(overlay) if overlay else None
+        self.shared_overlays = [Path(p) for p in shared_overlays]
         if read_only and self.overlay is None:
             raise CedmError("a read-only workspace needs an overlay folder for new artifacts")
         self.manifest: dict = io.read_json(self.root / "manifest.json")
@@ -133,7 +137,7 @@ class Workspace:
         return params_key({"dataset": self.content_hash, "stage": stage, "params": params})
 
     def _artifact_roots(self) -> list[Path]:
-        roots = [self.root / "artifacts"]
+        roots = [self.root / "artifacts"] + [p / "artifacts" for p in self.shared_overlays]
         if self.overlay is not None:
             roots.append(self.overlay / "artifacts")
         return roots
@@ -210,13 +214,14 @@ class WorkspaceBuilder:
     """
 
     def __init__(self, home: str | os.PathLike | None, name: str, resolution: int, capacity: int,
-                 overwrite: bool = False):
+                 overwrite: bool = False, max_bytes: int | None = None):
         self.home = resolve_home(home)
         self.name = check_name(name)
         if not 8 <= int(resolution) <= 1024:
             raise CedmError(f"resolution must be between 8 and 1024, got {resolution}")
         self.resolution = int(resolution)
         self.capacity = int(capacity)
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
         self.final = self.home / "workspaces" / self.name
         if self.final.exists() and not overwrite:
             raise CedmError(f"workspace {self.name!r} already exists in {self.final.parent} "
@@ -228,6 +233,11 @@ class WorkspaceBuilder:
         self._images = None
 
     def __enter__(self) -> "WorkspaceBuilder":
+        size = max(self.capacity, 1) * self.resolution ** 2 * 3
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise CedmError(f"{self.capacity:,} images at {self.resolution}x{self.resolution} would take "
+                            f"{size / 2**20:,.0f} MB decoded; the limit here is {self.max_bytes / 2**20:,.0f} MB "
+                            "(import fewer images or a lower resolution)")
         self._tmp_ctx = io.atomic_dir(self.final)
         self.tmp = self._tmp_ctx.__enter__()
         shape = (max(self.capacity, 1), self.resolution, self.resolution, 3)
@@ -330,9 +340,47 @@ def list_workspaces(home=None, include_demo: bool = True) -> list[str]:
     if include_demo and (DEMO_DIR / "manifest.json").is_file():
         names.append(DEMO_NAME)
     if root.is_dir():
-        io.clean_stale_tmp(root)
-        names += sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file())
+        io.clean_stale_tmp(root)  # only builds whose process is gone: a running import is left alone
+        names += sorted(p.name for p in root.iterdir()
+                        if not p.name.startswith(io.TMP_PREFIX) and (p / "manifest.json").is_file())
     return names
+
+
+def clean_dead_builds(home) -> list[str]:
+    """Remove what killed processes left under ``home``: half-built workspaces, artifacts, models, uploads,
+    in the shared home, the overlays and every visitor area. Builds of running processes stay.
+    Returns the removed entries (relative to home)."""
+    home = resolve_home(home)
+    if not home.is_dir():
+        return []
+    removed: list[str] = []
+
+    def clean(folder: Path) -> None:
+        removed.extend(str((folder / n).relative_to(home)) for n in io.clean_stale_tmp(folder))
+
+    def clean_workspace_tree(ws_root: Path) -> None:
+        for sub in ("artifacts", "scratch"):
+            for stage in _subdirs(ws_root / sub):
+                clean(stage)
+        clean(ws_root / "models")
+        for model in _subdirs(ws_root / "models"):
+            clean(model)
+
+    homes = [home] + _subdirs(home / "sessions")
+    for h in homes:
+        for folder in (h / "workspaces", h / "uploads", h / "overlays", h / "downloads"):
+            clean(folder)
+        for ws_root in _subdirs(h / "workspaces") + _subdirs(h / "overlays"):
+            clean_workspace_tree(ws_root)
+    clean(home / "sessions")
+    return removed
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(io.TMP_PREFIX)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def open_demo(home=None) -> Workspace:
@@ -364,6 +412,6 @@ def delete_workspace(home, name: str) -> None:
     d = resolve_home(home) / "workspaces" / name
     if not (d / "manifest.json").is_file():
         raise CedmError(f"no workspace named {name!r}")
-    trash = d.with_name(f"{io.TMP_PREFIX}deleted-{name}-{os.getpid()}")
+    trash = d.with_name(io.tmp_name(f"deleted-{name}"))
     os.replace(d, trash)  # disappears atomically; the slow removal happens afterwards
     shutil.rmtree(trash, ignore_errors=True)

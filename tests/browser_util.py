@@ -80,9 +80,11 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_app(tmp: Path, real_demo: bool = False, **app_kw):
     """The real app (stand-in demo, or the shipped demo; fresh home) served in-process; yields (url, demo, home).
-    ``app_kw``: more build_app arguments (e.g. model_dirs)."""
+    ``app_kw``: more build_app arguments (e.g. model_dirs; public=False for local mode; public mode is the
+    default here because most tests check the per-visitor isolation)."""
     from cedm import workspace as wsp
 
+    app_kw.setdefault("public", True)
     demo_dir = wsp.REPO_ROOT / "assets" / "demo" if real_demo else make_stand_in_demo(tmp / "demo-src")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(wsp, "DEMO_DIR", demo_dir)

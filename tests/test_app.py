@@ -6,6 +6,7 @@ import os
 import sys
 import time
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def test_only_working_actions_are_public(app):
     api = client(url).view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == {"/import_dataset", "/delete_workspace", "/cluster", "/cluster_bound",
                                            "/query", "/export_assignments", "/export_cluster", "/train", "/generate",
-                                           "/compare"}
+                                           "/compare", "/download_model", "/upload_model"}
     assert api["unnamed_endpoints"] == {}
 
 
@@ -182,17 +183,27 @@ def test_session_areas_are_private_and_cleaned(tmp_path):
     assert s.sweep() == [b.name] and not b.exists() and fresh.exists()
 
 
-def test_only_the_visitor_area_and_assets_are_served(app):
+def test_no_home_file_is_served_by_path_only_assets_and_outputs(app, tmp_path):
+    """The file route serves assets/ and component outputs (gradio's cache), never a path into the home: not
+    the sessions folder, not a visitor's workspace even when its path is known."""
     url, demo, home = app
     import httpx
+    from gradio_client import handle_file
+
+    from cedm import workspace as wsp
 
     outside = home / "workspaces-secret.txt"
     outside.write_text("private")
     inside = demo.cedm_context.sessions.root / "served.txt"
-    inside.write_text("ok")
-    assert httpx.get(f"{url}gradio_api/file={inside}").text == "ok"
-    assert httpx.get(f"{url}gradio_api/file={outside}").status_code == 403
-    assert httpx.get(f"{url}gradio_api/file=/etc/passwd").status_code == 403
+    inside.write_text("private too")
+    c = client(url)
+    c.predict([handle_file(str(make_zip(tmp_path / "mine.zip", junk=False)))], "mine", 32, None,
+              api_name="/import_dataset")
+    images = [p for p in session_workspaces(home) if p.name == "mine"][0] / "images.npy"
+    for p in (inside, outside, images, images.parent / "paths.json", "/etc/passwd"):
+        assert httpx.get(f"{url}gradio_api/file={p}").status_code == 403, p
+    asset = wsp.REPO_ROOT / "assets" / "demo" / "manifest.json"
+    assert httpx.get(f"{url}gradio_api/file={asset}").status_code == 200
 
 
 def test_cancel_stops_a_running_step(tmp_path):
@@ -208,7 +219,7 @@ def test_cancel_stops_a_running_step(tmp_path):
     s.request_cancel("abc")
     with pytest.raises(CedmError, match="cancelled"):
         report(2, 4, "importing")
-    assert len(seen) == 1 and seen[0][0] == (1, 4) and seen[0][1].startswith("importing · 25%")
+    assert len(seen) == 1 and seen[0][0] == (1, 4) and seen[0][1].startswith("importing")  # gr.Progress draws the %
     progress_callback(None, s, req)(3, 4)  # a new step starts uncancelled
 
 
@@ -232,12 +243,17 @@ def test_train_endpoint_trains_continues_and_lists_the_model(app):
     url, demo, home = app
     c = client(url)
     s = c.predict("demo", "gt", "", "tiny", 16, 0.064, "gt-tiny", api_name="/train")
-    ws = demo.cedm_context.open("demo", None)
+    ctx = demo.cedm_context
+    ws = ctx.open("demo", SimpleNamespace(session_hash=c.session_hash))
     assert s["model"] == f"{ws.name}/gt-tiny" and s["n_conditions"] == 3 and s["complete"] and s["kimg_done"] == 0.064
     assert "--resume" in s["command_line"] and "--out gt-tiny" in s["command_line"]
     folder = ws.derived_dir("models") / "gt-tiny"
-    assert folder.is_relative_to(home)  # the read-only demo got it in its overlay
+    # public mode: the read-only demo's overlay for this visitor is in their own area, not the shared one
+    assert folder.is_relative_to(ctx.sessions.home_for(c.session_hash)) and folder.is_dir()
+    assert not (home / "overlays").exists() or not list((home / "overlays").glob("*/models/gt-tiny"))
     assert [e.name for e in list_models(ws, shipped_dirs=[]) if e.source == "workspace"] == [s["model"]]
+    other = ctx.open("demo", SimpleNamespace(session_hash="someone-else"))
+    assert [e for e in list_models(other, shipped_dirs=[]) if e.source == "workspace"] == []
     s2 = c.predict("demo", "gt", "", "tiny", 16, 0.128, "gt-tiny", api_name="/train")
     assert s2["complete"] and s2["kimg_done"] == 0.128
     steps = [_json.loads(line)["step"] for line in (folder / "training" / "log.jsonl").read_text().splitlines()]
@@ -340,7 +356,7 @@ def test_query_bad_input_is_readable(demo_app, tmp_path):
                                           api_name="/query")
 
 
-def test_export_assignments_and_a_cluster_zip(demo_app, demo_ws):
+def test_export_assignments_and_a_cluster_zip(demo_app, demo_ws, tmp_path):
     url, _, home = demo_app
     import csv
     import io
@@ -360,8 +376,24 @@ def test_export_assignments_and_a_cluster_zip(demo_app, demo_ws):
     assert doc["clustering"] == "kmeans:50" and len(doc["assignments"]) == demo_ws.n
     assert doc["assignments"][7] == {"path": demo_ws.paths[7], "cluster": int(res.assignments[7]),
                                      "confidence": pytest.approx(float(res.confidence[7]), abs=1e-6)}
-    # the files were written to this visitor's own area
-    assert list((home / "sessions").glob("*/exports/*/demo-efficientnet_lite0-kmeans-50.csv"))
+    # the files were written to a fresh downloads folder of this visitor, outside every home (never served by
+    # its path: only as this output, copied into gradio's cache)
+    downloads = demo_app[1].cedm_context.sessions._downloads
+    assert list(downloads.glob("*/*/demo-efficientnet_lite0-kmeans-50.csv"))
+    assert not list(home.rglob("demo-efficientnet_lite0-kmeans-50.csv"))
+    # a renamed cluster is exported with its name (CSV column, JSON map)
+    from cedm.labels import rename_cluster
+    from cedm.ui.export_tab import write_assignments
+
+    named = int(res.assignments[7])
+    rename_cluster(demo_ws, "kmeans:50", named, "my favourites", backbone=OFFLINE)
+    try:
+        csv_path, json_path = write_assignments(demo_ws, OFFLINE, res, tmp_path)
+    finally:
+        rename_cluster(demo_ws, "kmeans:50", named, "", backbone=OFFLINE)
+    rows = list(csv.DictReader(open(csv_path, newline="")))
+    assert rows[7]["name"] == "my favourites"
+    assert json.load(open(json_path))["cluster_names"][str(named)] == "my favourites"
 
     cluster = int(np.argmax(res.sizes))
     zpath = c.predict("demo", OFFLINE, "kmeans:50", cluster, api_name="/export_cluster")

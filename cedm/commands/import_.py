@@ -18,7 +18,9 @@ def add_arguments(p) -> None:
     p.add_argument("--labels", metavar="CSV", help="CSV of path,label kept as ground truth for evaluation only")
     p.add_argument("--split", choices=["all", "train", "test"], default="all",
                    help="which CIFAR batches to import (default all)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing workspace of the same name")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing workspace of the same name "
+                   "(refused when it holds trained models or results, unless --force)")
+    p.add_argument("--force", action="store_true", help="with --overwrite: also delete its models and results")
     g = p.add_argument_group("safety limits")
     g.add_argument("--max-total-mb", type=float, default=_DEFAULT.max_total_bytes / _MB,
                    help="largest total uncompressed size read from the source (default %(default).0f)")
@@ -28,6 +30,8 @@ def add_arguments(p) -> None:
                    help="largest compression ratio of a member or compressed tar (default %(default)g)")
     g.add_argument("--max-members", type=int, default=_DEFAULT.max_members,
                    help="most entries in an archive or files in a folder (default %(default)d)")
+    g.add_argument("--max-decoded-mb", type=float, default=_DEFAULT.max_decoded_bytes / _MB,
+                   help="largest workspace of decoded images, N x R x R x 3 bytes (default %(default).0f)")
     g.add_argument("--max-image-mpx", type=float, default=_DEFAULT.max_image_pixels / 1e6,
                    help="largest image in megapixels, checked before decoding (default %(default)g)")
     add_home(p)
@@ -36,12 +40,33 @@ def add_arguments(p) -> None:
 def limits_from_args(args) -> ImportLimits:
     return ImportLimits(max_total_bytes=int(args.max_total_mb * _MB), max_file_bytes=int(args.max_file_mb * _MB),
                         max_ratio=float(args.max_ratio), max_members=int(args.max_members),
-                        max_image_pixels=int(args.max_image_mpx * 1e6))
+                        max_image_pixels=int(args.max_image_mpx * 1e6),
+                        max_decoded_bytes=int(args.max_decoded_mb * _MB))
+
+
+def check_overwrite(home, name: str, force: bool) -> None:
+    """--overwrite deletes the old workspace with everything derived from it: refuse unless --force when that
+    is more than the images."""
+    from cedm import workspace as wsp
+    from cedm.errors import CedmError
+
+    root = wsp.resolve_home(home) / "workspaces" / name
+    if force or not (root / "manifest.json").is_file():
+        return
+    models = sorted(p.name for p in (root / "models").glob("*") if p.is_dir() and not p.name.startswith("."))
+    results = sorted(p.name for p in (root / "artifacts").glob("*") if p.is_dir() and any(p.iterdir()))
+    if models or results:
+        what = ([f"{len(models)} trained model(s) ({', '.join(models[:5])}{', ...' if len(models) > 5 else ''})"]
+                if models else []) + ([f"its results ({', '.join(results)})"] if results else [])
+        raise CedmError(f"--overwrite would delete workspace {name!r} with {' and '.join(what)}; add --force to "
+                        "delete them too, or import under another --name")
 
 
 def run(args) -> int:
-    from cedm.dataset.importers import import_dataset
+    from cedm.dataset.importers import default_name, import_dataset
 
+    if args.overwrite:
+        check_overwrite(args.home, args.name or default_name(args.source), args.force)
     ws = import_dataset(args.source, home=args.home, name=args.name, resolution=args.resolution,
                         labels_csv=args.labels, limits=limits_from_args(args), overwrite=args.overwrite,
                         split=args.split)

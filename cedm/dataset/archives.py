@@ -45,6 +45,7 @@ class ImportLimits:
     ratio_min_bytes: int = 1 << 20      # ratios are only enforced above this size: small files are harmless
     max_members: int = 1_000_000        # entries in an archive or files in a folder
     max_image_pixels: int = 64_000_000  # width * height of one image, read from its header before decoding
+    max_decoded_bytes: int = 64 << 30   # the workspace's decoded images (N * R * R * 3), checked before writing
 
     def __post_init__(self):
         for k, v in asdict(self).items():

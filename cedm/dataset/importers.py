@@ -579,7 +579,8 @@ def import_dataset(source, home=None, name: str | None = None, resolution: int =
     if split not in ("all", "train", "test"):
         raise CedmError(f"split must be 'all', 'train' or 'test', got {split!r}")
     # Checks name, resolution and that the workspace does not exist yet, before reading anything.
-    builder = WorkspaceBuilder(home, name or default_name(path), resolution, capacity=0, overwrite=overwrite)
+    builder = WorkspaceBuilder(home, name or default_name(path), resolution, capacity=0, overwrite=overwrite,
+                               max_bytes=limits.max_decoded_bytes)
     kind = detect_kind(path, limits)
     csv_labels = read_labels_csv(labels_csv) if labels_csv else None
     src = None

@@ -14,7 +14,7 @@ import gradio as gr
 from cedm import workspace as wsp
 from cedm.errors import CedmError
 from cedm.progress import Progress
-from cedm.ui.sessions import Sessions
+from cedm.ui.sessions import LocalArea, Sessions
 
 log = logging.getLogger("cedm.ui")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # not a line per loaded library in the app log
@@ -29,7 +29,7 @@ MAX_WORKSPACES_PER_SESSION = 5
 @dataclass
 class AppContext:
     home: Path
-    sessions: Sessions
+    sessions: Sessions | LocalArea  # public mode: per-visitor areas; local mode: the shared home
     _demo: wsp.Workspace | None = None  # opened once: read-only, and its images may be a compressed .npz
 
     @property
@@ -46,6 +46,8 @@ class AppContext:
         if not name:
             raise CedmError("no workspace selected: upload images to make one")
         if name == wsp.DEMO_NAME:
+            if self.sessions.public:  # the visitor's demo clusterings and models go in their own area
+                return self.sessions.open_demo(_session(request))
             if self._demo is None or self._demo.root != wsp.DEMO_DIR:
                 self._demo = wsp.open_demo(self.home)
             return self._demo
@@ -54,6 +56,10 @@ class AppContext:
 
     def visitor_home(self, request: gr.Request | None) -> Path:
         return self.sessions.home_for(_session(request))
+
+    def downloads(self, request: gr.Request | None) -> Path:
+        """A fresh folder for a file the visitor downloads (outside every home; see sessions.py)."""
+        return self.sessions.downloads(_session(request))
 
 
 def _session(request: gr.Request | None) -> str | None:
@@ -69,6 +75,14 @@ def require(module: str, feature: str):
                         f"(missing module {e.name or module})") from e
 
 
+def hide_paths(text: str) -> str:
+    """A message without server paths: the home, the temp folder, the repository and any other absolute path
+    shortened to its last component."""
+    import re
+
+    return re.sub(r"(?<![\w.:/])/(?:[^\s/'\"`:,;()]+/)+([^\s/'\"`:,;()]*)", r"\1", text)
+
+
 def guarded(fn: Callable) -> Callable:
     """Show every failure as a readable message in the UI (and to API clients), never a stack trace."""
 
@@ -79,10 +93,10 @@ def guarded(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except CedmError as e:
-            raise gr.Error(html.escape(str(e), quote=False), print_exception=False) from None
+            raise gr.Error(html.escape(hide_paths(str(e)), quote=False), print_exception=False) from None
         except Exception as e:  # a bug, not the user's fault: keep the trace in the server log only
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(html.escape(f"Something went wrong ({type(e).__name__}: {e}). "
+            raise gr.Error(html.escape(f"Something went wrong ({type(e).__name__}: {hide_paths(str(e))}). "
                                        "The details are in the server log.", quote=False), print_exception=False) from None
 
     return inner

@@ -15,7 +15,9 @@ from typing import Callable
 import gradio as gr
 import numpy as np
 
+from cedm import io
 from cedm import workspace as wsp
+from cedm.dataset.archives import ImportLimits
 from cedm.errors import CedmError
 from cedm.ui import common
 from cedm.ui.common import AppContext, guarded
@@ -37,7 +39,7 @@ class DatasetTab:
 def summary_markdown(ws: wsp.Workspace) -> str:
     gt = ws.ground_truth
     gt_text = f"yes ({len(gt.names)} classes, used for evaluation only)" if gt is not None else "no"
-    origin = "shipped demo, read-only" if ws.read_only else "your upload, removed when you close this page"
+    origin = "shipped demo, read-only" if ws.read_only else "your workspace"
     return (f"### {ws.name} ({origin})\n"
             f"**{ws.n:,} images** at {ws.resolution}x{ws.resolution} px · ground-truth labels: {gt_text} · "
             f"source: `{ws.manifest.get('source', '?')}`")
@@ -101,6 +103,9 @@ def _unique_name(base: str, taken: list[str]) -> str:
 def _check_upload(files: list[Path]) -> None:
     if not files:
         raise CedmError("choose a .zip or .tar.gz archive, or several image files, to upload")
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise CedmError(f"the uploaded file {missing[0]} is no longer on the server; upload it again")
     if len(files) > common.MAX_UPLOAD_FILES:
         raise CedmError(f"{len(files)} files uploaded; at most {common.MAX_UPLOAD_FILES} at once "
                         "(pack more images into a .zip or .tar.gz)")
@@ -111,7 +116,7 @@ def _check_upload(files: list[Path]) -> None:
 
 def _stage_files(files: list[Path], visitor_home: Path) -> Path:
     """Copy several uploaded files into one folder (in the visitor's area) that the importer reads."""
-    staging = visitor_home / "uploads" / f".tmp-{uuid.uuid4().hex[:12]}"
+    staging = visitor_home / "uploads" / io.tmp_name("upload", uuid.uuid4().hex[:12])
     staging.mkdir(parents=True)
     for f in files:
         target = staging / f.name
@@ -128,6 +133,27 @@ def import_upload(ctx: AppContext, files, name: str, resolution, labels_csv, req
     """Import an upload into a new workspace in the visitor's area; returns the import report."""
     importers = common.require("cedm.dataset.importers", "Importing datasets")
     paths = [Path(f if isinstance(f, str) else getattr(f, "name", f)) for f in (files or [])]
+    try:
+        return _import_paths(ctx, importers, paths, name, resolution, labels_csv, request, progress)
+    except BaseException:  # refused or broken: the uploaded copies go at once (gradio's cache keeps them hours)
+        _remove_uploads(paths + ([Path(str(labels_csv))] if labels_csv else []))
+        raise
+
+
+def _remove_uploads(paths: list[Path]) -> None:
+    from gradio.utils import get_upload_folder, is_in_or_equal
+
+    for p in paths:
+        if is_in_or_equal(p, get_upload_folder()) and p.is_file():  # only gradio's copies, never a local file
+            p.unlink(missing_ok=True)
+            try:
+                p.parent.rmdir()  # gradio keeps each upload in a folder of its own
+            except OSError:
+                pass
+
+
+def _import_paths(ctx: AppContext, importers, paths: list[Path], name: str, resolution, labels_csv,
+                  request: gr.Request, progress) -> dict:
     _check_upload(paths)
     home = ctx.visitor_home(request)
     taken = wsp.list_workspaces(home, include_demo=False)
@@ -140,17 +166,47 @@ def import_upload(ctx: AppContext, files, name: str, resolution, labels_csv, req
             raise CedmError(f"you already have a workspace named {name!r}; choose another name")
     else:
         name = _unique_name(_default_name(paths), taken)
+    resolution = _resolution(resolution)
     single = len(paths) == 1 and paths[0].suffix.lower() not in _IMAGE_SUFFIXES
-    source = paths[0] if single else _stage_files(paths, home)
-    try:
-        ws = importers.import_dataset(
-            str(source), home=home, name=name, resolution=int(resolution or 64),
-            labels_csv=str(labels_csv) if labels_csv else None,
-            progress=common.progress_callback(progress, ctx.sessions, request))
-    finally:
-        if not single:
-            shutil.rmtree(source, ignore_errors=True)
+    with ctx.sessions.heavy("import", getattr(request, "session_hash", None)) as budget:
+        source = paths[0] if single else _stage_files(paths, home)
+        limits = ImportLimits() if budget is None else ImportLimits(max_decoded_bytes=budget)
+        try:
+            ws = importers.import_dataset(
+                str(source), home=home, name=name, resolution=resolution,
+                labels_csv=str(labels_csv) if labels_csv else None, limits=limits,
+                progress=common.progress_callback(progress, ctx.sessions, request))
+        except CedmError as e:
+            msg = str(e) if single else str(e).replace(source.name, "your upload")
+            if len(paths) == 1 and "usable image" in msg and "skipped" not in msg:
+                msg += f"; {_lone_file_reason(paths[0])}"
+            raise CedmError(msg) from None
+        finally:
+            if not single:
+                shutil.rmtree(source, ignore_errors=True)
     return report_json(ws)
+
+
+def _lone_file_reason(path: Path) -> str:
+    """Why a single uploaded file gave no dataset: it is not a readable image, or one image is too few."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # noqa: BLE001 - any decoder error is the reason shown
+        return f"{path.name} is not a readable image ({type(e).__name__}: {str(e)[:80]})"
+    return "one image file is not a dataset: upload several images, or a .zip or .tar.gz of them"
+
+
+def _resolution(value) -> int:
+    try:
+        r = int(value or 64)
+    except (TypeError, ValueError):
+        raise CedmError(f"resolution must be one of {RESOLUTIONS}, got {value!r}") from None
+    if r not in RESOLUTIONS:
+        raise CedmError(f"resolution must be one of {RESOLUTIONS}, got {value!r}")
+    return r
 
 
 # --- layout and wiring --------------------------------------------------------------------------
@@ -179,8 +235,9 @@ def build(ctx: AppContext) -> DatasetTab:
         gr.Markdown(f"A .zip or .tar.gz archive (folders are searched; a `labels.csv` of path,label rows inside "
                     f"is used as ground truth), a .npz/.npy array, or several image files. Up to "
                     f"{common.MAX_UPLOAD_BYTES // 2**20} MB per upload; an archive may hold any number of "
-                    f"images, loose files at most {common.MAX_UPLOAD_FILES:,} at once. Your uploads are private "
-                    "to this page and removed when you close it.")
+                    f"images, loose files at most {common.MAX_UPLOAD_FILES:,} at once. "
+                    + ("Your uploads are private to this page and removed when you close it." if ctx.sessions.public
+                       else f"Workspaces are kept in `{ctx.home}` and shared with the `cedm` command line."))
         with gr.Row():
             files = gr.File(file_count="multiple", type="filepath", label="archive or images",
                             elem_id="cedm-upload", scale=3)
@@ -249,6 +306,7 @@ def build(ctx: AppContext) -> DatasetTab:
 
     @guarded
     def on_load(request: gr.Request):
+        ctx.sessions.opened_page(request.session_hash)
         ctx.sessions.sweep()
         return gr.Dropdown(choices=ctx.choices(request))
 

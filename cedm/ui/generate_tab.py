@@ -12,6 +12,7 @@ Public API endpoint: ``/generate`` (model, condition, cluster, guidance, steps, 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 import gradio as gr
@@ -20,6 +21,7 @@ from cedm.errors import CedmError
 from cedm.model.registry import ModelEntry, find_model, guidance_note, list_models
 from cedm.ui import cluster_views as cv
 from cedm.ui.common import AppContext, generation_condition, guarded
+from cedm.ui.sessions import session_owner
 
 log = logging.getLogger("cedm.ui")
 
@@ -29,6 +31,9 @@ SAMPLERS = ["dpmpp2m", "heun", "euler"]
 MAX_IMAGES = 16
 DEFAULT_GUIDANCE = 2.0
 SWEEP = (0.0, 1.0, 2.0, 4.0, 6.0)
+SAME_NOISE_MAX = 6  # images per row of the same-noise comparison (8 overflowed the gallery)
+MAX_GUIDANCE = 20.0
+MAX_SEED = 2**63 - 1 - MAX_IMAGES  # image i uses seed + i
 POLL_S = 0.2
 
 
@@ -68,7 +73,7 @@ def request_of(entry: ModelEntry, mode: str, cluster, guidance, query_value=None
     """engine.submit's condition arguments for a condition mode; refuses guidance the model cannot do."""
     if mode not in CONDITIONS:
         raise CedmError(f"unknown condition {mode!r}; choose one of: {', '.join(CONDITIONS)}")
-    guidance = float(1.0 if guidance is None else guidance)
+    guidance = _number(1.0 if guidance is None else guidance, "guidance w", 0.0, MAX_GUIDANCE)
     if entry.n_conditions == 0 or mode == NONE:
         return {"uncond": True, "clusters": None, "guidance": 1.0}
     note = guidance_note(entry)
@@ -77,10 +82,28 @@ def request_of(entry: ModelEntry, mode: str, cluster, guidance, query_value=None
     if mode == CLUSTER:
         if cluster is None or cluster == "":
             raise CedmError("choose a cluster")
-        return {"clusters": condition_index(entry, int(cluster)), "guidance": guidance}
+        return {"clusters": condition_index(entry, cluster_id(cluster)), "guidance": guidance}
     if mode == QUERY:
         return {"clusters": query_condition(entry, query_value), "guidance": guidance}
     return {"clusters": None, "from_q": True, "guidance": guidance}
+
+
+def cluster_id(value) -> int:
+    """A cluster id from the API: a whole number, or the dropdown's label ('cluster 3 · name · q 5%')."""
+    m = re.match(r"^\s*(?:cluster\s+)?(\d{1,9})(?:\.0*)?(?:\s*·.*)?\s*$", str(value))
+    if not m:
+        raise CedmError(f"cluster must be a cluster id (a whole number such as 3), got {str(value)[:40]!r}")
+    return int(m.group(1))
+
+
+def _number(value, what: str, lo: float, hi: float) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise CedmError(f"{what} must be a number, got {str(value)[:40]!r}") from None
+    if not lo <= x <= hi:  # also refuses nan
+        raise CedmError(f"{what} must be between {lo:g} and {hi:g}, got {x:g}")
+    return x
 
 
 _FIRST: dict = {}
@@ -181,8 +204,8 @@ def check_numbers(steps, seed, n) -> tuple[int, int, int]:
         raise CedmError(f"number of images must be 1..{MAX_IMAGES}, got {n}")
     if not 1 <= steps <= 200:
         raise CedmError(f"steps must be 1..200, got {steps}")
-    if seed < 0:
-        raise CedmError(f"seed must be >= 0, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise CedmError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     return steps, seed, n
 
 
@@ -195,7 +218,8 @@ def run_jobs(engine, entry: ModelEntry, jobs: list[dict], steps: int, sampler: s
     tickets = []
     try:
         for job, box in zip(jobs, boxes):
-            tickets.append(submit(engine, entry, steps=steps, sampler=sampler, steps_box=box, **job))
+            tickets.append(submit(engine, entry, steps=steps, sampler=sampler, steps_box=box,
+                                  owner=session_owner(session), **job))
     except BaseException:
         for t in tickets:
             t.cancel()
@@ -296,7 +320,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         entry = entry_of(model_name, workspace_name, request)
         require_both_branches(entry, "this comparison")
         n_steps, seed_value, n_images = check_numbers(n_steps, seed_value, n_images)
-        n_images = min(n_images, 8)  # one row each
+        n_images = min(n_images, SAME_NOISE_MAX)  # one row each, every column visible with its caption
         cond = request_of(entry, CLUSTER if condition_mode in (NONE, FROM_Q) else condition_mode, cluster_id,
                           guidance_w, query_value)
         engine = get_engine()
@@ -415,8 +439,9 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
     same_noise.click(compare_same_noise, inputs, [gallery, records], api_visibility="private", concurrency_limit=4)
     sweep.click(guidance_sweep, inputs, [gallery, records], api_visibility="private", concurrency_limit=4)
     cancel.click(stop, None, None, api_visibility="private", concurrency_limit=None)
-    model.change(on_model, [model, workspace], [cluster, mode, guidance, guidance_info], api_visibility="private")
-    workspace.change(on_workspace, [workspace, model], [model], api_visibility="private")
+    model.change(on_model, [model, workspace], [cluster, mode, guidance, guidance_info], api_visibility="private",
+                 show_progress="hidden")
+    workspace.change(on_workspace, [workspace, model], [model], api_visibility="private", show_progress="hidden")
     condition.change(on_query, [condition], [mode, query_note], api_visibility="private", show_progress="hidden"
                      ).then(generate_for_query, [condition, model, guidance, steps, sampler, seed, n, workspace],
                             [gallery, records, query_note], api_visibility="private", concurrency_limit=4,
