@@ -491,9 +491,9 @@ def evaluate_model(model_dir, ws, n: int = 1000, seed: int = 0, guidance: Sequen
 
     Returns {"model", "results": [one dict per setting], "notes"}; each result is also written to
     ``<out_dir>/<settings-key>.json`` (default ``<home>/eval/<model name>``: never the model's folder, which
-    may be a read-only shipped checkpoint). ``guidance_interval`` (lo, hi): guide only for sigma in it. Results are always recomputed (only finished
-    chunks of samples and the real-image features are reused), so a rerun checks the numbers rather than
-    reading them back. ``head_from``: the model folder whose condition classifier scores MSP (default: this
+    may be a read-only shipped checkpoint). ``guidance_interval`` (lo, hi): guide only for sigma in it.
+    Results are always recomputed (only finished chunks of samples and the real-image features are reused),
+    so a rerun checks the numbers rather than reading them back. ``head_from``: the model folder whose condition classifier scores MSP (default: this
     model; pass a conditioned model for an unconditional one, so that both are scored by one classifier).
     FID / FD_DINOv2 are added when their weights can be had (``extra_metrics``), else noted as skipped.
     """
@@ -555,7 +555,8 @@ def evaluate_model(model_dir, ws, n: int = 1000, seed: int = 0, guidance: Sequen
         partial = out_dir / ".partial" / f"{key}-{fingerprint[:12]}"
         partial.mkdir(parents=True, exist_ok=True)
         images = generate_resumable(model, n, conditions, w, seed, sampler, steps, batch_size, partial,
-                                    interval=interval if w is not None else None, progress=(lambda d, t, s: progress(d, t, f"{label}: {s}")) if progress else None)
+                                    interval=interval if w is not None else None,
+                                    progress=(lambda d, t, s: progress(d, t, f"{label}: {s}")) if progress else None)
         t_sample = time.perf_counter() - t0
         res = {
             "model": str(model_dir), "model_name": model_dir.name, "model_sha256": fingerprint,
