@@ -43,7 +43,6 @@ from cedm.sampling.guidance import parse_interval
 
 STAGE_REAL = "eval_real"
 EVAL_VERSION = 1
-KMEANS_TEMPERATURE = 0.1      # softmax temperature over cosine similarities (TEMI's teacher temperature)
 GENERATE_CHUNK = 256          # generated images saved per resumable chunk
 DINOV2_BACKBONE = "dinov2_vits14"
 METRIC_NAMES = {OFFLINE_BACKBONE: "FD_EffNetLite0", DINOV2_BACKBONE: "FD_DINOv2"}
@@ -329,16 +328,10 @@ class ConditionHead:
     artifact: str = ""
 
     def predict_proba(self, feats: np.ndarray) -> np.ndarray:
-        """(N, C_head) probabilities over the clustering's clusters."""
-        from cedm.clusters.result import l2_normalize
+        """(N, C_head) probabilities over the clustering's clusters (cedm.clusters.assign)."""
+        from cedm.clusters.assign import Assigner
 
-        if self.method == "temi":
-            from cedm.clusters.temi import predict_proba
-            return predict_proba(self.head, feats, self.temperature)
-        logits = l2_normalize(feats) @ self.centroids.T / self.temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+        return Assigner(self.method, self.head, self.centroids, self.temperature).proba(feats)
 
 
 def _labels_sha(labels: np.ndarray) -> str:
@@ -351,6 +344,7 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
 
     The clustering is the cached one of the condition's method and C whose (compacted) labels are exactly the
     ones the model was trained on (the labels hash in its provenance), so the backbone need not be recorded."""
+    from cedm.clusters.assign import KMEANS_TEMPERATURE, condition_map
     from cedm.clusters.labelings import from_clusters, list_clusterings, load_clusters
     from cedm.model.edm import read_model_info
 
@@ -371,8 +365,7 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
             continue
         if want_sha is None and len(candidates) > 1:
             return None, f"{len(candidates)} cached {spec} clusterings and no labels hash in the model to choose"
-        model_ids = np.full(res.n_clusters, -1, dtype=np.int64)
-        model_ids[lab.original_ids] = np.arange(len(lab.original_ids))
+        model_ids = condition_map(lab.original_ids, res.n_clusters)
         head = ConditionHead(spec=spec, method=method, backbone=c["backbone"] or OFFLINE_BACKBONE,
                              weights=c.get("weights"), model_ids=model_ids, artifact=str(c["artifact"]))
         if method == "temi":
