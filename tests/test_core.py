@@ -50,3 +50,25 @@ def test_model_info_round_trip_and_default_interval(tmp_path):
     assert np.array_equal(ims, same) and "guidance_interval" not in frec[0]
     ref = reference_sample(m, guidance_interval="full", **kw)
     assert np.abs(full.astype(int) - ((ref + 1) * 127.5).round().clamp(0, 255).permute(0, 2, 3, 1).numpy()).max() <= 1
+
+
+def test_assigner_and_condition_map():
+    import pytest
+
+    from cedm.clusters.assign import Assigner, condition_map
+    from cedm.errors import CedmError
+
+    cents = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    feats = np.array([[3.0, 0.1, 0], [0, 0, 0.5]])
+    for method in ("kmeans", "skmeans"):
+        p = Assigner(method, centroids=cents).proba(feats)
+        assert p.shape == (2, 3) and np.allclose(p.sum(1), 1, atol=1e-6) and list(p.argmax(1)) == [0, 2]
+        # softmax of cosine / 0.1: e^10 between a perfect match and an orthogonal centroid
+        assert np.isclose(p[1, 2] / p[1, 0], np.exp(10), rtol=1e-3)
+    assert list(condition_map([2, 0], 4)) == [1, -1, 0, -1]
+    with pytest.raises(CedmError, match="do not fit"):
+        condition_map([5], 3)
+    with pytest.raises(CedmError, match="no stored centroids"):
+        Assigner("kmeans")
+    with pytest.raises(CedmError, match="no stored head"):
+        Assigner("temi")
