@@ -130,7 +130,8 @@ def _fill_train_form(page, url: str, kimg: str, name: str) -> None:
     page.goto(url)
     _open_tab(page, "Train")
     # the resolution follows the workspace: 16 px images offer 16 px only
-    page.wait_for_function("() => document.querySelector('#cedm-train-resolution input').value === '16'")
+    page.wait_for_function("() => document.querySelector('#cedm-train-resolution input').value === '16'",
+                           timeout=180_000)  # a busy machine (the page's load events queue behind earlier work)
     page.locator("#cedm-train-condition textarea, #cedm-train-condition input").first.fill("gt")
     page.locator("#cedm-train-preset input").click()
     page.get_by_role("option", name="tiny").click()
