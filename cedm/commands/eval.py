@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cedm.commands import add_device, add_home
 from cedm.errors import CedmError
+from cedm.sampling.samplers import SAMPLERS
 
 HELP = ("measure trained models: FD_EffNetLite0 (offline Fréchet distance), MSP confidence, and FID / "
         "FD_DINOv2 when their weights can be had")
@@ -20,8 +21,12 @@ def add_arguments(p) -> None:
     p.add_argument("--n", type=int, default=1000, help="generated images per setting (default 1000)")
     p.add_argument("--guidance", default="1",
                    help="comma-separated guidance strengths w, e.g. 0,1,2 (0 unconditional, 1 conditional)")
+    p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="guide only for noise levels LO <= sigma <= HI (default: every sigma)")
     p.add_argument("--uniform", action="store_true", help="draw clusters uniformly instead of from q(c)")
-    p.add_argument("--sampler", default="heun", choices=["heun", "euler", "dpmpp2m"])
+    p.add_argument("--sampler", default="heun", choices=list(SAMPLERS))
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for the per-setting JSON (default <home>/eval/<model name>; never the model folder)")
     p.add_argument("--steps", type=int, default=18, help="sampler steps (Heun: 2 x steps - 1 evaluations)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i in every setting and model")
     p.add_argument("--batch", type=int, default=64, help="images per network batch when sampling")
@@ -108,11 +113,13 @@ def run(args) -> int:
 
     from cedm import io
     from cedm.commands.train import _set_threads
-    from cedm.evaluate import (DINOV2_SKIPPED, FID_SKIPPED, condition_head, evaluate_model,
+    from cedm.evaluate import (DINOV2_SKIPPED, FID_SKIPPED, condition_head, default_eval_dir, evaluate_model,
                                guidance_plan)
+    from cedm.sampling.guidance import parse_interval
     from cedm.model.edm import read_model_info
 
     guidance = _parse_guidance(args.guidance)
+    interval = parse_interval(args.guidance_interval)
     if args.n < 2:
         raise CedmError(f"--n must be at least 2 (a Fréchet distance needs a covariance), got {args.n}")
     if args.threads is not None:
@@ -143,7 +150,9 @@ def run(args) -> int:
                                  batch_size=args.batch, inception_weights=args.inception_weights,
                                  dinov2_weights=args.dinov2_weights, extra_metrics=not args.offline_only,
                                  head_from=None if conditioned else head_from, progress=progress,
-                                 device=args.device)
+                                 device=args.device, guidance_interval=interval,
+                                 out_dir=Path(args.out) / model_dir.name if args.out and len(models) > 1 else
+                                 args.out or default_eval_dir(model_dir, args.home))
             results += out["results"]
             notes += [m if m in (FID_SKIPPED, DINOV2_SKIPPED) else f"{model_dir.name}: {m}" for m in out["notes"]]
     finally:
@@ -153,7 +162,7 @@ def run(args) -> int:
         print(f"note: {m}")
     print("FD_EffNetLite0: Fréchet distance in EfficientNet-Lite0 (ImageNet) pooled features; not FID. "
           "MSP: mean max. softmax probability of the condition classifier; agree: share of samples it puts "
-          "in their own cluster. Per-setting JSON: <model>/eval/.")
+          "in their own cluster. Per-setting JSON: <home>/eval/<model>/ (or --out).")
     if args.json:
         io.write_json(args.json, {"results": results, "notes": list(dict.fromkeys(notes))})
         print(f"results: {args.json}")

@@ -31,6 +31,7 @@ SAMPLERS = ["dpmpp2m", "heun", "euler"]
 MAX_IMAGES = 16
 DEFAULT_GUIDANCE = 2.0
 SWEEP = (0.0, 1.0, 2.0, 4.0, 6.0)
+SAME_NOISE_MAX = 6  # images per row of the same-noise comparison (8 overflowed the gallery)
 MAX_GUIDANCE = 20.0
 MAX_SEED = 2**63 - 1 - MAX_IMAGES  # image i uses seed + i
 POLL_S = 0.2
@@ -319,7 +320,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         entry = entry_of(model_name, workspace_name, request)
         require_both_branches(entry, "this comparison")
         n_steps, seed_value, n_images = check_numbers(n_steps, seed_value, n_images)
-        n_images = min(n_images, 8)  # one row each
+        n_images = min(n_images, SAME_NOISE_MAX)  # one row each, every column visible with its caption
         cond = request_of(entry, CLUSTER if condition_mode in (NONE, FROM_Q) else condition_mode, cluster_id,
                           guidance_w, query_value)
         engine = get_engine()
@@ -438,8 +439,9 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
     same_noise.click(compare_same_noise, inputs, [gallery, records], api_visibility="private", concurrency_limit=4)
     sweep.click(guidance_sweep, inputs, [gallery, records], api_visibility="private", concurrency_limit=4)
     cancel.click(stop, None, None, api_visibility="private", concurrency_limit=None)
-    model.change(on_model, [model, workspace], [cluster, mode, guidance, guidance_info], api_visibility="private")
-    workspace.change(on_workspace, [workspace, model], [model], api_visibility="private")
+    model.change(on_model, [model, workspace], [cluster, mode, guidance, guidance_info], api_visibility="private",
+                 show_progress="hidden")
+    workspace.change(on_workspace, [workspace, model], [model], api_visibility="private", show_progress="hidden")
     condition.change(on_query, [condition], [mode, query_note], api_visibility="private", show_progress="hidden"
                      ).then(generate_for_query, [condition, model, guidance, steps, sampler, seed, n, workspace],
                             [gallery, records, query_note], api_visibility="private", concurrency_limit=4,

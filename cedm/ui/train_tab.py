@@ -185,7 +185,7 @@ def build(ctx: AppContext, workspace: gr.State, clustering: gr.Textbox, backbone
                 "samples": samples[-1].name if samples else None,
                 "init": init_entry.name if init_entry is not None else None,
                 "command_line": cli_command(ws.name, condition_spec, backbone_name, preset_name, res,
-                                            max(budget * 10, 200.0), out.name)}
+                                            max(budget * 10, 200.0), out.name) + ctx.sessions.cli_home()}
 
     @guarded
     def show(workspace_name: str, result: dict, request: gr.Request):
