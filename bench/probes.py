@@ -48,7 +48,13 @@ def _write(out: Path, data: dict) -> None:
 def compare(args) -> None:
     import torch
 
-    from cedm.evaluate import backbone_net, extract, frechet_distance, real_features, sample_confidence
+    from cedm.evaluate import (
+        backbone_net,
+        extract,
+        frechet_distance,
+        real_features,
+        sample_confidence,
+    )
     from cedm.features.backbones import OFFLINE_BACKBONE
     from cedm.model.edm import load_model, read_model_info
     from cedm.probes.evaluate import labeling_head

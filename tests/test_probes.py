@@ -9,7 +9,13 @@ import torch
 from cedm.errors import CedmError
 from cedm.model.edm import CEDM, save_model
 from cedm.probes.guidance import classifier_guidance, select_candidates
-from cedm.probes.probe import ProbeSettings, get_probe, load_probe, save_probe, train_probe
+from cedm.probes.probe import (
+    ProbeSettings,
+    get_probe,
+    load_probe,
+    save_probe,
+    train_probe,
+)
 from cedm.probes.sample import generate_with_probe
 from cedm.sampling.samplers import SAMPLERS, edm_sigmas
 from tests.gmm import GaussianMixtureDenoiser

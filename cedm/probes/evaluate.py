@@ -6,8 +6,8 @@ that guided them: that would grade the guidance with its own classifier.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -52,7 +52,13 @@ def evaluate_probe(model_dir, probe_dir, ws, n: int = 500, seed: int = 0, weight
     stream C-EDM conditions use) and measure FD_EffNetLite0 and agreement. Results go to
     ``<out_dir>/probe-<settings>.json`` (default ``<model>/eval``)."""
     from cedm.device import resolve_device
-    from cedm.evaluate import backbone_net, extract, frechet_distance, real_features, sample_confidence
+    from cedm.evaluate import (
+        backbone_net,
+        extract,
+        frechet_distance,
+        real_features,
+        sample_confidence,
+    )
     from cedm.features.backbones import OFFLINE_BACKBONE
     from cedm.model.edm import load_model
     from cedm.probes.kind import probe_for

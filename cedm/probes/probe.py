@@ -25,9 +25,9 @@ import csv
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -483,8 +483,6 @@ def get_probe(ws, model, spec: str, settings: ProbeSettings | None = None, model
     found = ws.find_artifact(STAGE_PROBES, params)
     if found is not None:
         return load_probe(found, model, check=False), found, False
-    if int(model.resolution) <= 0:
-        raise CedmError("model has no resolution")
     probe = train_probe(model, ws.images, labels.labels, labels.class_names, settings, progress, should_stop)
     probe.info.update(labeling=labels.spec, labels_sha=params["labels_sha"], workspace=ws.name,
                       workspace_hash=ws.content_hash, default_target=labels.default_target,
