@@ -1,121 +1,70 @@
-"""Sampling speed through the inference engine against the plain reference, in the same run.
+"""Sampling speed: cedm's inference engine against the peer a user would write with diffusers, same run.
 
-*reference*: cedm.inference.reference_sample: float32, no inference mode, no compile, classifier-free guidance
-as two separate network calls per evaluation (the official C-EDM code). *engine*: InferenceEngine.generate with
-its defaults: inference mode, guidance as one call of batch 2B, bf16 autocast where the hardware has it (CUDA,
-AMX CPUs), and on CUDA channels-last + torch.compile with CUDA graphs. Where that default is bf16 on a CPU, the
-engine with dtype='fp32' (float-close to the reference) is timed too. Both use the EDM Heun sampler with 18
-steps (35 evaluations) and guidance w = 2, the same per-image seeds and clusters; "max|diff|" is the largest
-difference of their outputs (images in [-1, 1]).
+*peer*: the plain diffusers loop over our own shipped model (REFERENCE.md): ``UNet2DModel.from_pretrained(
+<model>/unet_ema)`` + ``EDMDPMSolverMultistepScheduler(sigma_min=0.002, sigma_max=80, sigma_data=0.5, rho=7,
+solver_order=2, final_sigmas_type="zero")`` + classifier-free guidance by concatenating the batch (class ids,
+then the null id), under ``torch.inference_mode()`` (and ``torch.autocast`` for bf16). *engine*:
+``InferenceEngine.generate`` with DPM-Solver++(2M), the same steps, guidance, seeds, clusters, dtype and
+threads: equal work. *engine interval*: the same with guidance only inside the model's default sigma interval
+(cedm.sampling.guidance; outside it one conditional call of batch B instead of 2B): less work by design.
 
-Also: 16 images with the interactive defaults (INTERACTIVE_DEFAULTS); and under load, 16 concurrent clients
-each asking for 4 images vs the same 16 requests one by one. On CUDA: model FLOPs per evaluation (torch's
-FLOP counter, one image) and MFU against a measured bf16 matmul peak.
+Rows: batch 1, 16, 64 in fp32 and bf16 (CPU), repeated ``--reps`` times, interleaved (engine, peer, engine
+interval for every cell in turn, order alternating) so that a shared machine's load hits all alike; the
+table gives medians. ``uint8 diff``: the largest difference of engine and peer images in uint8 levels (fp32:
+must be <= 1). On CUDA the rows are bf16 and fp32 too, at batch 1, 16, 64, 256.
 
-    python bench/sampling.py [--threads 2] [--presets small] [--resolution 32] [--batches 1,16,32,64]
+    python bench/sampling.py [--model checkpoints/demo-kmeans20] [--threads 1] [--batches 1,16,64] [--reps 5]
 """
 import argparse
 import json
 import os
 import platform
+import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cedm.inference import INTERACTIVE_DEFAULTS, InferenceEngine, reference_sample  # noqa: E402
-from cedm.model.edm import CEDM, count_parameters, load_model, save_model  # noqa: E402
-from timing import timed  # noqa: E402  (bench/timing.py; scripts run as python bench/<name>.py)
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from cedm.inference import INTERACTIVE_DEFAULTS, InferenceEngine  # noqa: E402
+from cedm.model.edm import read_model_info  # noqa: E402
 
-C, W, STEPS, SAMPLER = 10, 2.0, 18, "heun"
-
-
+W, STEPS, SAMPLER = 2.0, 12, "dpmpp2m"
 
 
-def flops_per_eval(model, device):
-    """Model FLOPs of one network evaluation for one image (a 2B guided call counts 2 images)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def peer_sample(unet, labels, w, steps, seed, dtype=None, device="cpu"):
+    """The diffusers loop, written as a user would: returns float32 (n, 3, R, R) in [-1, 1]."""
+    from diffusers import EDMDPMSolverMultistepScheduler
+    from diffusers.utils.torch_utils import randn_tensor
 
-    R = model.resolution
-    x = torch.randn(1, 3, R, R, device=device)
-    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
-        model(x, torch.tensor(1.0, device=device), torch.zeros(1, dtype=torch.long, device=device))
-    return fc.get_total_flops()
-
-
-def bf16_peak(device):
-    """Measured dense bf16 matmul FLOP/s (8192^3, best of 20)."""
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(20):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * 8192 ** 3 / best
+    sched = EDMDPMSolverMultistepScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0,
+                                           solver_order=2, final_sigmas_type="zero")
+    sched.set_timesteps(steps, device=device)
+    n, R = len(labels), unet.config.sample_size
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    x = randn_tensor((n, 3, R, R), generator=gens).to(device) * sched.init_noise_sigma
+    both = torch.cat([labels, torch.full_like(labels, unet.config.num_class_embeds - 1)]).to(device)
+    dev_type = torch.device(device).type
+    autocast = torch.autocast(dev_type, dtype=dtype, enabled=dtype is not None)
+    with torch.inference_mode(), autocast:
+        for t in sched.timesteps:
+            model_in = sched.scale_model_input(torch.cat([x, x]), t)
+            out = unet(model_in, t, class_labels=both).sample
+            cond, uncond = out.chunk(2)
+            x = sched.step(uncond + w * (cond - uncond), t, x).prev_sample
+    return x.float().cpu()
 
 
-def bench_preset(preset, R, device, batches, tmp, threads, reps, peak):
-    torch.manual_seed(0)
-    m = CEDM.from_preset(preset, R, C, info={"p_uncond": 0.1, "condition": {"q": [1 / C] * C}})
-    mdir = save_model(Path(tmp) / f"{preset}{R}", m)
-    ref_model = load_model(mdir, device)
-    fl = flops_per_eval(ref_model, device) if device.type == "cuda" else None
-    rows = []
-    with InferenceEngine(device=device, threads=threads, max_batch=max(batches)) as eng:
-        eng.warmup(mdir, batch_sizes=batches).result()  # compile only the shapes timed
-        fp32_eng = (InferenceEngine(device=device, threads=threads, dtype="fp32")
-                    if device.type == "cpu" and eng.dtype is not None else None)
-        for B in batches:
-            kw = dict(n=B, clusters=[i % C for i in range(B)], guidance=W, steps=STEPS, sampler=SAMPLER, seed=0)
-            eng.generate(mdir, output="float", **kw)  # warm (compiled shapes, caches)
-            t_ours, (x_ours, _) = timed(lambda: eng.generate(mdir, output="float", **kw), reps)
-            t_ref, x_ref = timed(lambda: reference_sample(ref_model, **kw), reps if B <= 16 else 1)
-            row = {"preset": preset, "resolution": R, "params_M": round(count_parameters(m) / 1e6, 2),
-                   "device": str(device), "dtype": str(eng.dtype or torch.float32).replace("torch.", ""),
-                   "batch": B, "ref_s": round(t_ref, 3), "ours_s": round(t_ours, 3),
-                   "ref_img_s": round(B / t_ref, 2), "ours_img_s": round(B / t_ours, 2),
-                   "speedup": round(t_ref / t_ours, 2),
-                   "max_abs_diff": float((x_ours.cpu() - x_ref.cpu()).abs().max())}
-            if fl:
-                # 35 evaluations, each on 2B images (guidance)
-                achieved = fl * 2 * B * (2 * STEPS - 1) / t_ours
-                row.update(gflops_per_eval_per_image=round(fl / 1e9, 3), tflops=round(achieved / 1e12, 1),
-                           mfu=round(achieved / peak, 3))
-            if fp32_eng is not None:  # the float-exact engine path, for comparison with the bf16 default
-                fp32_eng.generate(mdir, output="float", **kw)
-                t_32, (x_32, _) = timed(lambda: fp32_eng.generate(mdir, output="float", **kw), reps)
-                row.update(fp32_img_s=round(B / t_32, 2), fp32_speedup=round(t_ref / t_32, 2),
-                           fp32_max_abs_diff=float((x_32 - x_ref.cpu()).abs().max()))
-            rows.append(row)
-            print(row, flush=True)
-        best = max(rows, key=lambda r: r["ours_img_s"])
-        for r in rows:
-            r["best_batch"] = r is best
-        extra = {}
-        if device.type == "cpu" and preset == "small":
-            # 16 guided images with the interactive defaults (what the app's Generate button does)
-            kw = dict(n=16, clusters=list(range(16)) if C >= 16 else [i % C for i in range(16)], guidance=W, seed=0,
-                      **INTERACTIVE_DEFAULTS)
-            extra["interactive_16_s"] = round(timed(lambda: eng.generate(mdir, **kw), reps)[0], 2)
-            extra["interactive"] = INTERACTIVE_DEFAULTS
-        extra["load"] = bench_load(eng, mdir, device)
-    if fp32_eng is not None:
-        fp32_eng.close()
-    return rows, extra
+def to_uint8(x):
+    return ((x.float() + 1) * 127.5).round().clamp(0, 255)
 
 
-def bench_load(eng, mdir, device, clients=16, n=4):
+def bench_load(eng, mdir, n_cond, clients=16, n=4):
     """16 clients x 4 images at once vs the same requests one by one (interactive defaults, guidance 2)."""
-    asks = [dict(n=n, clusters=c % C, guidance=W, seed=100 * c, **INTERACTIVE_DEFAULTS) for c in range(clients)]
+    asks = [dict(n=n, clusters=c % n_cond, guidance=W, seed=100 * c, **INTERACTIVE_DEFAULTS) for c in range(clients)]
     eng.generate(mdir, **asks[0])
     t0 = time.perf_counter()
     for a in asks:
@@ -139,7 +88,6 @@ def bench_load(eng, mdir, device, clients=16, n=4):
         t.join()
     t_conc = time.perf_counter() - t0
     out = {"clients": clients, "images_each": n, "sequential_s": round(t_seq, 2), "concurrent_s": round(t_conc, 2),
-           "sequential_img_s": round(clients * n / t_seq, 2), "concurrent_img_s": round(clients * n / t_conc, 2),
            "throughput_ratio": round(t_seq / t_conc, 2), "errors": len(errors),
            "concurrent_latency_max_s": round(max(lat), 2) if lat else None}
     print("load", out, flush=True)
@@ -148,48 +96,98 @@ def bench_load(eng, mdir, device, clients=16, n=4):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(ROOT / "checkpoints" / "demo-kmeans20"))
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default 1 on CPU: this 2-core machine is shared, see README)")
+                    help="torch CPU threads for both sides (default 1 on CPU: the machine is shared, see README)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--presets", default=None, help="default: small on CPU, paper,small on CUDA")
-    ap.add_argument("--resolution", type=int, default=32)
-    ap.add_argument("--batches", default=None, help="default 1,16,32,64 on CPU, 1,16,64,128,256 on CUDA")
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--batches", default=None, help="default 1,16,64 (CPU), 1,16,64,256 (CUDA)")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--interval", default=None, metavar="LO,HI",
+                    help="guidance interval of the engine-interval column (default: the model's default)")
+    ap.add_argument("--no-interval", action="store_true", help="skip the engine-with-guidance-interval column")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
+    ap.add_argument("--load", action="store_true", help="also the 16-client load test")
     args = ap.parse_args()
+    from diffusers import UNet2DModel
+
     from cedm.device import resolve_device
+    from cedm.model.info import default_guidance_interval
+    from cedm.sampling.guidance import parse_interval
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    if args.threads is None and not cuda:
-        args.threads = 1
-    presets = (args.presets or ("paper,small" if cuda else "small")).split(",")
-    batches = [int(b) for b in (args.batches or ("1,16,64,128,256" if cuda else "1,16,32,64")).split(",")]
-    peak = bf16_peak(device) if cuda else None
+    threads = args.threads or (None if cuda else 1)
+    if threads:
+        torch.set_num_threads(threads)
+    batches = [int(b) for b in (args.batches or ("1,16,64,256" if cuda else "1,16,64")).split(",")]
+    dtypes = args.dtypes.split(",")
+    mdir = Path(args.model)
+    info = read_model_info(mdir)
+    C = int(info["n_conditions"])
+    interval = None if args.no_interval else (parse_interval(args.interval) if args.interval else
+                                              default_guidance_interval(info))
+    unet = UNet2DModel.from_pretrained(mdir / "unet_ema", use_safetensors=True).to(device).eval()
+    engines = {d: InferenceEngine(device=device, threads=threads, dtype=d, max_batch=max(batches)) for d in dtypes}
+    cells = [(B, d) for d in dtypes for B in batches]
+    times = {(B, d, k): [] for B, d in cells for k in ("engine", "peer", "interval")}
+    diffs = {}
+
+    def kw(B):
+        return dict(n=B, clusters=[i % C for i in range(B)], guidance=W, steps=STEPS, sampler=SAMPLER, seed=0)
+
+    def run(B, d, what):
+        dt = torch.bfloat16 if d == "bf16" else None
+        t = time.perf_counter()
+        if what == "peer":
+            out = peer_sample(unet, torch.tensor([i % C for i in range(B)]), W, STEPS, 0, dt, device)
+        else:
+            extra = {"guidance_interval": interval} if what == "interval" else {}
+            out = engines[d].generate(mdir, output="float", **kw(B), **extra)[0]
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t, out
+
+    load_start = os.getloadavg()
+    for B, d in cells:  # warm every path once, and compare the outputs
+        outs = {w: run(B, d, w)[1] for w in ("engine", "peer") + (() if interval is None else ("interval",))}
+        diffs[(B, d)] = float((to_uint8(outs["engine"]) - to_uint8(outs["peer"])).abs().max())
+    for rep in range(args.reps):
+        for B, d in cells:
+            order = ["engine", "peer"] + ([] if interval is None else ["interval"])
+            for what in (order if rep % 2 == 0 else order[::-1]):
+                times[(B, d, what)].append(run(B, d, what)[0])
+        print(f"rep {rep + 1}/{args.reps} done, load {os.getloadavg()[0]:.1f}", flush=True)
+    rows = []
+    for B, d in cells:
+        med = {k: statistics.median(times[(B, d, k)]) if times[(B, d, k)] else None
+               for k in ("engine", "peer", "interval")}
+        row = {"batch": B, "dtype": d, "peer_s": round(med["peer"], 3), "engine_s": round(med["engine"], 3),
+               "speedup": round(med["peer"] / med["engine"], 2), "uint8_diff": diffs[(B, d)],
+               "peer_runs": [round(t, 3) for t in times[(B, d, "peer")]],
+               "engine_runs": [round(t, 3) for t in times[(B, d, "engine")]]}
+        if med["interval"] is not None:
+            row.update(interval_s=round(med["interval"], 3), interval_speedup=round(med["peer"] / med["interval"], 2),
+                       interval_runs=[round(t, 3) for t in times[(B, d, "interval")]])
+        rows.append(row)
+    extra = {"load": bench_load(engines[dtypes[0]], mdir, C)} if args.load else {}
+    for e in engines.values():
+        e.close()
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "cpu_count": os.cpu_count(), "torch": torch.__version__,
                            "gpu": torch.cuda.get_device_name(device) if cuda else None,
-                           "bf16_peak_tflops": round(peak / 1e12, 1) if peak else None,
-                           "load_avg_start": os.getloadavg()},
-               "settings": {"sampler": SAMPLER, "steps": STEPS, "evaluations": 2 * STEPS - 1, "guidance": W,
-                            "conditions": C, "threads": args.threads, "reps": args.reps},
-               "rows": [], "extra": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for p in presets:
-            rows, extra = bench_preset(p, args.resolution, device, batches, tmp, args.threads, args.reps, peak)
-            results["rows"] += rows
-            results["extra"][f"{p}{args.resolution}"] = extra
-    results["machine"]["load_avg_end"] = os.getloadavg()
-    keys = ["preset", "dtype", "batch", "ref_img_s", "ours_img_s", "speedup", "ref_s", "ours_s", "max_abs_diff"]
-    if cuda:
-        keys += ["gflops_per_eval_per_image", "tflops", "mfu"]
-    elif "fp32_img_s" in results["rows"][0]:
-        keys += ["fp32_img_s", "fp32_speedup", "fp32_max_abs_diff"]
+                           "load_avg_start": load_start, "load_avg_end": os.getloadavg()},
+               "settings": {"model": mdir.name, "sampler": SAMPLER, "steps": STEPS, "guidance": W,
+                            "guidance_interval": interval, "threads": torch.get_num_threads(), "reps": args.reps,
+                            "statistic": "median"},
+               "rows": rows, "extra": extra}
+    keys = ["batch", "dtype", "peer_s", "engine_s", "speedup", "uint8_diff"]
+    if interval is not None:
+        keys += ["interval_s", "interval_speedup"]
     print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for r in results["rows"]:
-        print("| " + " | ".join(f"{r[k]:.2e}" if k.endswith("max_abs_diff") else str(r[k]) for k in keys) + " |")
-    for name, e in results["extra"].items():
-        print(name, json.dumps(e))
-    out = Path(__file__).resolve().parent / "results" / "sampling.json"
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+    out = Path(args.out)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

@@ -16,8 +16,8 @@ from cedm.errors import CedmError
 ALLOW_HELP = (f"allow downloading the named pretrained weights (DINO, DINOv2, CLIP, Inception) from the model hub "
               f"into the Hugging Face cache (also {hub.ALLOW_ENV}=1; on by default on a Hugging Face Space; "
               f"offline otherwise)")
-COMMANDS = ["import", "features", "annotate", "cluster", "bound", "labels", "train", "probe", "sample", "eval", "workspaces",
-            "serve"]
+COMMANDS = ["import", "features", "ablate-features", "annotate", "cluster", "bound", "labels", "train", "probe",
+            "sample", "eval", "workspaces", "serve"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _module(name: str):
-    return importlib.import_module(f"cedm.commands.{name.replace('import', 'import_')}")
+    return importlib.import_module(f"cedm.commands.{name.replace('import', 'import_').replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,10 +39,10 @@ import numpy as np
 from cedm import __version__, hub, io
 from cedm.errors import CedmError
 from cedm.features.backbones import OFFLINE_BACKBONE
+from cedm.sampling.guidance import parse_interval
 
 STAGE_REAL = "eval_real"
 EVAL_VERSION = 1
-KMEANS_TEMPERATURE = 0.1      # softmax temperature over cosine similarities (TEMI's teacher temperature)
 GENERATE_CHUNK = 256          # generated images saved per resumable chunk
 DINOV2_BACKBONE = "dinov2_vits14"
 METRIC_NAMES = {OFFLINE_BACKBONE: "FD_EffNetLite0", DINOV2_BACKBONE: "FD_DINOv2"}
@@ -328,16 +328,10 @@ class ConditionHead:
     artifact: str = ""
 
     def predict_proba(self, feats: np.ndarray) -> np.ndarray:
-        """(N, C_head) probabilities over the clustering's clusters."""
-        from cedm.clusters.result import l2_normalize
+        """(N, C_head) probabilities over the clustering's clusters (cedm.clusters.assign)."""
+        from cedm.clusters.assign import Assigner
 
-        if self.method == "temi":
-            from cedm.clusters.temi import predict_proba
-            return predict_proba(self.head, feats, self.temperature)
-        logits = l2_normalize(feats) @ self.centroids.T / self.temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+        return Assigner(self.method, self.head, self.centroids, self.temperature).proba(feats)
 
 
 def _labels_sha(labels: np.ndarray) -> str:
@@ -350,6 +344,7 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
 
     The clustering is the cached one of the condition's method and C whose (compacted) labels are exactly the
     ones the model was trained on (the labels hash in its provenance), so the backbone need not be recorded."""
+    from cedm.clusters.assign import KMEANS_TEMPERATURE, condition_map
     from cedm.clusters.labelings import from_clusters, list_clusterings, load_clusters
     from cedm.model.edm import read_model_info
 
@@ -370,8 +365,7 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
             continue
         if want_sha is None and len(candidates) > 1:
             return None, f"{len(candidates)} cached {spec} clusterings and no labels hash in the model to choose"
-        model_ids = np.full(res.n_clusters, -1, dtype=np.int64)
-        model_ids[lab.original_ids] = np.arange(len(lab.original_ids))
+        model_ids = condition_map(lab.original_ids, res.n_clusters)
         head = ConditionHead(spec=spec, method=method, backbone=c["backbone"] or OFFLINE_BACKBONE,
                              weights=c.get("weights"), model_ids=model_ids, artifact=str(c["artifact"]))
         if method == "temi":
@@ -379,7 +373,8 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
             head.head, cfg = load_head(Path(c["artifact"]) / "head")
             head.temperature = float(cfg.get("temperature", 0.1))
         else:
-            head.centroids, head.temperature = res.centroids, KMEANS_TEMPERATURE
+            from cedm.clusters.result import l2_normalize  # unit rows: Euclidean k-means keeps raw means
+            head.centroids, head.temperature = l2_normalize(res.centroids), KMEANS_TEMPERATURE
         return head, None
     return None, (f"the {spec} clustering the model was trained on is not cached in workspace {ws.name!r} "
                   f"(run 'cedm cluster' as for training)")
@@ -398,8 +393,11 @@ def sample_confidence(head: ConditionHead, images: np.ndarray | None, device=Non
 
 
 # --- generation, resumable ----------------------------------------------------------------------------
-def settings_key(ws, n: int, seed: int, w: float | None, from_q: bool, sampler: str, steps: int) -> str:
+def settings_key(ws, n: int, seed: int, w: float | None, from_q: bool, sampler: str, steps: int,
+                 interval: tuple[float, float] | None = None) -> str:
     cond = "uncond" if w is None else f"{'q' if from_q else 'uniform'}-w{w:g}"
+    if interval is not None and w is not None:
+        cond += f"-gi{interval[0]:g}-{interval[1]:g}"
     return f"{ws.name}-n{n}-seed{seed}-{cond}-{sampler}{steps}"
 
 
@@ -414,7 +412,8 @@ def model_fingerprint(model_dir) -> str:
 
 
 def generate_resumable(model, n: int, conditions: Sequence[int | None], w: float, seed: int, sampler: str,
-                       steps: int, batch_size: int, partial: Path, progress: Progress | None = None) -> np.ndarray:
+                       steps: int, batch_size: int, partial: Path, progress: Progress | None = None,
+                       interval: tuple[float, float] | None = None) -> np.ndarray:
     """generate() in chunks of GENERATE_CHUNK images, each saved to ``partial``: a rerun skips finished
     chunks. Seeds are per image (S + i), so chunking does not change any image."""
     from cedm.sampling.generate import generate
@@ -437,13 +436,20 @@ def generate_resumable(model, n: int, conditions: Sequence[int | None], w: float
 
         chunk, _ = generate(model, stop - start, clusters=cl, uncond=cl is None and model.n_conditions > 0,
                             guidance=1.0 if w is None else w, steps=steps, sampler=sampler, seed=seed + start,
-                            batch_size=batch_size, progress=prog)
+                            batch_size=batch_size, progress=prog, guidance_interval=interval)
         io.save_npy(f, chunk)
         out[start:stop] = chunk
     return out
 
 
 # --- evaluating a model -------------------------------------------------------------------------------
+def default_eval_dir(model_dir, home=None) -> Path:
+    """Where `cedm eval` writes a model's results: ``<home>/eval/<model name>``."""
+    from cedm.workspace import default_home
+
+    return Path(home or default_home()).expanduser() / "eval" / Path(model_dir).name
+
+
 def guidance_plan(model_dir, guidance: Sequence[float]) -> tuple[list[float | None], list[str]]:
     """The guidance values to run for a model (None = unconditional model, evaluated once) and notes on
     skipped ones. Refuses, before any work, guidance that the model cannot do (check_guidance)."""
@@ -474,13 +480,14 @@ def evaluate_model(model_dir, ws, n: int = 1000, seed: int = 0, guidance: Sequen
                    from_q: bool = True, sampler: str = "heun", steps: int = 18, batch_size: int = 64,
                    backbone: str = OFFLINE_BACKBONE, backbone_weights=None, inception_weights=None,
                    dinov2_weights=None, extra_metrics: bool = True, head_from=None,
-                   progress: Progress | None = None, device=None, out_dir=None) -> dict:
+                   progress: Progress | None = None, device=None, out_dir=None, guidance_interval=None) -> dict:
     """Generate ``n`` samples per guidance value and measure them against all real images of ``ws``.
 
     Returns {"model", "results": [one dict per setting], "notes"}; each result is also written to
-    ``<out_dir>/<settings-key>.json`` (default ``<model>/eval``). Results are always recomputed (only finished
-    chunks of samples and the real-image features are reused), so a rerun checks the numbers rather than
-    reading them back. ``head_from``: the model folder whose condition classifier scores MSP (default: this
+    ``<out_dir>/<settings-key>.json`` (default ``<home>/eval/<model name>``: never the model's folder, which
+    may be a read-only shipped checkpoint). ``guidance_interval`` (lo, hi): guide only for sigma in it.
+    Results are always recomputed (only finished chunks of samples and the real-image features are reused),
+    so a rerun checks the numbers rather than reading them back. ``head_from``: the model folder whose condition classifier scores MSP (default: this
     model; pass a conditioned model for an unconditional one, so that both are scored by one classifier).
     FID / FD_DINOv2 are added when their weights can be had (``extra_metrics``), else noted as skipped.
     """
@@ -500,7 +507,8 @@ def evaluate_model(model_dir, ws, n: int = 1000, seed: int = 0, guidance: Sequen
     plan, notes = guidance_plan(model_dir, guidance)
     dev = resolve_device(device) if not hasattr(device, "type") else device
     model = load_model(model_dir, dev)
-    out_dir = Path(out_dir) if out_dir is not None else model_dir / "eval"
+    out_dir = Path(out_dir) if out_dir is not None else default_eval_dir(model_dir)
+    interval = parse_interval(guidance_interval)
     fingerprint = model_fingerprint(model_dir)
     R = model.resolution
 
@@ -534,19 +542,21 @@ def evaluate_model(model_dir, ws, n: int = 1000, seed: int = 0, guidance: Sequen
 
     results = []
     for w in plan:
-        key = settings_key(ws, n, seed, w, from_q, sampler, steps)
+        key = settings_key(ws, n, seed, w, from_q, sampler, steps, interval)
         label = f"{model_dir.name} w={'-' if w is None else f'{w:g}'}"
         t0 = time.perf_counter()
         conditions = choose_conditions(model, n, None, from_q, uncond=w is None, seed=seed)
         partial = out_dir / ".partial" / f"{key}-{fingerprint[:12]}"
         partial.mkdir(parents=True, exist_ok=True)
         images = generate_resumable(model, n, conditions, w, seed, sampler, steps, batch_size, partial,
+                                    interval=interval if w is not None else None,
                                     progress=(lambda d, t, s: progress(d, t, f"{label}: {s}")) if progress else None)
         t_sample = time.perf_counter() - t0
         res = {
             "model": str(model_dir), "model_name": model_dir.name, "model_sha256": fingerprint,
             "condition": (info.get("condition") or {}).get("spec") or "none",
             "n_conditions": int(info.get("n_conditions", 0)), "guidance": w, "n": n, "seed": seed,
+            "guidance_interval": list(interval) if interval is not None and w is not None else None,
             "conditions_from": None if w is None else ("q" if from_q else "uniform"),
             "sampler": sampler, "steps": steps, "resolution": R,
             "workspace": ws.name, "workspace_hash": ws.content_hash, "n_real": ws.n,

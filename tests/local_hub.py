@@ -152,6 +152,13 @@ def register_tiny_clip(cfg_dir: Path) -> None:
     pretrained._PRETRAINED[TINY_CLIP] = {TINY_CLIP_TAG: pretrained._pcfg(hf_hub=f"{TINY_CLIP_REPO}/")}
 
 
+def unregister_tiny_clip() -> None:
+    from open_clip import factory, pretrained
+
+    pretrained._PRETRAINED.pop(TINY_CLIP, None)
+    factory._MODEL_CONFIGS.pop(TINY_CLIP, None)
+
+
 def make_weights(folder: Path) -> dict[str, Path]:
     """Random-init weights saved as the hub has them: timm's DINOv2 ViT-S/14 (model.safetensors, the registry's
     own architecture) and the tiny CLIP's whole checkpoint (open_clip_model.safetensors)."""

@@ -25,6 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 N_IMAGES = 6
 
 
+@pytest.fixture(autouse=True)
+def own_registry(monkeypatch):
+    """Backbones registered on the fly (CLIP towers for labels) stay inside each test."""
+    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
+
+
 # --- the policy ------------------------------------------------------------------------------------
 @pytest.fixture
 def clean_env(monkeypatch):
@@ -84,7 +90,6 @@ def test_availability_and_telemetry_off(clean_env, tmp_path):
     assert backbones.get_spec("clip_vitb32").hub_ref()[0] == "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
     # the paper's CLIP is one flag away (--model ViT-bigG-14): its LAION-2B weights on the hub, its own tower
     from cedm import labels
-    clean_env.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
     tag = labels.resolve_tag("ViT-bigG-14", None)
     tower = labels.image_backbone("ViT-bigG-14", tag)
     assert tag == "laion2b_s39b_b160k" and backbones.get_spec(tower).feature_dim == 1280
@@ -110,6 +115,7 @@ def served(tmp_path_factory):
     srv.start()
     yield SimpleNamespace(hub=srv, files=files, sha=sha, cfg=tmp / "clip_cfg")
     srv.close()
+    local_hub.unregister_tiny_clip()
 
 
 def _images():
@@ -247,18 +253,28 @@ def test_real_download_path_cli_then_offline_then_the_app(served, clean_env, hom
                         lambda value, desc=None: calls.append((value, desc)))
         assert out[1] == f"saved as labels:clip-{TINY_CLIP}", out[1]
         size = served.files["clip"].stat().st_size
-        assert ((size, size), f"downloading {TINY_CLIP_REPO}/open_clip_model.safetensors") in calls
+        assert any(value == (size, size) and f"downloading {TINY_CLIP_REPO}/open_clip_model.safetensors" in desc
+                   for value, desc in calls), calls
         from cedm.ui.settings import status_markdown
         assert "`dinov2_vits14`: weights cached" in status_markdown()
-        # the settings switch (local mode): turns downloads off and relabels the Clusters tab's backbones
-        switch = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "switch")
-        status, dropdown = switch(False, rep["workspace"], "dinov2_vits14", SimpleNamespace(session_hash=c.session_hash))
+        # a public server keeps its policy: no switch; in local mode the switch turns downloads off and relabels
+        # the Clusters tab's backbones
+        assert not [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "switch"]
+        import gradio as gr
+
+        from cedm.ui import settings
+        visitor_ws = demo.cedm_context.open(rep["workspace"], SimpleNamespace(session_hash=c.session_hash))
+        with gr.Blocks() as local_page:
+            settings.build(SimpleNamespace(open=lambda name, request: visitor_ws), gr.Dropdown(), gr.Dropdown(),
+                           local=True)
+        switch = next(f.fn for f in local_page.fns.values() if getattr(f.fn, "__name__", "") == "switch")
+        status, dropdown = switch(False, rep["workspace"], "dinov2_vits14", None)
         assert status.startswith("**Model downloads: off**") and not hub.downloads_allowed()
         assert f"features for {N_IMAGES} images take about" in status
         labels_now = {v: lab for lab, v in dropdown.choices}
         assert labels_now["dinov2_vits14"] == "dinov2_vits14 (features ready)"
         assert labels_now["dino_vitb16"] == "dino_vitb16 (needs downloading 343 MB; downloads are off)"
-        switch(True, rep["workspace"], "dinov2_vits14", SimpleNamespace(session_hash=c.session_hash))
+        switch(True, rep["workspace"], "dinov2_vits14", None)
         assert hub.downloads_allowed()
     assert [p for _, p in srv.seen()[before:]] == [
         f"/{DINOV2_REPO}/resolve/main/model.safetensors", f"/cdn/{served.sha['dinov2']}",

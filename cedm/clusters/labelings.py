@@ -10,6 +10,8 @@ the bound's utilization curve grows run by run. Named labelings (e.g. CLIP pseud
     temi:C      TEMI with C clusters
     gt          the workspace's ground truth     labels:NAME  a labeling saved with save_labeling
     rows:NAME   a named set of rows (a selection, few-shot picks): 1 = in the set, 0 = the rest
+    self:K@MODEL  the prototypes a self:K model (online self-guidance) assigned to each image at its last
+                checkpoint (MODEL: the model's name in this workspace)
 """
 from __future__ import annotations
 
@@ -31,9 +33,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # --- features and neighbours ---------------------------------------------------------------------
 def resolve_backbone(backbone: str | None) -> str:
-    if backbone:
-        return backbone
     from cedm import features
+    if backbone:
+        return features.backbones.canonical_name(backbone)  # denoiser:M -> with its sigma/block defaults
     return features.DEFAULT_BACKBONE
 
 
@@ -316,6 +318,8 @@ def resolve(ws, spec: str, backbone=None, weights=None, seed: int = 0, device=No
         return load_labeling(ws, arg).compact()
     if method == "rows" and arg:
         return rows_labeling(ws, arg)
+    if method == "self" and "@" in arg:
+        return self_labeling(ws, spec)
     if method in METHODS:
         try:
             c = int(arg)
@@ -324,4 +328,28 @@ def resolve(ws, spec: str, backbone=None, weights=None, seed: int = 0, device=No
         res = cluster_workspace(ws, method, c, backbone=backbone, weights=weights, seed=seed, device=device,
                                 progress=progress, **temi_kw)
         return from_clusters(res, spec).compact()
-    raise CedmError(f"unknown labeling {spec!r}: use kmeans:C, skmeans:C, temi:C, gt, labels:NAME or rows:NAME")
+    raise CedmError(f"unknown labeling {spec!r}: use kmeans:C, skmeans:C, temi:C, gt, labels:NAME, rows:NAME "
+                     "or self:K@MODEL")
+
+
+def self_labeling(ws, spec: str) -> Labeling:
+    """``self:K@MODEL``: the per-image prototypes saved by an online self-guided model of this workspace."""
+    from cedm.model.registry import find_model, list_models
+    from cedm.model.self_guidance import LABELS_FILE
+
+    k_text, _, model = spec.partition(":")[2].partition("@")
+    try:
+        k = int(k_text)
+    except ValueError:
+        raise CedmError(f"bad labeling {spec!r}: expected self:K@MODEL with an integer K") from None
+    name = model if "/" in model else f"{ws.name}/{model}"
+    entry = find_model(list_models(ws, shipped_dirs=()), name)
+    path = entry.path / LABELS_FILE
+    if entry.condition_spec != f"self:{k}" or not path.is_file():
+        raise CedmError(f"model {name!r} is not a self:{k} model with saved assignments")
+    labels = io.load_npy(path).astype(np.int64)
+    if labels.shape != (ws.n,):
+        raise CedmError(f"model {name!r} was trained on other images ({len(labels)} rows, workspace has {ws.n})")
+    return Labeling(name=spec, labels=labels, class_names=[f"prototype {i}" for i in range(k)],
+                    meta={"model": name, "utilization": entry.info.get("condition", {}).get("utilization")}
+                    ).compact()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cedm.commands import add_device, add_home
 from cedm.errors import CedmError
+from cedm.sampling.samplers import SAMPLERS
 
 HELP = ("measure trained models: FD_EffNetLite0 (offline Fréchet distance), MSP confidence, and FID / "
         "FD_DINOv2 when their weights can be had")
@@ -20,8 +21,12 @@ def add_arguments(p) -> None:
     p.add_argument("--n", type=int, default=1000, help="generated images per setting (default 1000)")
     p.add_argument("--guidance", default="1",
                    help="comma-separated guidance strengths w, e.g. 0,1,2 (0 unconditional, 1 conditional)")
+    p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="guide only for noise levels LO <= sigma <= HI (default: every sigma)")
     p.add_argument("--uniform", action="store_true", help="draw clusters uniformly instead of from q(c)")
-    p.add_argument("--sampler", default="heun", choices=["heun", "euler", "dpmpp2m"])
+    p.add_argument("--sampler", default="heun", choices=list(SAMPLERS))
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for the per-setting JSON (default <home>/eval/<model name>; never the model folder)")
     p.add_argument("--steps", type=int, default=18, help="sampler steps (Heun: 2 x steps - 1 evaluations)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i in every setting and model")
     p.add_argument("--batch", type=int, default=64, help="images per network batch when sampling")
@@ -31,6 +36,13 @@ def add_arguments(p) -> None:
                    help="local weights of the registry's dinov2_vits14 backbone for FD_DINOv2")
     p.add_argument("--offline-only", action="store_true",
                    help="compute only FD_EffNetLite0 and MSP (no FID / FD_DINOv2 attempt)")
+    p.add_argument("--probe", default=None, metavar="FOLDER",
+                   help="evaluate probe-guided sampling of the (one) model: --guidance values are probe weights; "
+                        "targets drawn from the probe labeling's q; agreement by the labeling's own assigner")
+    p.add_argument("--best-of", type=int, default=1, metavar="K",
+                   help="with --probe: keep the best of K candidates by the probe's probability")
+    p.add_argument("--condition", type=int, default=None, help="with --probe on a C-EDM: its own condition")
+    p.add_argument("--cfg", type=float, default=1.0, help="with --probe and --condition: classifier-free weight")
     p.add_argument("--json", default=None, metavar="OUT", help="also write all results to this JSON file")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch and BLAS (default: all cores; 1 is often faster on a busy machine)")
@@ -101,11 +113,13 @@ def run(args) -> int:
 
     from cedm import io
     from cedm.commands.train import _set_threads
-    from cedm.evaluate import (DINOV2_SKIPPED, FID_SKIPPED, condition_head, evaluate_model,
+    from cedm.evaluate import (DINOV2_SKIPPED, FID_SKIPPED, condition_head, default_eval_dir, evaluate_model,
                                guidance_plan)
+    from cedm.sampling.guidance import parse_interval
     from cedm.model.edm import read_model_info
 
     guidance = _parse_guidance(args.guidance)
+    interval = parse_interval(args.guidance_interval)
     if args.n < 2:
         raise CedmError(f"--n must be at least 2 (a Fréchet distance needs a covariance), got {args.n}")
     if args.threads is not None:
@@ -113,6 +127,8 @@ def run(args) -> int:
         from threadpoolctl import threadpool_limits
         threadpool_limits(args.threads)
     models = _resolve_models(args)
+    if args.probe is not None:
+        return _run_probe(args, models, guidance)
     for model_dir, _ in models:  # refuse impossible settings before hours of sampling
         guidance_plan(model_dir, guidance)
     # Unconditional models are scored by the classifier of the first conditioned model that has one.
@@ -134,7 +150,9 @@ def run(args) -> int:
                                  batch_size=args.batch, inception_weights=args.inception_weights,
                                  dinov2_weights=args.dinov2_weights, extra_metrics=not args.offline_only,
                                  head_from=None if conditioned else head_from, progress=progress,
-                                 device=args.device)
+                                 device=args.device, guidance_interval=interval,
+                                 out_dir=Path(args.out) / model_dir.name if args.out and len(models) > 1 else
+                                 args.out or default_eval_dir(model_dir, args.home))
             results += out["results"]
             notes += [m if m in (FID_SKIPPED, DINOV2_SKIPPED) else f"{model_dir.name}: {m}" for m in out["notes"]]
     finally:
@@ -144,8 +162,45 @@ def run(args) -> int:
         print(f"note: {m}")
     print("FD_EffNetLite0: Fréchet distance in EfficientNet-Lite0 (ImageNet) pooled features; not FID. "
           "MSP: mean max. softmax probability of the condition classifier; agree: share of samples it puts "
-          "in their own cluster. Per-setting JSON: <model>/eval/.")
+          "in their own cluster. Per-setting JSON: <home>/eval/<model>/ (or --out).")
     if args.json:
         io.write_json(args.json, {"results": results, "notes": list(dict.fromkeys(notes))})
         print(f"results: {args.json}")
+    return 0
+
+
+def _run_probe(args, models, weights) -> int:
+    from tqdm import tqdm
+
+    from cedm import io
+    from cedm.probes.evaluate import evaluate_probe
+
+    if len(models) != 1:
+        raise CedmError("--probe evaluates one model (the one the probe was trained on)")
+    (model_dir, ws), = models
+    bar = tqdm(total=1, unit="img", desc="eval", dynamic_ncols=True)
+
+    def progress(done, total, desc):
+        if total != bar.total or done < bar.n:
+            bar.reset(total=total)
+        bar.n = done
+        bar.set_description_str(desc[:60], refresh=True)
+
+    try:
+        out = evaluate_probe(model_dir, args.probe, ws, n=args.n, seed=args.seed, weights=weights,
+                             best_of=args.best_of, sampler=args.sampler, steps=args.steps, batch_size=args.batch,
+                             condition=args.condition, cfg=args.cfg, progress=progress, device=args.device)
+    finally:
+        bar.close()
+    print("model  labeling  w_probe  best_of  n  FD_EffNetLite0  agree  probe_p  s/img")
+    for r in out["results"]:
+        print(f"{r['model_name']}  {r['labeling']}  {r['probe_guidance']:g}  {r['best_of']}  {r['n']}  "
+              f"{r['FD_EffNetLite0']:.2f}  {_fmt(r['agreement'], 3)}  {r['probe_probability']:.3f}  "
+              f"{r['seconds_per_image']:.2f}")
+    for m in out["notes"]:
+        print(f"note: {m}")
+    print("agree: share of samples the labeling's own assigner puts in the class they were guided toward "
+          "(not the probe); probe_p: the probe's mean probability of that class.")
+    if args.json:
+        io.write_json(args.json, out)
     return 0

@@ -10,9 +10,14 @@ def add_arguments(p) -> None:
     from cedm.features.backbones import DEFAULT_BACKBONE, OFFLINE_BACKBONE, get_spec, list_backbones
 
     add_workspace(p)
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=list_backbones(), metavar="NAME",
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, metavar="NAME",
                    help="; ".join(f"{n}: {get_spec(n).summary}" for n in list_backbones())
-                   + f" (default {DEFAULT_BACKBONE}; {OFFLINE_BACKBONE} needs no internet)")
+                   + f" (default {DEFAULT_BACKBONE}; {OFFLINE_BACKBONE} needs no internet); "
+                   "denoiser:MODEL: the UNet features of a trained cedm model (with --sigma and --block)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="denoiser:MODEL only: noise level the features are taken at (default 0.1)")
+    p.add_argument("--block", default=None,
+                   help="denoiser:MODEL only: mid, downI or upI, several joined by + (default up0)")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="local weights file (safetensors or a plain torch state dict) instead of the hub")
     add_device(p)
@@ -29,6 +34,7 @@ def run(args) -> int:
     from cedm.workspace import open_workspace
 
     ws = open_workspace(args.home, args.workspace)
+    args.backbone = backbone_arg(args.backbone, args.sigma, args.block)
     cached = find_features(ws, args.backbone, args.weights) is not None
     bar = None
 
@@ -60,3 +66,18 @@ def run(args) -> int:
         path = export_features(ws, args.backbone, args.export, args.weights, device=args.device)
         print(f"exported raw float32 features to {path}")
     return 0
+
+
+def backbone_arg(backbone: str, sigma: float | None, block: str | None) -> str:
+    """--backbone with --sigma/--block folded into a denoiser:MODEL name (the only backbone they apply to)."""
+    from cedm.errors import CedmError
+    from cedm.features.backbones import canonical_name, get_spec
+
+    if not str(backbone).startswith("denoiser:"):
+        if sigma is not None or block is not None:
+            raise CedmError("--sigma and --block apply only to a denoiser:MODEL backbone")
+        get_spec(backbone)  # an unknown name fails here, listing the known ones
+        return backbone
+    from cedm.features.denoiser import backbone_name, parse_name
+    model, s, blocks = parse_name(backbone)
+    return canonical_name(backbone_name(model, s if sigma is None else sigma, block or "+".join(blocks)))

@@ -13,7 +13,8 @@ HELP = "train a cluster-conditioned diffusion model (C-EDM) on a workspace"
 def add_arguments(p) -> None:
     add_workspace(p)
     p.add_argument("--condition", default="none",
-                   help="kmeans:C, temi:C, labels:NAME (a labeling of this workspace) or none (unconditional)")
+                   help="kmeans:C, temi:C, labels:NAME (a labeling of this workspace), self:K (the model clusters "
+                        "its own features while it trains; seed 002) or none (unconditional)")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"],
                    help="network size: small (CPU demo), paper (DDPM++ CIFAR, ~58M parameters), tiny (smoke tests)")
     p.add_argument("--kimg", type=float, default=1000.0, help="training duration in thousands of images")
@@ -22,8 +23,9 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (after the ramp-up)")
     p.add_argument("--lr-rampup", type=float, default=None, help="learning-rate ramp-up in kimg (default kimg/10)")
     p.add_argument("--ema", type=float, default=500.0, help="EMA half-life in kimg")
-    p.add_argument("--p-uncond", type=float, default=0.1,
-                   help="label dropout for classifier-free guidance (0: no guidance possible at sampling)")
+    p.add_argument("--p-uncond", type=float, default=None,
+                   help="label dropout for classifier-free guidance (0: no guidance possible at sampling; "
+                        "default 0.1, 0.15 for self:K as in seed 002)")
     p.add_argument("--no-xflip", action="store_true", help="disable random horizontal flips")
     p.add_argument("--dropout", type=float, default=None, help="network dropout (default: the preset's)")
     p.add_argument("--augment", type=float, default=0.0, metavar="P",
@@ -42,6 +44,10 @@ def add_arguments(p) -> None:
     p.add_argument("--backbone", default=None,
                    help="features the kmeans/temi condition is computed from (default: the features default; "
                         "efficientnet_lite0 works offline)")
+    p.add_argument("--self-block", default=None, help="self:K: UNet block the online clusters use (default mid)")
+    p.add_argument("--self-sigma", type=float, default=None, help="self:K: feature noise level (default 0.5)")
+    p.add_argument("--self-warmup", type=float, default=None,
+                   help="self:K: fraction of the run trained unconditionally first (default 0.25)")
     p.add_argument("--spatial", default=None, metavar="box|segments:S",
                    help="also condition on a layout: the workspace's self-box (box) or self-segment map with S "
                         "classes (segments:S), concatenated to the network input (needs --condition; see "
@@ -63,6 +69,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from cedm.model.edm import read_model_info
     from cedm.model.train import TrainConfig, train_workspace
     from cedm.workspace import open_workspace
 
@@ -70,7 +77,7 @@ def run(args) -> int:
     _set_threads(args.threads)
     config = TrainConfig(preset=args.preset, resolution=args.resolution, kimg=args.kimg, batch=args.batch,
                          batch_gpu=args.batch_gpu, lr=args.lr, lr_rampup_kimg=args.lr_rampup,
-                         ema_halflife_kimg=args.ema, p_uncond=args.p_uncond, xflip=not args.no_xflip,
+                         ema_halflife_kimg=args.ema, p_uncond=_p_uncond(args), xflip=not args.no_xflip,
                          dropout=args.dropout, seed=args.seed, precision=args.precision,
                          augment=args.augment, grad_clip=args.grad_clip,
                          checkpoint_kimg=args.checkpoint_kimg, sample_kimg=args.sample_kimg,
@@ -78,7 +85,8 @@ def run(args) -> int:
     out = train_workspace(ws, args.condition, backbone=args.backbone, name=args.out, preset=args.preset, config=config,
                           resume=args.resume, device=args.device, spatial=args.spatial,
                           spatial_options={"p_drop_map": args.p_drop_map, "p_drop_class": args.p_drop_class,
-                                           "backbone": args.spatial_backbone})
+                                           "backbone": args.spatial_backbone},
+                          self_guidance=_self_guidance(args))
     import torch
 
     if torch.distributed.is_initialized():  # launched by torchrun
@@ -87,6 +95,10 @@ def run(args) -> int:
         torch.distributed.destroy_process_group()
     else:
         print(f"model: {out}")
+        util = ((read_model_info(out).get("condition") or {}).get("utilization"))
+        if util:  # self:K: how many prototypes the model's own clustering uses
+            print(f"self-labels: {util['used']} of {util['k']} prototypes used (r = {util['r']:.3f}); "
+                  f"labeling self:{util['k']}@{out.name}")
     return 0
 
 
@@ -99,3 +111,19 @@ def _set_threads(n: int | None) -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def _p_uncond(args) -> float:
+    if args.p_uncond is not None:
+        return args.p_uncond
+    from cedm.model.self_guidance import P_DROP, parse_spec
+    return P_DROP if parse_spec(args.condition) is not None else 0.1
+
+
+def _self_guidance(args) -> dict | None:
+    kw = {"block": args.self_block, "sigma": args.self_sigma, "warmup_fraction": args.self_warmup}
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if kw and not str(args.condition).startswith("self:"):
+        from cedm.errors import CedmError
+        raise CedmError("--self-block, --self-sigma and --self-warmup apply only to --condition self:K")
+    return kw or None

@@ -15,6 +15,7 @@ backbone works offline, is cached, can be downloaded now, or needs downloads swi
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -25,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from cedm import hub
+from cedm.device import cpu_has_native_bf16
 from cedm.errors import CedmError
 from cedm.io import file_sha256
 
@@ -59,6 +61,7 @@ class BackboneSpec:
     # (net, preprocessed batch) -> (B, D', h, w) spatial map (ViT patch tokens, a convnet's last map) for
     # self-annotations (cedm.annotate); None: this backbone has no spatial output
     spatial: Callable[["object", "object"], "object"] | None = None
+    identity: Callable[[], str] | None = None  # weights identity when the spec brings its own weights
 
     @property
     def needs_internet(self) -> bool:
@@ -72,6 +75,7 @@ class BackboneSpec:
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+_FAMILIES: dict[str, Callable[[str], BackboneSpec]] = {}  # 'prefix' -> (full name -> spec), e.g. denoiser:M
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
@@ -79,15 +83,34 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+def register_family(prefix: str, make_spec: Callable[[str], BackboneSpec]) -> None:
+    """A parametrised backbone: every name ``prefix:...`` is turned into a spec by ``make_spec(name)``."""
+    _FAMILIES[prefix] = make_spec
+
+
 def list_backbones() -> list[str]:
     return list(_REGISTRY)
 
 
+def list_families() -> list[str]:
+    return list(_FAMILIES)
+
+
 def get_spec(name: str) -> BackboneSpec:
+    prefix, sep, _ = str(name).partition(":")
+    if sep and prefix in _FAMILIES:
+        return _FAMILIES[prefix](name)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise CedmError(f"unknown backbone {name!r} (available: {', '.join(_REGISTRY)})") from None
+        families = "".join(f", {f}:..." for f in _FAMILIES)
+        raise CedmError(f"unknown backbone {name!r} (available: {', '.join(_REGISTRY)}{families})") from None
+
+
+def canonical_name(name: str) -> str:
+    """The name a backbone's results are cached under (a family name with its defaults filled in)."""
+    prefix, sep, _ = str(name).partition(":")
+    return get_spec(name).name if sep and prefix in _FAMILIES else str(name)
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -130,6 +153,8 @@ def availability(name: str) -> tuple[str, str]:
 def weights_identity(name: str, weights: str | os.PathLike | None = None, pretrained: bool = True) -> str:
     """What the features depend on besides the images: the file's hash, the hub id, or random-init."""
     spec = get_spec(name)
+    if spec.identity is not None and weights is None:  # a family that brings its own weights (denoiser:M)
+        return spec.identity()
     if weights is not None:
         _check_weights_file(weights)
         return f"sha256:{file_sha256(weights)}"
@@ -240,6 +265,8 @@ def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | No
     if weights is not None:  # read (or download) first: a bad file or no internet fails before the slow build
         sd, what = read_weights_file(weights), f"weights file {str(weights)!r}"
         record = hub.file_record(_check_weights_file(weights)).record()
+    elif spec.identity is not None:  # the spec's create() loads its own weights (denoiser:MODEL)
+        record = {"source": ident}
     elif pretrained:
         try:
             wf = pretrained_file(name)
@@ -252,10 +279,78 @@ def build_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | No
     if sd is not None:
         load_state_dict_strict(net, spec.adapt_state_dict(sd, net), what)
     net.eval().requires_grad_(False)
-    from cedm.features.extract import Backbone  # the runtime half lives next to the extraction loop
     model = Backbone(spec, net.to(dev), dev, ident)
     model.weights_record = record
     return model
+
+
+# --- a built backbone ------------------------------------------------------------------------------
+def _autocast_dtype(device):
+    """bf16 where the hardware has it (CUDA; CPUs with AMX/AVX512-BF16), else fp16 on old GPUs, else fp32."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+class Backbone:
+    """A built backbone: ``backbone(uint8 images (B, H, W, 3)) -> float32 features (B, D)`` on its device."""
+
+    def __init__(self, spec: BackboneSpec, net, device, weights_id: str):
+        import torch
+
+        self.spec, self.net, self.device, self.weights_id = spec, net, device, weights_id
+        self.amp_dtype = _autocast_dtype(device)
+        self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+        if spec.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        # (x/255 - mean)/std folded into one multiply-add on the 0..255 values
+        std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+        self._scale, self._shift = 1.0 / std, -mean / std
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def autocast(self):
+        import torch
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.amp_dtype is not None:
+            stack.enter_context(torch.autocast(self.device.type, dtype=self.amp_dtype))
+        return stack
+
+    def preprocess(self, images):
+        """uint8 (B, H, W, 3) tensor (any device) -> normalised float (B, 3, S, S) on the model's device."""
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            size = self.spec.input_size
+            if x.shape[-2:] != (size, size):
+                # antialias only acts when shrinking; clamp because bicubic overshoots like PIL would not
+                x = F.interpolate(x, size=(size, size), mode=self.spec.interpolation, align_corners=False,
+                                  antialias=True).clamp_(0.0, 255.0)
+            x = torch.addcmul(self._shift, x, self._scale)
+            return x.contiguous(memory_format=self.memory_format)
+
+    def embed(self, x):
+        """Preprocessed batch -> float32 (B, D) features on the model's device."""
+        with self.autocast():
+            return self.spec.embed(self.net, x).float()
+
+    def __call__(self, images) -> np.ndarray:
+        import torch
+
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.array(images, dtype=np.uint8))
+        return self.embed(self.preprocess(images)).cpu().numpy()
 
 
 # --- timm ViTs (DINO, DINOv2) -----------------------------------------------------------------------
@@ -414,6 +509,15 @@ register(BackboneSpec(
     adapt_state_dict=_effnet_adapt, channels_last=True,
     spatial=lambda net, x: net.forward_features(x),  # the last convolutional map, 1280 x 7 x 7 at 224
 ))
+
+
+# --- a cedm model's own denoiser (seed 002): denoiser:MODEL[,sigma=S][,block=B] ---------------------------
+def _denoiser_spec(name: str) -> BackboneSpec:
+    from cedm.features.denoiser import spec_for
+    return spec_for(name)
+
+
+register_family("denoiser", _denoiser_spec)
 
 
 # --- the ImageNet classifier that comes with the offline backbone --------------------------------------

@@ -28,21 +28,30 @@ from torch import nn
 
 from cedm import io
 from cedm.errors import CedmError
+from cedm.model.info import MODEL_FORMAT, MODEL_FORMAT_VERSION, SIGMA_DATA, ModelInfo
 
-SIGMA_DATA = 0.5
 P_MEAN, P_STD = -1.2, 1.2  # training noise levels: ln(sigma) ~ N(P_mean, P_std^2)
-MODEL_FORMAT = "cedm-model"
-MODEL_FORMAT_VERSION = 1
 PRESETS = ("tiny", "small", "paper")
 
 
 # --- network presets ----------------------------------------------------------------------------
+def paper_dropout(resolution: int) -> float:
+    """The official configurations' dropout: 0.13 up to 32x32 (CIFAR-10/100), 0.05 from 64x64 (FFHQ/AFHQ-64)."""
+    return 0.13 if int(resolution) <= 32 else 0.05
+
+
+def default_sampler_steps(resolution: int) -> int:
+    """The official configurations' Heun steps: 18 up to 32x32 (35 evaluations), 40 from 64x64 (79)."""
+    return 18 if int(resolution) <= 32 else 40
+
+
 def unet_config(preset: str, resolution: int, n_conditions: int, dropout: float | None = None) -> dict:
     """The diffusers ``UNet2DModel`` config for a named size preset.
 
     Levels halve the resolution down to 8x8 (32 -> 32,16,8; 64 -> 64,32,16,8).
     - ``paper``: close to EDM's DDPM++ CIFAR network (128 x [2,2,2] channels, 4 res-blocks per level,
-      attention at 16x16, dropout 0.13, about 56M parameters at 32x32); at 64x64, 128 x [1,2,2,2] as for FFHQ.
+      attention at 16x16, dropout 0.13, about 56M parameters at 32x32); at 64x64, 128 x [1,2,2,2] and
+      dropout 0.05 as the official FFHQ-64 configuration (C-EDM table 7).
     - ``small``: the CPU demo network: 32 channels at full resolution, 64 below, 1 res-block per level,
       attention only at 8x8 (1.2M parameters at 32x32; measured in bench/edm_speed.py: (64,128,128) was
       2.7x slower to train on a 2-core CPU).
@@ -58,7 +67,7 @@ def unet_config(preset: str, resolution: int, n_conditions: int, dropout: float 
     if preset == "paper":
         mult = [2] * levels if levels <= 3 else [1] * (levels - 3) + [2, 2, 2]
         base, channels = 128, [128 * m for m in mult]
-        layers, groups, drop = 4, 32, 0.13
+        layers, groups, drop = 4, 32, paper_dropout(resolution)
         attn = [r == 16 for r in res_at]
     elif preset == "small":
         base, channels = 32, [32] + [64] * (levels - 1)
@@ -112,19 +121,21 @@ def _add_extra_embedding(module, inputs, output):
 
 # --- the preconditioned denoiser ----------------------------------------------------------------
 class CEDM(nn.Module):
-    """D(x; sigma, c): the EDM-preconditioned denoiser. ``info`` is the JSON metadata saved with it.
+    """D(x; sigma, c): the EDM-preconditioned denoiser. ``info`` (cedm.model.info.ModelInfo) is saved with it.
 
     ``augment_dim`` > 0 adds EDM's augmentation conditioning (cedm.model.augment): a bias-free linear map of
     the augmentation vector added to the time + class embedding; a zero (or absent) vector leaves the
     network exactly as without it, which is what sampling uses."""
 
-    def __init__(self, unet, n_conditions: int, sigma_data: float = SIGMA_DATA, info: dict | None = None,
+    def __init__(self, unet, n_conditions: int, sigma_data: float = SIGMA_DATA, info=None,
                  augment_dim: int = 0):
         super().__init__()
         self.unet = unet
         self.n_conditions = int(n_conditions)
         self.sigma_data = float(sigma_data)
-        self.info = dict(info or {})
+        self.info = ModelInfo.from_dict({**dict(info or {}), "n_conditions": self.n_conditions,
+                                         "sigma_data": self.sigma_data,
+                                         "resolution": int(unet.config.sample_size)})
         self.spatial_channels = int(unet.config.in_channels) - 3  # > 0: a spatial map joins x (model/spatial.py)
         if unet.config.num_class_embeds != self.n_conditions + 1:
             raise CedmError(f"network has {unet.config.num_class_embeds} class entries, expected "
@@ -245,17 +256,16 @@ def save_model(out_dir, ema: CEDM, raw: CEDM | None = None, info: dict | None = 
             if m.map_augment is not None:
                 from safetensors.torch import save_file
                 save_file({"weight": m.map_augment.weight.detach().cpu().contiguous()}, str(tmp / AUGMENT_FILE))
-    meta = {**ema.info, **(info or {})}
-    meta.update(format=MODEL_FORMAT, format_version=MODEL_FORMAT_VERSION, sigma_data=ema.sigma_data,
-                resolution=ema.resolution, n_conditions=ema.n_conditions, uncond_index=ema.uncond_index)
-    if ema.augment_dim:
-        meta["augment_dim"] = ema.augment_dim
-    io.write_json(out_dir / "cedm.json", meta)
+    meta = ModelInfo.from_dict({**dict(ema.info), **dict(info or {})}).updated(
+        format=MODEL_FORMAT, format_version=MODEL_FORMAT_VERSION, sigma_data=ema.sigma_data,
+        resolution=ema.resolution, n_conditions=ema.n_conditions,
+        **({"augment_dim": ema.augment_dim} if ema.augment_dim else {}))
+    io.write_json(out_dir / "cedm.json", meta.to_dict())
     ema.info = meta
     return out_dir
 
 
-def read_model_info(model_dir) -> dict:
+def read_model_info(model_dir) -> ModelInfo:
     p = Path(model_dir) / "cedm.json"
     if not p.is_file():
         raise CedmError(f"{model_dir} is not a cedm model folder (no cedm.json)")
@@ -263,9 +273,13 @@ def read_model_info(model_dir) -> dict:
         info = io.read_json(p)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CedmError(f"{p} is not valid JSON: {e}") from e
-    if info.get("format") != MODEL_FORMAT:
-        raise CedmError(f"{p} is not a cedm model description (format {info.get('format')!r})")
-    return info
+    if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:
+        fmt = info.get("format") if isinstance(info, dict) else None
+        raise CedmError(f"{p} is not a cedm model description (format {fmt!r})")
+    try:
+        return ModelInfo.from_dict(info)
+    except (TypeError, ValueError) as e:
+        raise CedmError(f"{p} is not a valid cedm model description: {e}") from None
 
 
 def load_model(model_dir, device="cpu", ema: bool = True) -> CEDM:

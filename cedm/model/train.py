@@ -247,7 +247,8 @@ ProgressFn = Callable[[int, int, str], None]
 def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_dir, config: TrainConfig | None = None,
           q: list[float] | None = None, progress: ProgressFn | None = None, resume: bool = False,
           condition: dict | None = None, provenance: dict | None = None, device=None, max_steps: int | None = None,
-          show_progress: bool = True, should_stop: Callable[[], bool] | None = None, spatial=None) -> Path:
+          show_progress: bool = True, should_stop: Callable[[], bool] | None = None, spatial=None,
+          self_guidance=None) -> Path:
     """Train a C-EDM model on uint8 ``images`` (N, R, R, 3) (a memmap is fine: batches are read row by row).
 
     ``labels``: int per image in 0..C-1, -1 = no condition (trained as unconditional); None when C = 0.
@@ -258,10 +259,12 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     ``max_steps``: stop (with a checkpoint) after this many steps in this call; a later ``resume`` goes on.
     ``should_stop()``: asked after every step; True stops the same way (a Stop button; single process only).
     ``spatial``: a cedm.model.spatial.SpatialData (per-image layout maps concatenated to the input).
-    Under torchrun every rank calls this; rank 0 writes. Returns the model folder.
+    ``self_guidance``: a cedm.model.self_guidance.SelfGuidanceConfig: the model labels its own images
+    (``n_conditions`` = its K, ``labels`` None). Under torchrun every rank calls this; rank 0 writes.
+    Returns the model folder.
     """
     config = (config or TrainConfig()).resolved(images.shape[1] if hasattr(images, "shape") else 0)
-    labels = _check_data(images, labels, int(n_conditions))
+    labels = _check_data(images, labels, 0 if self_guidance is not None else int(n_conditions))
     C = int(n_conditions)
     out_dir = Path(out_dir)
     train_dir = out_dir / "training"
@@ -276,7 +279,7 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
         raise CedmError(f"per-process batch {per_rank} is not divisible by batch_gpu {micro}")
     if q is not None and (len(q) != C or min(q, default=0) < 0 or (C and abs(sum(q) - 1) > 1e-4)):
         raise CedmError(f"q(c) must be {C} non-negative numbers summing to 1")
-    q = list(map(float, q)) if q is not None else empirical_q(labels, C)
+    q = list(map(float, q)) if q is not None else [1 / C] * C if self_guidance is not None else empirical_q(labels, C)
 
     checkpoints = list_checkpoints(train_dir)
     if not resume and ((out_dir / "cedm.json").exists() or checkpoints):
@@ -284,12 +287,14 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     fingerprint = data_fingerprint(images, labels)
     if spatial is not None:
         from cedm.model.spatial import check_spatial_data
-        fingerprint["spatial"] = check_spatial_data(spatial, images, C)
+        fingerprint["spatial"] = check_spatial_data(spatial, images, C, augment=config.augment)
 
     # Model, EMA, optimizer.
     torch.manual_seed(config.seed)  # the initial weights depend on the seed only
     from cedm.model.augment import edm_pipe
     pipe = edm_pipe(config.augment) if config.augment > 0 else None
+    if pipe is not None and spatial is not None:  # the layout maps would not follow the warped images
+        raise CedmError("--augment cannot be combined with layout (spatial) conditioning yet")
     net = CEDM.from_preset(config.preset, config.resolution, C, dropout=config.dropout,
                            augment_dim=pipe.dim if pipe else 0,
                            spatial_channels=spatial.channels if spatial is not None else 0).to(dist.device).train()
@@ -302,6 +307,13 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     batch_rng = np.random.default_rng([config.seed, 0xBA7C])
     noise_gen = torch.Generator(device=dist.device).manual_seed(config.seed * 1_000_003 + 7919 * dist.rank + 1)
     step, elapsed_before = 0, 0.0
+    online = None
+    if self_guidance is not None:  # the online self-labelling hook (its logic lives in its own module)
+        from cedm.model.self_guidance import OnlineSelfLabels, feature_channels
+        if dist.world > 1:
+            raise CedmError("self:K training runs in one process (launch it without torchrun)")
+        online = OnlineSelfLabels(self_guidance, len(images), feature_channels(
+            config.preset, config.resolution, self_guidance.block), config.seed, dist.device)
 
     if resume and checkpoints:
         meta, tensors = load_checkpoint(checkpoints[-1])
@@ -314,6 +326,8 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
         if meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
         step, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
+        if online is not None:
+            online.load_state(tensors, meta.get("self_guidance") or {})
         config = dataclasses.replace(TrainConfig(**{k: v for k, v in meta["config"].items()
                                                      if k in TrainConfig.__dataclass_fields__}),
                                      kimg=config.kimg, checkpoint_kimg=config.checkpoint_kimg,
@@ -351,11 +365,16 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
         opt_tensors, groups = _optimizer_to_tensors(opt)
         tensors.update(opt_tensors)
         tensors.update({f"rng.noise.{r}": s for r, s in enumerate(states)})
+        if online is not None:
+            tensors.update(online.state_tensors())
+            online.on_checkpoint(ema, images, config.resolution, out_dir, info)
         elapsed = elapsed_before + time.time() - t_start
         meta = {"step": step, "nimg": step * config.batch, "config": config.to_dict(), "n_conditions": C,
                 "data": fingerprint, "world_size": dist.world, "batch_rng": batch_rng.bit_generator.state,
                 "optimizer_param_groups": groups, "scaler": scaler.state_dict() if use_scaler else None,
                 "elapsed_s": elapsed, "cedm_version": __version__, "rank_param_digests": digests}
+        if online is not None:
+            meta["self_guidance"] = online.state_meta()
         save_checkpoint(train_dir, step, tensors, meta, config.keep_checkpoints)
         training = {"kimg_done": step * config.batch / 1000, "kimg_total": config.kimg, "steps": step,
                     "complete": done, "config": config.to_dict(), "world_size": dist.world,
@@ -409,13 +428,20 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
                 lab[class_off[sl]] = C
                 maps = spatial.maps(rows[sl], flips[sl], config.resolution, dist.device, ~(drop | map_off)[sl])
             lab = torch.from_numpy(lab).to(dist.device)
+            cond_ctx = contextlib.nullcontext  # a factory: entered once per micro-batch
+            if online is not None:  # self:K: this batch's prototypes (after the warm-up) and the SK update
+                own = online.step(ema, x, rows[sl], nimg, total_steps * config.batch)
+                if own is not None:
+                    lab = torch.where(torch.from_numpy(drop[sl]).to(dist.device), lab, own)
+                cond_ctx = online.condition_context(net, nimg, total_steps * config.batch)  # zero c in warm-up
             torch.manual_seed((config.seed * 1_000_003 + step) * 1009 + dist.rank)  # network dropout
 
             opt.zero_grad(set_to_none=True)
             n_micro = per_rank // micro
             for i in range(n_micro):
                 sync = contextlib.nullcontext() if (i == n_micro - 1 or dist.world == 1) else ddp.no_sync()
-                with sync, torch.autocast(dist.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                with sync, cond_ctx(), torch.autocast(dist.device.type, dtype=amp_dtype,
+                                                      enabled=amp_dtype is not None):
                     loss = edm_loss(ddp, x[i * micro:(i + 1) * micro], lab[i * micro:(i + 1) * micro], noise_gen,
                                     augment_labels=None if aug is None else aug[i * micro:(i + 1) * micro],
                                     spatial=None if maps is None else maps[i * micro:(i + 1) * micro])
@@ -452,7 +478,7 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
                 loss_sum.zero_()
                 if dist.main:
                     line = {"step": step, "kimg": step * config.batch / 1000, "loss": mean_loss, "img_per_s": ips,
-                            "lr": lr, "time": now}
+                            "lr": lr, "time": now, **(online.last if online is not None else {})}
                     with open(train_dir / "log.jsonl", "a") as f:
                         f.write(json.dumps(line) + "\n")
                     desc = f"loss {mean_loss:.4f}  {ips:.1f} img/s"
@@ -662,12 +688,18 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
                     config: TrainConfig | None = None, resume: bool = False, progress: ProgressFn | None = None,
                     device=None, max_steps: int | None = None, show_progress: bool = True,
                     backbone: str | None = None, should_stop: Callable[[], bool] | None = None,
-                    spatial: str | None = None, spatial_options: dict | None = None, **overrides) -> Path:
+                    spatial: str | None = None, spatial_options: dict | None = None,
+                    self_guidance: dict | None = None, **overrides) -> Path:
     """Train on a workspace's images conditioned on ``condition_spec`` (``none``, ``kmeans:C``, ``temi:C``,
-    ``labels:NAME``). The model goes to ``out_dir``, default ``<workspace>/models/<name>``
+    ``labels:NAME``, or ``self:K``: online self-labelling, settings in ``self_guidance``, a dict of
+    SelfGuidanceConfig fields). The model goes to ``out_dir``, default ``<workspace>/models/<name>``
     (name default ``<spec>-<preset>``). ``overrides`` set TrainConfig fields (kimg=..., batch=...).
     ``spatial``: ``box`` or ``segments:S`` adds the workspace's self-annotations as a layout condition
     (cedm.model.spatial; ``spatial_options``: p_drop_map, p_drop_class, weights, pretrained)."""
+    from cedm.model.self_guidance import P_DROP, SelfGuidanceConfig, parse_spec
+    k_self = parse_spec(condition_spec)
+    if k_self is not None and config is None and "p_uncond" not in overrides:
+        overrides["p_uncond"] = P_DROP  # seed 002's condition dropout
     config = dataclasses.replace(config or TrainConfig(), preset=preset, **overrides)
     config.init = resolve_init(ws, config.init)
     if out_dir is None:
@@ -679,7 +711,11 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
     # Rank 0 resolves (and may compute and cache) the labeling first; the others then read the cache.
     if not dist.main:
         dist.barrier()
-    labels, C, q, desc = resolve_condition(ws, condition_spec, backbone=backbone)
+    if k_self is None:
+        labels, C, q, desc = resolve_condition(ws, condition_spec, backbone=backbone)
+    else:  # self:K: the model labels its own images while it trains (seed 002, online)
+        self_guidance = SelfGuidanceConfig(k=k_self, **(self_guidance or {})).check()
+        labels, C, q, desc = None, k_self, None, {"spec": f"self:{k_self}", "source": "self"}
     layouts = None
     if spatial:
         from cedm.model.spatial import workspace_spatial
@@ -691,4 +727,5 @@ def train_workspace(ws, condition_spec: str = "none", out_dir=None, name: str | 
                   "workspace_resolution": ws.resolution}
     return train(ws.images, labels, C, out_dir, config, q=q if C else None, progress=progress, resume=resume,
                  condition=desc, provenance=provenance, device=device, max_steps=max_steps,
-                 show_progress=show_progress, should_stop=should_stop, spatial=layouts)
+                 show_progress=show_progress, should_stop=should_stop, spatial=layouts,
+                 self_guidance=self_guidance if k_self is not None else None)

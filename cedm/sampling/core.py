@@ -113,8 +113,15 @@ class Settings:
 
 
 def make_settings(sampler: str = "heun", steps: int = 18, guidance=1.0, guidance_interval=None,
-                  churn: float = 0.0, **schedule) -> Settings:
-    """The one request validation of sampler, steps, guidance (+ interval) and churn."""
+                  churn: float = 0.0, info=None, **schedule) -> Settings:
+    """The one request validation of sampler, steps, guidance (+ interval) and churn.
+
+    ``guidance_interval``: (lo, hi) or 'LO,HI'; 'full' for every sigma; None for the model's default
+    (``info``'s ``sampling.guidance_interval``, cedm.model.info), which is every sigma when it has none."""
+    if guidance_interval is None and info is not None and not isinstance(guidance, Guidance):
+        from cedm.model.info import default_guidance_interval
+
+        guidance_interval = default_guidance_interval(info)
     return Settings(sampler, steps, as_guidance(guidance, guidance_interval), churn, **schedule)
 
 

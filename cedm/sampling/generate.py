@@ -67,8 +67,8 @@ def generate(model, n: int, clusters: int | Sequence[int] | None = None, from_q:
     Guidance spec is accepted too); ``guidance_interval`` (lo, hi): guide only for sigma in it.
     ``sampler``: heun (EDM, 2 steps - 1 evaluations), euler, dpmpp2m (few-step). ``churn``: Heun's S_churn.
     """
-    settings = make_settings(sampler, steps, guidance, guidance_interval, churn, sigma_min=sigma_min,
-                             sigma_max=sigma_max, rho=rho)
+    settings = make_settings(sampler, steps, guidance, guidance_interval, churn, getattr(model, "info", None),
+                             sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
     n, seed, _ = check_request(n, seed)
     batch_size = check_count("batch size", batch_size)
     conditions = choose_conditions(model, n, clusters, from_q, uncond, seed)

@@ -83,9 +83,13 @@ class Guidance:
         return out
 
 
+FULL_RANGE = ("full", "all", "none")
+
+
 def parse_interval(value) -> tuple[float, float] | None:
-    """'LO,HI' or (lo, hi) -> (lo, hi) sigmas with 0 <= lo < hi; None/'' -> None (guidance at every sigma)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    """'LO,HI' or (lo, hi) -> (lo, hi) sigmas with 0 <= lo < hi; None, '', 'full' or 0,inf -> None (guidance
+    at every sigma)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("",) + FULL_RANGE):
         return None
     try:
         if isinstance(value, str):
@@ -99,7 +103,7 @@ def parse_interval(value) -> tuple[float, float] | None:
     lo, hi = parts
     if not 0 <= lo < hi:
         raise CedmError(f"guidance interval needs 0 <= LO < HI, got {lo:g},{hi:g}")
-    return (lo, hi)
+    return None if lo == 0 and hi == math.inf else (lo, hi)
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,8 @@ register_guidance(GuidanceKind("cfg", build=_cfg_build, check=_cfg_check, normal
 
 # --- the entry points the rest of cedm uses --------------------------------------------------------------
 def as_guidance(guidance=1.0, interval=None) -> Guidance:
-    """A Guidance from a Guidance, or from a scale w (+ an optional interval): the one validation."""
+    """A Guidance from a Guidance, or from a scale w (+ an optional interval): the one validation.
+    ``interval`` None keeps a Guidance's own; 'full' asks for every sigma."""
     if isinstance(guidance, Guidance):
         return guidance if interval is None else replace(guidance, interval=parse_interval(interval))
     return Guidance(guidance, parse_interval(interval))

@@ -20,7 +20,6 @@ DEFAULT_METHOD, DEFAULT_C = "skmeans", 20  # the shipped demo model conditions o
 METHODS = {"kmeans": "k-means", "skmeans": "spherical k-means", "temi": "TEMI"}
 PAGE_SIZE = 24
 MAP_DRAW_LIMIT = 20_000       # points drawn in the browser; more are sampled (seeded) and the map says so
-KMEANS_TEMPERATURE = 0.1      # query probabilities of k-means: softmax(cosine to centroids / T)
 
 
 # --- the clustering ------------------------------------------------------------------------------
@@ -62,9 +61,10 @@ def backbone_choices(ws) -> tuple[list[tuple[str, str]], str]:
     if ws is not None:
         for meta in list_features(ws):
             b = meta.get("backbone") or meta.get("params", {}).get("backbone")
-            if b in list_backbones() and b not in cached:
+            if (b in list_backbones() or str(b).startswith("denoiser:")) and b not in cached:
                 cached.append(b)
-    order = cached + [b for b in list_backbones() if b not in cached]
+    from cedm.features.denoiser import workspace_backbones  # the open workspace's own models (seed 002)
+    order = cached + [b for b in list_backbones() + workspace_backbones(ws) if b not in cached]
     # what a click would do: read cached features, run offline, use cached weights, download, or need downloads
     labels = [(f"{b} (features ready)" if b in cached else f"{b} ({availability(b)[1]})", b) for b in order]
     return labels, (cached[0] if cached else OFFLINE_BACKBONE)
@@ -196,23 +196,11 @@ def cluster_page(ws, res, cluster, page: int = 0, page_size: int = PAGE_SIZE) ->
 
 # --- query images ---------------------------------------------------------------------------------
 def cluster_probabilities(res, features: np.ndarray) -> tuple[np.ndarray, str]:
-    """(C,) probabilities of a query's clusters and how they were obtained."""
-    from cedm.clusters.result import l2_normalize
+    """(C,) probabilities of a query's clusters and how they were obtained (cedm.clusters.assign)."""
+    from cedm.clusters.assign import Assigner
 
-    x = l2_normalize(np.asarray(features, np.float32).reshape(1, -1))
-    if res.method == "temi":
-        if res.head is None:
-            raise CedmError("this TEMI clustering has no stored head, so new images cannot be assigned")
-        from cedm.clusters.temi import predict_proba
-        temperature = float(res.params.get("temi", {}).get("teacher_temp", 0.1))
-        raw = np.asarray(features, np.float32).reshape(1, -1)  # the head applies its own input transform
-        return predict_proba(res.head, raw, temperature)[0], "TEMI head probabilities (softmax)"
-    if res.centroids is None:
-        raise CedmError("this k-means clustering has no stored centroids")
-    cos = (x @ l2_normalize(res.centroids).T)[0]
-    z = cos / KMEANS_TEMPERATURE
-    p = np.exp(z - z.max())
-    return (p / p.sum()).astype(np.float32), f"softmax of centroid cosine / {KMEANS_TEMPERATURE:g} (k-means)"
+    assigner = Assigner.from_result(res)
+    return assigner.proba(np.asarray(features, np.float32).reshape(1, -1))[0], assigner.description
 
 
 def top_clusters(res, features: np.ndarray, k: int = 3, names=None) -> tuple[list[dict], str]:

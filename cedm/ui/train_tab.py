@@ -54,7 +54,7 @@ def estimate(preset: str, resolution, kimg, n_conditions: int = 0) -> str:
         resolution, kimg = int(resolution), float(kimg)
     except (TypeError, ValueError):
         return ""
-    ips = measure_images_per_s(preset, resolution, n_conditions, batch=BATCH)
+    ips = measure_images_per_s(preset, resolution, n_conditions, batch=BATCH, steps=1)  # about a second
     return (f"Estimated time: about {format_seconds(kimg * 1000 / ips)} for {kimg:g} kimg "
             f"({ips:,.0f} images/s measured here for the {preset} network at {resolution} px).")
 
@@ -100,7 +100,8 @@ def cli_command(ws_name: str, condition: str, backbone: str | None, preset: str,
 
 def build(ctx: AppContext, workspace: gr.State, clustering: gr.Textbox, backbone: gr.Dropdown):
     gr.Markdown("Train a diffusion model on the open workspace, conditioned on a clustering of it "
-                "(`kmeans:C`, `temi:C`, `labels:NAME`) or `none` (unconditional). The app trains short runs; "
+                "(`kmeans:C`, `temi:C`, `labels:NAME`), `self:K` (self-labelled, online: the model clusters its "
+                "own features while it trains) or `none` (unconditional). The app trains short runs; "
                 "Stop keeps a checkpoint, and Train with the same name continues. Trained models appear in "
                 "the Generate tab.")
     with gr.Row(equal_height=False):
@@ -116,6 +117,7 @@ def build(ctx: AppContext, workspace: gr.State, clustering: gr.Textbox, backbone
                              elem_id="cedm-train-kimg")
             name = gr.Textbox("", label="model name (empty: from the condition and network)",
                               elem_id="cedm-train-name")
+            self_btn = gr.Button("self-labelled (online): self:20", size="sm", elem_id="cedm-train-self")
             init = gr.Checkbox(False, label="start from the shipped unconditional model (small, 32 px: fine-tunes "
                                             "far faster than from scratch)", elem_id="cedm-train-init")
             eta = gr.Markdown(elem_id="cedm-train-eta")
@@ -251,6 +253,7 @@ def build(ctx: AppContext, workspace: gr.State, clustering: gr.Textbox, backbone
                  show_progress="hidden", trigger_mode="always_last")
     stop.click(cancel, None, None, api_visibility="private", concurrency_limit=None)
     clustering.change(lambda spec: spec or gr.update(), [clustering], [condition], api_visibility="private")
+    self_btn.click(lambda: "self:20", None, [condition], api_visibility="private")
     workspace.change(on_workspace, [workspace, resolution], [resolution], api_visibility="private")
     return TrainTab(trained=trained, on_workspace=on_workspace, resolution=resolution)
 

@@ -1,0 +1,87 @@
+"""Online self-guidance (seed 002, 4.2): self:K training uses its clusters, finds the groups, resumes exactly."""
+import numpy as np
+import pytest
+import torch
+
+from cedm.clusters import labelings
+from cedm.clusters.metrics import hungarian_accuracy
+from cedm.errors import CedmError
+from cedm.model.edm import load_model
+from cedm.model.train import (
+    TrainConfig,
+    list_checkpoints,
+    param_digest,
+    train_workspace,
+)
+from cedm.workspace import create_from_array
+from tests.test_edm import blobs
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def ws(home):
+    images, labels = blobs(64)
+    return create_from_array(home, "two", images, labels=[f"g{i}" for i in labels], label_names=["g0", "g1"])
+
+
+def cfg(**kw):
+    base = {"preset": "tiny", "kimg": 1.6, "batch": 16, "sample_kimg": 0, "checkpoint_kimg": 1000, "log_every": 10,
+            "p_uncond": 0.15, "lr": 2e-3}
+    return TrainConfig(**{**base, **kw})
+
+
+SG = {"warmup_fraction": 0.3, "lr": 1e-2, "sigma": 0.5}
+
+
+def test_online_self_labels_use_both_clusters_and_find_the_groups(ws):
+    out = train_workspace(ws, "self:2", name="self2", config=cfg(), show_progress=False, self_guidance=SG)
+    model = load_model(out)
+    assert model.n_conditions == 2 and model.info["condition"]["spec"] == "self:2"
+    util = model.info["condition"]["utilization"]
+    assert util["used"] == 2 and util["r"] == 1.0
+    lab = labelings.resolve(ws, "self:2@self2")
+    assert lab.labels.shape == (64,) and set(lab.labels.tolist()) == {0, 1}
+    acc = hungarian_accuracy(lab.labels, ws.ground_truth.labels)
+    assert acc > 0.8, acc  # chance is 0.5
+    q = model.info["condition"]["q"]
+    assert abs(sum(q) - 1) < 1e-6 and min(q) > 0.2  # equal partition keeps both prototypes in use
+    log = (out / "training" / "log.jsonl").read_text()
+    assert "sk_loss" in log and "batch_clusters" in log
+    from cedm.cli import main  # a self:K model samples per cluster like any C-EDM
+    assert main(["sample", "self2", "--workspace", "two", "--cluster", "1", "--n", "2", "--steps", "2",
+                 "--out", str(out.parent / "s")]) == 0
+
+
+def test_resume_is_bit_exact_with_the_sinkhorn_state(ws):
+    kw = {"config": cfg(kimg=0.64), "show_progress": False, "self_guidance": SG}
+    full = train_workspace(ws, "self:2", name="full", **kw)
+    part = train_workspace(ws, "self:2", name="part", max_steps=7, **kw)  # stops in the warm-up; resumes across its end
+    assert len(list_checkpoints(part / "training")) == 1
+    part = train_workspace(ws, "self:2", name="part", resume=True, **kw)
+    a, b = load_model(full), load_model(part)
+    assert param_digest(a) == param_digest(b)
+    np.testing.assert_array_equal(np.load(full / "self_labels.npy"), np.load(part / "self_labels.npy"))
+    from safetensors.torch import load_file
+    ta = load_file(str(list_checkpoints(full / "training")[-1].with_suffix(".safetensors")))
+    tb = load_file(str(list_checkpoints(part / "training")[-1].with_suffix(".safetensors")))
+    for k in ("self.prototypes", "self.head.weight", "self.assign", "self.rng"):
+        assert torch.equal(ta[k], tb[k]), k
+    with pytest.raises(CedmError, match="self-guidance settings"):
+        train_workspace(ws, "self:2", name="part", resume=True, config=cfg(kimg=0.96), show_progress=False,
+                        self_guidance={**SG, "dim": 32})
+
+
+def test_bad_self_specs(ws):
+    with pytest.raises(CedmError, match="integer K"):
+        train_workspace(ws, "self:two", name="x", config=cfg(), show_progress=False)
+    with pytest.raises(CedmError, match="2 <= K"):
+        train_workspace(ws, "self:1", name="x", config=cfg(), show_progress=False)
+    with pytest.raises(CedmError, match="no trained model|unknown model"):
+        labelings.resolve(ws, "self:2@nope")
