@@ -1,6 +1,7 @@
 """Clustering speed: our k-means and TEMI against plain references, on synthetic 768-d features.
 
     python bench/clustering.py [--quick] [--device cpu|cuda] [--sizes 3400 50000] [--clusters 100 500]
+    python bench/clustering.py --curve --schedule cpu|paper [--paper-heads 50] [--cs 20 40 50 60 80 100]
 
 Features: N points around 100 random directions (so NMI to the generating blob is a sanity check).
 - k-means: faiss spherical k-means (ours, nredo=1 here) vs scikit-learn KMeans (one init, same iterations).

@@ -6,6 +6,9 @@ of its logged intervals, the first one dropped: it holds the start-up). The onli
 network's features (up to its block), the head, prototypes and Sinkhorn-Knopp every step, and assigns the
 whole dataset at its one checkpoint (reported separately). Prints a table, writes bench/results/self_guidance.json.
 
+A second measurement times one training step and one SK update alternately in one process (medians), which
+a busy shared machine distorts far less than two runs one after the other.
+
     python bench/self_guidance.py [--workspace demo] [--preset small] [--resolution 32] [--steps 40] [--k 20]
 """
 import argparse
@@ -21,9 +24,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cedm.model.self_guidance import SelfGuidanceConfig  # noqa: E402
-from cedm.model.train import TrainConfig, train  # noqa: E402
-from cedm.workspace import open_workspace  # noqa: E402
+from cedm.model.self_guidance import SelfGuidanceConfig
+from cedm.model.train import TrainConfig, train
+from cedm.workspace import open_workspace
 
 
 def run(images, labels, k, sg, cfg, out):
@@ -35,6 +38,38 @@ def run(images, labels, k, sg, cfg, out):
     return ips, total
 
 
+def interleaved(images, k, preset, resolution, batch, iters, device):
+    """Per-step seconds of one plain C-EDM training step and of the online SK update, timed alternately in one
+    process (a busy shared machine slows both alike), medians."""
+    from cedm.model.edm import CEDM, copy_model, edm_loss
+    from cedm.model.self_guidance import OnlineSelfLabels, feature_channels
+    from cedm.model.train import load_batch
+
+    torch.manual_seed(0)
+    net = CEDM.from_preset(preset, resolution, k).train()
+    ema = copy_model(net).eval().requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    sg = SelfGuidanceConfig(k=k)
+    online = OnlineSelfLabels(sg, len(images), feature_channels(preset, resolution, sg.block), 0, device)
+    rng = np.random.default_rng(0)
+    t_train, t_sk = [], []
+    for i in range(iters + 1):
+        rows = rng.integers(0, len(images), batch)
+        x = load_batch(images, rows, np.zeros(batch, bool), resolution, device)
+        lab = torch.from_numpy(rng.integers(0, k + 1, batch))
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        edm_loss(net, x, lab).mean().backward()
+        opt.step()
+        t1 = time.perf_counter()
+        online.step(ema, x, rows, nimg=10**9, total_nimg=10**9)
+        t2 = time.perf_counter()
+        if i:  # the first iteration holds the start-up
+            t_train.append(t1 - t0)
+            t_sk.append(t2 - t1)
+    return float(np.median(t_train)), float(np.median(t_sk))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workspace", default="demo")
@@ -44,6 +79,7 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=15, help="interleaved steps (after one warm-up step)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ws = open_workspace(None, args.workspace)
@@ -62,8 +98,16 @@ def main():
     print(f"{'variant':40s} {'img/s':>8s} {'total s':>8s}")
     for r in rows:
         print(f"{r['variant']:40s} {r['img_per_s']:8.1f} {r['total_s']:8.1f}")
-    print(f"online / plain throughput: {online / plain:.2f}")
-    result = {"rows": rows, "ratio": online / plain, "args": vars(args), "n_images": len(images),
+    print(f"online / plain throughput (whole runs, sequential): {online / plain:.2f}")
+    t_train, t_sk = interleaved(images, args.k, args.preset, args.resolution, args.batch, args.iters,
+                                torch.device("cpu"))
+    step_ratio = t_train / (t_train + t_sk)
+    print(f"interleaved, per step of {args.batch}: train {t_train:.3f} s, SK update (EMA features + head + "
+          f"Sinkhorn) {t_sk:.3f} s -> {args.batch / t_train:.1f} vs {args.batch / (t_train + t_sk):.1f} img/s "
+          f"(online / plain {step_ratio:.2f})")
+    result = {"rows": rows, "ratio": online / plain, "interleaved": {
+        "train_step_s": t_train, "sk_step_s": t_sk, "plain_img_per_s": args.batch / t_train,
+        "online_img_per_s": args.batch / (t_train + t_sk), "ratio": step_ratio}, "args": vars(args), "n_images": len(images),
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "torch": torch.__version__, "cuda": torch.cuda.is_available(),
                           "load_avg": os.getloadavg()}}

@@ -373,7 +373,8 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
             head.head, cfg = load_head(Path(c["artifact"]) / "head")
             head.temperature = float(cfg.get("temperature", 0.1))
         else:
-            head.centroids, head.temperature = res.centroids, KMEANS_TEMPERATURE
+            from cedm.clusters.result import l2_normalize  # unit rows: Euclidean k-means keeps raw means
+            head.centroids, head.temperature = l2_normalize(res.centroids), KMEANS_TEMPERATURE
         return head, None
     return None, (f"the {spec} clustering the model was trained on is not cached in workspace {ws.name!r} "
                   f"(run 'cedm cluster' as for training)")

@@ -398,7 +398,7 @@ __all__ = ["PROMPTS", "DEFAULT_MODEL", "IMAGENET_NAME", "check_names", "read_nam
 
 # --- cluster names: guessed from a labeling (said so), or given by the user ----------------------------------
 STAGE_NAMES = "cluster_names"
-NAME_THRESHOLD = 0.5  # a guessed name is shown only when at least this share of the cluster carries the label
+NAME_THRESHOLD = 0.7  # a guessed name is shown only when at least this share of the cluster carries the label
 
 
 def label_source(ws, label_spec: str) -> str:

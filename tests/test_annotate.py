@@ -224,3 +224,64 @@ def test_annotate_bad_inputs_leave_nothing_behind(squares_ws, home, capsys):
     for bad in ("blob", "segments:x", "segments:1"):
         with pytest.raises(CedmError):
             store.parse_spatial(bad)
+
+
+# --- overlays --------------------------------------------------------------------------------------------
+def test_overlays_draw_boxes_and_blend_segments():
+    from cedm.annotate.overlay import BOX_COLOUR, blend_segments, colour_segments, draw_boxes, segment_palette
+
+    img = np.full((1, 8, 8, 3), 255, np.uint8)
+    out = draw_boxes(img, [[2, 2, 6, 6]], width=1)
+    assert (out[0, 2, 2:6] == BOX_COLOUR).all() and (out[0, 5, 2:6] == BOX_COLOUR).all()
+    assert (out[0, 3:5, 3:5] == 255).all() and (out[0, 0] == 255).all() and (img == 255).all()  # a copy
+    pal = segment_palette(5)
+    assert len({tuple(c) for c in pal}) == 5
+    m = np.zeros((1, 8, 8), np.uint8)
+    m[0, :, 4:] = 1
+    assert (colour_segments(m, 2)[0, 0, 5] == pal[1]).all()
+    half = blend_segments(img, m, 2, alpha=0.5)
+    assert np.allclose(half[0, 0, 0], np.round((255 + pal[0].astype(float)) / 2))
+    with pytest.raises(CedmError, match="segment id 1"):
+        colour_segments(m, 1)
+    with pytest.raises(CedmError, match="2 boxes for 1 images"):
+        draw_boxes(img, [[0, 0, 2, 2], [0, 0, 2, 2]])
+
+
+def test_ui_overlay_views(squares_ws):
+    from cedm.ui import spatial_views as views
+
+    ws, _ = squares_ws
+    with pytest.raises(CedmError, match="cedm annotate squares --boxes --backbone efficientnet_lite0"):
+        views.overlay_items(ws, [0], "box@efficientnet_lite0")
+    boxes = store.get_boxes(ws, "efficientnet_lite0", device="cpu")
+    assert views.annotation_choices(ws) == [("box (efficientnet_lite0)", "box@efficientnet_lite0")]
+    items = views.overlay_items(ws, [3, 1], "box@efficientnet_lite0")
+    assert [c for _, c in items] == [f"{ws.paths[3]} · box {boxes[3].tolist()}",
+                                     f"{ws.paths[1]} · box {boxes[1].tolist()}"]
+    assert not np.array_equal(items[0][0], ws.images[3])
+    shown = views.query_overlay(ws, np.array(ws.images[3]), "box@efficientnet_lite0")
+    assert np.array_equal(shown, items[0][0])  # a query is annotated exactly like a workspace image
+    with pytest.raises(CedmError, match="rows must lie"):
+        views.overlay_items(ws, [99], "box@efficientnet_lite0")
+    pic = views.layout_picture(torch.tensor([[[[1.0, -1.0], [-1.0, -1.0]]]]), size=4)
+    assert pic.shape == (4, 4, 3) and (pic[:2, :2] == 255).all() and (pic[2:, 2:] == 96).all()
+
+
+def test_denoiser_backbone_gives_spatial_maps_for_self_annotations(home):
+    """A cedm model's own UNet (denoiser:MODEL, seed 002) as the spatial backbone: its block's activation map."""
+    from cedm.features import get_spec
+    from cedm.model.edm import CEDM, save_model
+
+    imgs, _ = _squares(n=6, R=16)
+    ws = create_from_array(home, "dn", imgs)
+    torch.manual_seed(0)
+    save_model(ws.derived_dir("models") / "tiny", CEDM.from_preset("tiny", 16, 0).eval())
+    name = "denoiser:dn/tiny,sigma=0.5,block=up1+mid"
+    assert check_spatial(name) == get_spec(name).name
+    boxes = store.get_boxes(ws, name, device="cpu")
+    assert boxes.shape == (6, 4) and (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    meta = store.list_annotations(ws)[0]
+    assert meta["spatial"] == "box" and meta["backbone"] == get_spec(name).name
+    masks = store.get_segments(ws, 2, name, device="cpu")
+    assert masks.shape == (6, 16, 16)
+    assert main(["annotate", "dn", "--boxes", "--backbone", "denoiser:dn/nope"]) == 2

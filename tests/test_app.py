@@ -356,7 +356,7 @@ def test_query_bad_input_is_readable(demo_app, tmp_path):
                                           api_name="/query")
 
 
-def test_export_assignments_and_a_cluster_zip(demo_app, demo_ws):
+def test_export_assignments_and_a_cluster_zip(demo_app, demo_ws, tmp_path):
     url, _, home = demo_app
     import csv
     import io
@@ -381,6 +381,19 @@ def test_export_assignments_and_a_cluster_zip(demo_app, demo_ws):
     downloads = demo_app[1].cedm_context.sessions._downloads
     assert list(downloads.glob("*/*/demo-efficientnet_lite0-kmeans-50.csv"))
     assert not list(home.rglob("demo-efficientnet_lite0-kmeans-50.csv"))
+    # a renamed cluster is exported with its name (CSV column, JSON map)
+    from cedm.labels import rename_cluster
+    from cedm.ui.export_tab import write_assignments
+
+    named = int(res.assignments[7])
+    rename_cluster(demo_ws, "kmeans:50", named, "my favourites", backbone=OFFLINE)
+    try:
+        csv_path, json_path = write_assignments(demo_ws, OFFLINE, res, tmp_path)
+    finally:
+        rename_cluster(demo_ws, "kmeans:50", named, "", backbone=OFFLINE)
+    rows = list(csv.DictReader(open(csv_path, newline="")))
+    assert rows[7]["name"] == "my favourites"
+    assert json.load(open(json_path))["cluster_names"][str(named)] == "my favourites"
 
     cluster = int(np.argmax(res.sizes))
     zpath = c.predict("demo", OFFLINE, "kmeans:50", cluster, api_name="/export_cluster")
@@ -426,9 +439,10 @@ def test_query_probabilities_of_kmeans_are_a_softmax_of_centroid_cosine(demo_ws)
     from cedm.ui import cluster_views as cv
 
     res = _clustering(demo_ws)
-    x = res.centroids[3] + 0.01 * res.centroids[5]
+    c = res.centroids / np.linalg.norm(res.centroids, axis=1, keepdims=True)  # Euclidean k-means: raw means
+    x = c[3] + 0.01 * c[5]
     p, how = cv.cluster_probabilities(res, x)
-    cos = res.centroids @ (x / np.linalg.norm(x))
+    cos = c @ (x / np.linalg.norm(x))
     expect = np.exp((cos - cos.max()) / cv.KMEANS_TEMPERATURE)
     np.testing.assert_allclose(p, expect / expect.sum(), rtol=1e-4)
     assert int(np.argmax(p)) == 3 and "0.1" in how

@@ -80,7 +80,7 @@ def test_affine_ops_are_undone_by_the_transform_their_vector_describes():
                        rotate_frac_max=0.25, translate_frac_std=0.05)
     y, v = pipe(x, generator=torch.Generator().manual_seed(3))
     assert v.shape == (8, 7) and (v[:, 0] != 0).all()  # p = 1: every image transformed
-    n, h, w = 8, 48, 48
+    h, w = 48, 48
     s = torch.exp2(v[:, 0] * pipe.scale_std)
     a = torch.atan2(v[:, 2], v[:, 1] + 1)
     r = torch.atan2(v[:, 4], v[:, 3])
@@ -143,3 +143,12 @@ def test_training_with_augment_saves_the_map_and_resumes_exactly(tmp_path):
         assert torch.equal(a[k], b[k]), k
     m = load_model(tmp_path / "full")
     assert m.augment_dim == 9 and m.map_augment.weight.abs().sum() > 0
+
+
+def test_resolution_aware_defaults_follow_the_official_configs():
+    from cedm.model.edm import default_sampler_steps, unet_config
+
+    assert unet_config("paper", 32, 10)["dropout"] == 0.13   # CIFAR-10/100
+    assert unet_config("paper", 64, 10)["dropout"] == 0.05   # FFHQ-64 / AFHQ-64
+    assert unet_config("paper", 64, 10, dropout=0.2)["dropout"] == 0.2
+    assert (default_sampler_steps(32), default_sampler_steps(64)) == (18, 40)

@@ -53,6 +53,12 @@ def browser_page(tmp_path):
             ctx.close()
 
 
+def _wait_uploaded(page, stem: str) -> None:
+    """The file is on the server: its name shows while it is still uploading (the upload progress view), and
+    Import clicked then sent no file (the once-flaky upload test); the file table appears only when done."""
+    page.locator("#cedm-upload table.file-preview", has_text=stem).wait_for()
+
+
 def _gallery_images(page):
     return page.locator("#cedm-dataset-gallery img")
 
@@ -100,7 +106,7 @@ def test_upload_a_zip_shows_the_report_and_the_new_workspace(app, browser_page, 
     _gallery_images(page).first.wait_for()
     page.get_by_text("Upload images as a new workspace").click()
     page.locator("#cedm-upload input[type=file]").set_input_files(str(make_zip(tmp_path / "holiday.zip")))
-    page.locator("#cedm-upload", has_text="holiday.zip").wait_for()
+    _wait_uploaded(page, "holiday")
     page.locator("#cedm-import").click()
     page.locator("#cedm-status", has_text=re.compile(r"Imported 6 of 8 files into holiday")).wait_for()
     page.get_by_text("6 images").first.wait_for()  # the summary of the new workspace
@@ -119,23 +125,29 @@ def test_upload_a_zip_shows_the_report_and_the_new_workspace(app, browser_page, 
     assert session_workspaces(home) == []
 
 
+def _fill_train_form(page, url: str, kimg: str, name: str) -> None:
+    """The Train tab on the stand-in demo: condition gt, the tiny network, a budget and a name."""
+    page.goto(url)
+    _open_tab(page, "Train")
+    # the resolution follows the workspace: 16 px images offer 16 px only
+    page.wait_for_function("() => document.querySelector('#cedm-train-resolution input').value === '16'",
+                           timeout=180_000)  # a busy machine (the page's load events queue behind earlier work)
+    page.locator("#cedm-train-condition textarea, #cedm-train-condition input").first.fill("gt")
+    page.locator("#cedm-train-preset input").click()
+    page.get_by_role("option", name="tiny").click()
+    box = page.locator("#cedm-train-kimg input")
+    box.fill(kimg)
+    box.press("Enter")
+    page.locator("#cedm-train-name textarea, #cedm-train-name input").first.fill(name)
+
+
 # --- the shipped demo: map, cluster galleries, query -----------------------------------------------
 def test_train_tab_trains_a_model_that_generate_then_offers(app, browser_page):
     """Stand-in demo (16 px, ground truth): a short run from the Train tab, its samples shown, and the model
     selected in the Generate tab, which samples it."""
     url, _, _ = app  # before demo_app exists: both patch where "demo" lives (the stand-in must be it here)
     page, errors = browser_page
-    page.goto(url)
-    _open_tab(page, "Train")
-    # the resolution follows the workspace: 16 px images offer 16 px only
-    page.wait_for_function("() => document.querySelector('#cedm-train-resolution input').value === '16'")
-    page.locator("#cedm-train-condition textarea, #cedm-train-condition input").first.fill("gt")
-    page.locator("#cedm-train-preset input").click()
-    page.get_by_role("option", name="tiny").click()
-    kimg = page.locator("#cedm-train-kimg input")
-    kimg.fill("0.064")
-    kimg.press("Enter")
-    page.locator("#cedm-train-name textarea, #cedm-train-name input").first.fill("browser-tiny")
+    _fill_train_form(page, url, "0.064", "browser-tiny")
     page.locator("#cedm-train-go").click()
     page.locator("#cedm-train-status", has_text="browser-tiny").wait_for()
     page.locator("#cedm-train-status", has_text="complete").wait_for()
@@ -172,6 +184,13 @@ def _map_summary(page) -> dict:
                  outlined: ({OUTLINE_TRACE} || {{x: []}}).x.length, legend: {CLUSTER_TRACES}.length}} }}""")
 
 
+def _open_map(page, url: str) -> None:
+    """The first screen: the map drawn and the first cluster's gallery decoded."""
+    page.goto(url)
+    page.locator(MAP).wait_for()
+    _wait_images_decoded(page, "#cedm-cluster-gallery")
+
+
 def _cluster_gallery_count(page) -> int:
     return page.evaluate("() => document.querySelectorAll('#cedm-cluster-gallery img').length")
 
@@ -203,9 +222,7 @@ def test_first_screen_shows_the_map_and_a_cluster_gallery(demo_app, browser_page
 def test_a_click_on_the_map_selects_a_cluster(demo_app, browser_page):
     url, demo, _ = demo_app
     page, errors = browser_page
-    page.goto(url)
-    page.locator(MAP).wait_for()
-    _wait_images_decoded(page, "#cedm-cluster-gallery")
+    _open_map(page, url)
     # the screen position of a point outside the selected cluster, from plotly's own axes
     target = page.evaluate(f"""() => {{
         const gd = document.querySelector('{MAP}');
@@ -291,6 +308,12 @@ def test_an_uploaded_image_gets_a_query_result(demo_app, browser_page, tmp_path)
     page.locator("#cedm-gen-query-note", has_text="query cluster").wait_for()
     assert page.get_by_role("tab", name="Generate").get_attribute("aria-selected") == "true"
     assert page.locator("#cedm-gen-condition input[value=\"the query image's cluster\"]").is_checked()
+    # ... and generates from it at once, with a model conditioned on that clustering
+    page.locator("#cedm-gen-query-note", has_text="generated by").wait_for(timeout=300_000)
+    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 8")
+    _wait_images_decoded(page, "#cedm-gen-gallery")
+    cluster = re.search(r"query cluster: (\d+)", page.locator("#cedm-gen-query-note").inner_text()).group(1)
+    page.locator("#cedm-gen-gallery", has_text=f"cluster {cluster} ").first.wait_for()
     _open_tab(page, "Query")
     page.locator("#cedm-query-generate-note", has_text="set as the condition").wait_for()
     page.screenshot(path=str(ARTIFACTS / "query_result.png"), full_page=True)
@@ -326,7 +349,10 @@ def test_generate_with_a_moved_slider_shows_images(gen_app, browser_page):
     # the two shared-seed comparisons: a row unconditional + a row conditioned, then one seed at five w
     page.locator("#cedm-gen-same-noise").click()
     page.locator("#cedm-gen-gallery", has_text="uncond").first.wait_for()
-    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 16")
+    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 12")
+    # every column of the grid is inside the gallery (8 columns once overflowed and clipped the last one)
+    assert page.evaluate("() => { const g = document.querySelector('#cedm-gen-gallery .grid-wrap');"
+                         " return g.scrollWidth <= g.clientWidth + 1 }")
     page.locator("#cedm-gen-sweep").click()
     page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 5")
     page.locator("#cedm-gen-gallery", has_text="w 6").first.wait_for()
@@ -365,8 +391,11 @@ WATCH = """([panel, result]) => {
     const tick = () => {
         const p = document.querySelector(panel), r = document.querySelector(result);
         const bars = [...document.querySelectorAll('.progress-level, .progress-text')];
+        const shown = (b) => b.checkVisibility({opacityProperty: true, visibilityProperty: true});
+        const other = bars.filter(b => !(p && p.contains(b)) && shown(b));
         window._cedmSeen.push({panel: p ? p.innerText : '', result: r ? r.innerText : '',
-                               elsewhere: bars.filter(b => !(p && p.contains(b))).length});
+                               elsewhere: other.length,
+                               where: other.map(b => (b.closest('[id]') || {id: '?'}).id).join(' ')});
     };
     window._cedmWatch = setInterval(tick, 50);
 }"""
@@ -403,7 +432,7 @@ def test_clustering_shows_its_progress_in_one_place_before_the_result(app, brows
     page.locator("#cedm-clusters-status", has_text="C = 3").wait_for(timeout=300_000)  # UMAP compiles first
     seen = _seen(page)
     assert _progress_before(seen, "clustering", "C = 3"), seen[-5:]
-    assert max(s["elsewhere"] for s in seen) == 0  # no stacked bars over other components
+    assert max(s["elsewhere"] for s in seen if "C = 3" not in s["result"]) == 0  # no bars over other components
     assert errors == []
 
 
@@ -418,7 +447,7 @@ def test_bound_after_an_upload_shows_progress_and_a_sane_axis(app, browser_page,
     page.get_by_text("Upload images as a new workspace").click()
     page.locator("#cedm-upload input[type=file]").set_input_files(
         str(make_zip(tmp_path / "colours.zip", n_images=60, junk=False)))
-    page.locator("#cedm-upload", has_text="colours.zip").wait_for()
+    _wait_uploaded(page, "colours")
     page.locator("#cedm-import").click()
     page.locator("#cedm-status", has_text="into colours").wait_for()
     _open_tab(page, "Clusters")
@@ -446,32 +475,22 @@ def test_bound_after_an_upload_shows_progress_and_a_sane_axis(app, browser_page,
 def test_training_shows_live_progress_before_the_result(app, browser_page):
     url, _, _ = app
     page, errors = browser_page
-    page.goto(url)
-    _open_tab(page, "Train")
-    page.wait_for_function("() => document.querySelector('#cedm-train-resolution input').value === '16'")
-    page.locator("#cedm-train-condition textarea, #cedm-train-condition input").first.fill("gt")
-    page.locator("#cedm-train-preset input").click()
-    page.get_by_role("option", name="tiny").click()
-    kimg = page.locator("#cedm-train-kimg input")
-    kimg.fill("2")
-    kimg.press("Enter")
+    _fill_train_form(page, url, "2", "browser-live")
     page.locator("#cedm-train-eta", has_text="images/s measured here").wait_for()  # an estimate first
-    page.locator("#cedm-train-name textarea, #cedm-train-name input").first.fill("browser-live")
     _watch(page, "#cedm-progress-training", "#cedm-train-status")
     page.locator("#cedm-train-go").click()
     page.locator("#cedm-train-status", has_text="complete").wait_for(timeout=300_000)
     seen = _seen(page)
     assert _progress_before(seen, "kimg", "complete"), seen[-5:]
-    assert max(s["elsewhere"] for s in seen) == 0
+    before = [s for s in seen if "complete" not in s["result"]]
+    assert max(s["elsewhere"] for s in before) == 0, {s["where"] for s in before}
     assert errors == []
 
 
 def test_a_box_selection_on_the_map_drives_the_gallery(demo_app, browser_page):
-    url, demo, _ = demo_app
+    url, _, home = demo_app
     page, errors = browser_page
-    page.goto(url)
-    page.locator(MAP).wait_for()
-    _wait_images_decoded(page, "#cedm-cluster-gallery")
+    _open_map(page, url)
     page.locator("#cedm-map .modebar-btn[data-title='Box Select']").click()
     box = page.locator("#cedm-map .nsewdrag").bounding_box()
     x0, y0 = box["x"] + 0.35 * box["width"], box["y"] + 0.35 * box["height"]
@@ -491,37 +510,19 @@ def test_a_box_selection_on_the_map_drives_the_gallery(demo_app, browser_page):
     # saved as a named set of rows, for few-shot probes ("rows:NAME")
     page.locator("#cedm-selection-name textarea, #cedm-selection-name input").first.fill("browser-pick")
     page.locator("#cedm-selection-save").click()
-    from cedm.clusters.labelings import list_row_sets, load_rows
+    import json
 
-    ws = demo.cedm_context.open("demo", None)
+    import numpy as np
+
+    def saved() -> list:  # in the visitor's own area (public mode: their demo overlay)
+        return [m.parent for m in home.rglob("rowsets/*/meta.json")
+                if json.loads(m.read_text())["params"].get("name") == "browser-pick"]
+
     for _ in range(600):
-        if "browser-pick" in list_row_sets(ws):
+        if saved():
             break
         time.sleep(0.1)
-    assert len(load_rows(ws, "browser-pick")) == n
-    assert errors == []
-
-
-def test_generate_from_this_cluster_produces_images(demo_app, browser_page, tmp_path):
-    url, demo, _ = demo_app
-    page, errors = browser_page
-    from PIL import Image
-
-    ws = demo.cedm_context.open("demo", None)
-    Image.fromarray(ws.images[100]).save(tmp_path / "query.png")
-    page.goto(url)
-    page.locator(MAP).wait_for()
-    _open_tab(page, "Query")
-    page.locator("#cedm-query-image input[type=file]").set_input_files(str(tmp_path / "query.png"))
-    page.locator("#cedm-query-image img").wait_for()
-    page.locator("#cedm-query").click()
-    page.locator("#cedm-query-top3", has_text="cluster").first.wait_for()
-    page.locator("#cedm-query-generate").click()
-    page.locator("#cedm-gen-query-note", has_text="generated by").wait_for(timeout=300_000)
-    page.wait_for_function("() => document.querySelectorAll('#cedm-gen-gallery img').length === 8")
-    _wait_images_decoded(page, "#cedm-gen-gallery")
-    cluster = page.locator("#cedm-gen-query-note").inner_text().split("cluster ")[1].split()[0]
-    page.locator("#cedm-gen-gallery", has_text=f"cluster {cluster} ").first.wait_for()
+    assert len(np.load(saved()[0] / "rows.npy")) == n
     assert errors == []
 
 

@@ -187,7 +187,7 @@ def test_official_schedule_lr_warmup_and_step_budget():
     for k in ("epochs", "batch_size", "teacher_momentum", "lr", "warmup_epochs", "nlayers", "inputs"):
         assert cpu[k] == paper[k], k  # the CPU default differs only in heads and the step budget
     assert paper["heads"] == PAPER_SCHEDULE["heads"] == 50 and cpu["heads"] == CPU_SCHEDULE["heads"] < 50
-    assert paper["max_steps"] is None and cpu["max_steps"] == CPU_SCHEDULE["max_steps"]
+    assert paper["max_steps"] == 0 and cpu["max_steps"] == CPU_SCHEDULE["max_steps"] > 0
     assert paper["teacher_momentum"] == 0.996 and paper["inputs"] == "raw"
 
 
@@ -376,8 +376,8 @@ def toy_ws(home, monkeypatch):
 
     def get_features(w, backbone, weights=None, normalized=True):
         fake.calls += 1
-        assert w.n == 40 and normalized
-        return x
+        assert w.n == 40
+        return x  # unit rows: the same raw or normalised
     fake.get_features = get_features
     monkeypatch.setitem(sys.modules, "cedm.features", fake)
     monkeypatch.setattr(cedm, "features", fake, raising=False)
@@ -448,6 +448,11 @@ def test_cli_cluster_export_and_bound(toy_ws, tmp_path, capsys):
     assert main(["cluster", "toy", "--method", "kmeans", "--clusters", "4", "--export", str(out)]) == 0
     text = capsys.readouterr().out
     assert "4/4 clusters used" in text and "NMI" in text and "AMI" in text
+    assert "one-to-one (Hungarian)" in text and "majority" in text  # accuracy both ways, named
+    assert main(["cluster", "toy", "--clusters", "4", "--kmeans-metric", "spherical"]) == 0
+    assert capsys.readouterr().out.startswith("skmeans C=4")
+    assert main(["cluster", "toy", "--method", "temi", "--clusters", "4", "--kmeans-metric", "spherical"]) == 2
+    assert "--kmeans-metric applies to --method kmeans only" in capsys.readouterr().err
     rows = out.read_text().splitlines()
     assert rows[0] == "path,cluster,confidence" and len(rows) == 41
     assert main(["cluster", "toy", "--method", "kmeans", "--clusters", "50"]) == 2

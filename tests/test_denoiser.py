@@ -5,8 +5,8 @@ import torch
 
 from cedm.cli import main
 from cedm.errors import CedmError
-from cedm.features import extract_one, find_features, get_features, get_spec
 from cedm.features import denoiser as dn
+from cedm.features import extract_one, find_features, get_features, get_spec
 from cedm.model.edm import CEDM, load_model, save_model
 from cedm.workspace import create_from_array
 
@@ -122,7 +122,7 @@ def test_downstream_commands_accept_denoiser_features(ws, tmp_path, capsys):
 
 def test_training_conditions_on_denoiser_clusters(ws):
     from cedm.model.train import resolve_condition
-    labels, C, q, desc = resolve_condition(ws, "kmeans:2", backbone=REORDERED)
+    labels, C, _q, desc = resolve_condition(ws, "kmeans:2", backbone=REORDERED)
     assert C == 2 and labels.shape == (24,) and desc["backbone"] == NAME
 
 
@@ -143,3 +143,16 @@ def test_app_backbone_list_offers_the_workspace_models(ws):
     names = [name for _, name in cv.backbone_choices(ws)[0]]
     assert dn.backbone_name("blobs/tiny") in names and dn.backbone_name("blobs/tinyc") in names
     assert dn.workspace_backbones(None) == []
+
+
+def test_offline_self_guidance_finetunes_a_model_on_its_own_clusters(ws):
+    """seed 002 4.1: cedm train WS --condition kmeans:K --backbone denoiser:M --init M."""
+    from cedm.model.train import TrainConfig, train_workspace
+    cfg = TrainConfig(kimg=0.032, batch=16, sample_kimg=0, init="blobs/tiny", lr=1e-9, lr_rampup_kimg=0)
+    out = train_workspace(ws, "kmeans:2", name="offline", preset="tiny", backbone="denoiser:blobs/tiny",
+                          config=cfg, show_progress=False)
+    model, src = load_model(out, ema=False), load_model(dn.model_dir("blobs/tiny"))
+    assert model.n_conditions == 2
+    cond = model.info["condition"]
+    assert cond["backbone"] == dn.backbone_name("blobs/tiny") and cond["spec"] == "kmeans:2"
+    torch.testing.assert_close(model.unet.conv_in.weight, src.unet.conv_in.weight, atol=1e-6, rtol=0)

@@ -9,7 +9,13 @@ import torch
 from cedm.errors import CedmError
 from cedm.model.edm import CEDM, save_model
 from cedm.probes.guidance import classifier_guidance, select_candidates
-from cedm.probes.probe import ProbeSettings, get_probe, load_probe, save_probe, train_probe
+from cedm.probes.probe import (
+    ProbeSettings,
+    get_probe,
+    load_probe,
+    save_probe,
+    train_probe,
+)
 from cedm.probes.sample import generate_with_probe
 from cedm.sampling.samplers import SAMPLERS, edm_sigmas
 from tests.gmm import GaussianMixtureDenoiser
@@ -357,3 +363,63 @@ def test_sample_command_with_a_probe(engine_setup, tmp_path, capsys):
     assert "--condition goes with --probe" in capsys.readouterr().err
     assert main(["sample", str(mdir), "--probe", str(tmp_path), "--n", "1"]) == 2
     assert "not a probe folder" in capsys.readouterr().err
+
+
+def test_eval_of_probe_guided_sampling_uses_the_labelings_own_assigner(home, tiny, tmp_path, capsys):
+    import json
+
+    from cedm.cli import main
+    from cedm.clusters import labelings
+    from cedm.probes.evaluate import evaluate_probe, labeling_head
+    from cedm.workspace import create_from_array
+
+    imgs, y = colour_images(12, size=32)
+    ws = create_from_array(home, "evalprobe", imgs)
+    km = labelings.resolve(ws, "kmeans:2", backbone="efficientnet_lite0")
+    mdir = save_model(tmp_path / "m", tiny)
+    _, pdir, _ = get_probe(ws, tiny, "kmeans:2", ProbeSettings(**FAST), model_dir=mdir)  # backbone found cached
+    head, why = labeling_head(ws, "kmeans:2", json.loads((pdir / "probe.json").read_text())["labels_sha"])
+    assert why is None and head.method == "kmeans"
+    assert labeling_head(ws, "kmeans:2", "0" * 16)[0] is None
+    out = evaluate_probe(mdir, pdir, ws, n=6, weights=(0, 1), steps=2, sampler="euler", batch_size=6,
+                         out_dir=tmp_path / "eval")
+    assert [r["probe_guidance"] for r in out["results"]] == [0.0, 1.0]
+    for r in out["results"]:
+        assert r["FD_EffNetLite0"] > 0 and 0 <= r["agreement"] <= 1 and 0 < r["probe_probability"] < 1
+        assert r["agreement_classifier"]["spec"] == "kmeans:2"  # the clustering's centroids, not the probe
+        assert r["agreement_classifier"]["artifact"] == str(labelings.find_clusters(
+            ws, "kmeans", 2, backbone="efficientnet_lite0"))
+    assert len(list((tmp_path / "eval").glob("probe-*.json"))) == 2
+    assert km.n_classes == 2
+    assert main(["eval", str(mdir), "--workspace", "evalprobe", "--probe", str(pdir), "--guidance", "1", "--n", "4",
+                 "--steps", "2", "--sampler", "euler"]) == 0
+    assert "kmeans:2" in capsys.readouterr().out
+
+
+def test_adapt_tab_helpers_and_the_app_builds(home, tmp_path, monkeypatch):
+    from cedm import workspace as wsp
+    from cedm.ui import probe_tab
+    from cedm.ui.app import build_app
+    from cedm.workspace import create_from_array
+
+    ws = create_from_array(home, "tab", colour_images(6)[0])
+    assert probe_tab.spec_of(ws, probe_tab.PICKS, None, None, "1, 3 5", "mine") == "rows:mine"
+    from cedm.clusters.labelings import load_rows
+    assert load_rows(ws, "mine").tolist() == [1, 3, 5]
+    assert probe_tab.spec_of(ws, probe_tab.ROWSET, None, "mine", "", "") == "rows:mine"
+    assert probe_tab.spec_of(ws, probe_tab.CLUSTERING, "kmeans:4", None, "", "") == "kmeans:4"
+    with pytest.raises(CedmError, match="row numbers"):
+        probe_tab.parse_rows("a, b")
+    with pytest.raises(CedmError, match="pick at least one"):
+        probe_tab.spec_of(ws, probe_tab.PICKS, None, None, "", "x")
+    with pytest.raises(CedmError, match="must lie in"):
+        probe_tab.spec_of(ws, probe_tab.PICKS, None, None, "99", "x")
+    info = {"labeling": "rows:mine", "n_classes": 2, "settings": {"route": "x0"},
+            "report": {"seconds": 3, "n_train": 9, "n_heldout": 3, "clean": {"accuracy": 1, "balanced_accuracy": 1},
+                       "sigma_bins": [{"sigma": [0.002, 0.1], "accuracy": 0.5, "balanced_accuracy": 0.5}]}}
+    md = probe_tab.report_markdown(info)
+    assert "| 0.002-0.1 | 0.50 | 0.50 |" in md and "rows:mine" in md
+    assert probe_tab.caption({"guidance": 2.0, "probe_class_name": "mine", "seed": 4}).startswith("probe-guided w 2")
+    assert probe_tab.caption({"guidance": 0.0, "seed": 4}).startswith("unguided")
+    monkeypatch.setattr(wsp, "DEMO_DIR", tmp_path / "no-demo")
+    build_app(tmp_path / "home2", model_dirs=[])  # the Adapt tab is part of the page (no first-batch thread)

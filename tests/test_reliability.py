@@ -4,6 +4,7 @@ budgeted and swept; bad API values get clear messages. docs/reliability.md names
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -46,6 +47,11 @@ def _cli(*args, home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "CEDM_HOME": str(home), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "cedm", *args], capture_output=True, text=True, env=env,
                           timeout=300)
+
+
+def tmp_path_factory_home(home: Path) -> Path:
+    """Another $CEDM_HOME than ``home``: the command must find the workspace through its own --home."""
+    return home.parent / "elsewhere"
 
 
 def _images(n=6, r=16, seed=0):
@@ -455,7 +461,34 @@ def test_local_training_of_a_cli_workspace_is_an_ordinary_model_and_a_cancel_kee
     done = t["kimg_done"]
     s = c.predict("cli-train", "none", "", "tiny", 16, done + 0.064, "long-run", api_name="/train")
     assert s["complete"] and s["kimg_done"] == pytest.approx(done + 0.064) and s["model"] == "cli-train/long-run"
-    assert s["command_line"].startswith("cedm train cli-train ")
+    # the Train tab's command names this app's home, so it finds the workspace and continues the model verbatim
+    cmd = shlex.split(s["command_line"])
+    assert cmd[:3] == ["cedm", "train", "cli-train"] and cmd[-2:] == ["--home", str(home)] and "--resume" in cmd
+    assert _cli("workspaces", "show", "cli-train", "--home", cmd[-1], home=tmp_path_factory_home(home)).returncode == 0
     r = _cli("sample", "long-run", "--workspace", "cli-train", "--n", "1", "--steps", "2", "--sampler", "euler",
              "--uncond", "--out", str(home.parent / "s"), "--threads", "1", home=home)
     assert r.returncode == 0, r.stderr
+
+
+def test_public_demo_overlay_is_read_only_to_visitors(tmp_path, monkeypatch):
+    """What the server computed for the demo (the shared overlay) is read by every visitor; what a visitor computes
+    goes to their own area, unseen by others (today both went into one shared, writable overlay)."""
+    from cedm import workspace as wsp
+    from cedm.ui.sessions import Sessions
+    from tests.browser_util import make_stand_in_demo
+
+    monkeypatch.setattr(wsp, "DEMO_DIR", make_stand_in_demo(tmp_path / "demo-src"))
+    home = tmp_path / "home"
+    with wsp.open_demo(home).write_artifact("clusters", {"k": "server"}) as d:  # e.g. precomputed by `cedm cluster`
+        (d / "x.json").write_text("{}")
+    s = Sessions(home)
+    alice, bob = s.open_demo("alice"), s.open_demo("bob")
+    assert alice.find_artifact("clusters", {"k": "server"}) and bob.find_artifact("clusters", {"k": "server"})
+    with alice.write_artifact("clusters", {"k": "alice"}) as d:
+        (d / "x.json").write_text("{}")
+    found = alice.find_artifact("clusters", {"k": "alice"})
+    assert found is not None and found.is_relative_to(s.home_for("alice"))
+    assert bob.find_artifact("clusters", {"k": "alice"}) is None
+    assert wsp.open_demo(home).find_artifact("clusters", {"k": "alice"}) is None  # the shared overlay is untouched
+    assert alice.derived_dir("models").is_relative_to(s.home_for("alice"))
+    np.testing.assert_array_equal(alice.images, bob.images)

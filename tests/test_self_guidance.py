@@ -7,7 +7,12 @@ from cedm.clusters import labelings
 from cedm.clusters.metrics import hungarian_accuracy
 from cedm.errors import CedmError
 from cedm.model.edm import load_model
-from cedm.model.train import TrainConfig, list_checkpoints, param_digest, train_workspace
+from cedm.model.train import (
+    TrainConfig,
+    list_checkpoints,
+    param_digest,
+    train_workspace,
+)
 from cedm.workspace import create_from_array
 from tests.test_edm import blobs
 
@@ -27,8 +32,8 @@ def ws(home):
 
 
 def cfg(**kw):
-    base = dict(preset="tiny", kimg=1.6, batch=16, sample_kimg=0, checkpoint_kimg=1000, log_every=10,
-                p_uncond=0.15, lr=2e-3)
+    base = {"preset": "tiny", "kimg": 1.6, "batch": 16, "sample_kimg": 0, "checkpoint_kimg": 1000, "log_every": 10,
+            "p_uncond": 0.15, "lr": 2e-3}
     return TrainConfig(**{**base, **kw})
 
 
@@ -55,7 +60,7 @@ def test_online_self_labels_use_both_clusters_and_find_the_groups(ws):
 
 
 def test_resume_is_bit_exact_with_the_sinkhorn_state(ws):
-    kw = dict(config=cfg(kimg=0.64), show_progress=False, self_guidance=SG)
+    kw = {"config": cfg(kimg=0.64), "show_progress": False, "self_guidance": SG}
     full = train_workspace(ws, "self:2", name="full", **kw)
     part = train_workspace(ws, "self:2", name="part", max_steps=7, **kw)  # stops in the warm-up; resumes across its end
     assert len(list_checkpoints(part / "training")) == 1

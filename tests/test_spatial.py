@@ -8,9 +8,15 @@ from PIL import Image
 
 from cedm.cli import main
 from cedm.errors import CedmError
-from cedm.model.edm import CEDM, load_model
-from cedm.model.spatial import (LayoutModel, SpatialData, encode_boxes, encode_segments, generate_with_layout,
-                                layout_maps)
+from cedm.model.edm import load_model
+from cedm.model.spatial import (
+    LayoutModel,
+    SpatialData,
+    encode_boxes,
+    encode_segments,
+    generate_with_layout,
+    layout_maps,
+)
 from cedm.model.train import TrainConfig, train
 from cedm.sampling.generate import generate
 from cedm.sampling.guidance import guided_denoiser
@@ -41,13 +47,26 @@ def _dark_inside(images, box):
     return d[:, y0:y1, x0:x1].sum((1, 2)) / np.maximum(d.sum((1, 2)), 1e-9)
 
 
+def _spy_on(model) -> list:
+    """Record (labels, map) of every network call of ``model``."""
+    seen = []
+    real = model.forward
+
+    def spy(x, sigma, class_labels=None, spatial=None):
+        seen.append((class_labels.clone(), spatial.clone()))
+        return real(x, sigma, class_labels, spatial=spatial)
+
+    model.forward = spy
+    return seen
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A box-conditioned and an image-level model, same data, same budget (40 steps of 16 on 8x8 images)."""
     out = tmp_path_factory.mktemp("spatial")
     imgs, boxes = _squares()
     labels = np.zeros(len(imgs), np.int64)
-    sp = train(imgs, labels, 1, out / "box", _cfg(40), spatial=SpatialData("box", 8, boxes=boxes),
+    sp = train(imgs, labels, 1, out / "box", _cfg(40), spatial=SpatialData("box", 8, boxes=boxes, p_drop_class=0.2),
                show_progress=False, device="cpu")
     im = train(imgs, labels, 1, out / "image", _cfg(40), show_progress=False, device="cpu")
     return sp, im
@@ -61,7 +80,7 @@ def test_spatial_model_puts_the_square_in_the_given_box(trained):
     assert info["spatial"]["kind"] == "box" and info["spatial"]["channels"] == 1
     for box in ((0, 0, 4, 4), (4, 4, 8, 8)):
         maps, desc = layout_maps(sp, ",".join(map(str, box)))
-        a, rec = generate_with_layout(sp, maps, 12, clusters=0, guidance=1.0, steps=8, sampler="dpmpp2m")
+        a, _ = generate_with_layout(sp, maps, 12, clusters=0, guidance=1.0, steps=8, sampler="dpmpp2m")
         b, _ = generate(im, 12, clusters=0, guidance=1.0, steps=8, sampler="dpmpp2m")
         inside_sp, inside_im = _dark_inside(a, box).mean(), _dark_inside(b, box).mean()
         # a quarter of the image: an image-level model puts about a quarter of its square there
@@ -72,14 +91,8 @@ def test_spatial_model_puts_the_square_in_the_given_box(trained):
 def test_cfg_drops_map_and_cluster_together(trained):
     sp = load_model(trained[0])
     maps = encode_boxes([[0, 0, 4, 4]], 8, 8)
-    seen = []
     real = sp.forward
-
-    def spy(x, sigma, class_labels=None, spatial=None):
-        seen.append((class_labels.clone(), spatial.clone()))
-        return real(x, sigma, class_labels, spatial=spatial)
-
-    sp.forward = spy
+    seen = _spy_on(sp)
     wrapped = LayoutModel(sp, maps)
     x = torch.randn(2, 3, 8, 8)
     labels = torch.zeros(2, dtype=torch.long)
@@ -198,3 +211,40 @@ def test_layout_fidelity_ranks_the_spatial_model_first(trained):
     res = layout_fidelity(models, "box", boxes, [0] * 8, dark_box, steps=8, sampler="dpmpp2m", seed=0)
     assert len(res["spatial"]["per_image"]) == 8
     assert res["spatial"]["iou"] > res["image"]["iou"] + 0.15, res
+
+
+def test_spatial_refuses_geometric_augmentation():
+    imgs, boxes = _squares(4)
+    cfg = _cfg(1)
+    cfg.augment = 0.12
+    with pytest.raises(CedmError, match="without --augment"):
+        train(imgs, np.zeros(4, np.int64), 1, "/nonexistent", cfg, spatial=SpatialData("box", 8, boxes=boxes))
+
+
+def test_guidance_on_the_layout_alone_or_the_cluster_within_it(trained, tmp_path):
+    from cedm.model.spatial import sample_with_layout
+
+    sp = load_model(trained[0])
+    maps = encode_boxes([[0, 0, 4, 4]], 8, 8)
+    real = sp.forward
+    seen = _spy_on(sp)
+    wrapped = LayoutModel(sp, maps)
+    x, labels = torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)
+    from cedm.sampling.guidance import Guidance
+    for kind, want_labels, want_map in (("layout", [1, 1, 1, 1], [1, 1, 0, 0]),
+                                        ("cluster", [0, 0, 1, 1], [1, 1, 1, 1])):
+        seen.clear()
+        guided_denoiser(wrapped, labels, Guidance(2.0, kind=kind))(x, torch.tensor(1.0))
+        (lab, m), = seen
+        assert lab.tolist() == want_labels and [bool(v.any()) for v in m] == [bool(v) for v in want_map]
+    sp.forward = real
+    images, recs = sample_with_layout(trained[0], "0,0,4,4", 8, guide_on="layout", guidance=2.0, steps=8,
+                                      sampler="dpmpp2m")
+    assert recs[0]["guide_on"] == "layout" and recs[0]["condition"] is None
+    assert _dark_inside(images, (0, 0, 4, 4)).mean() > 0.5
+    no_branch = load_model(trained[0])
+    no_branch.info["spatial"]["p_drop_class"] = 0.0
+    with pytest.raises(CedmError, match="p_drop_class = 0"):
+        generate_with_layout(no_branch, maps, 1, clusters=0, guidance=Guidance(2.0, kind="layout"), steps=2)
+    with pytest.raises(CedmError, match="needs a layout"):
+        generate(sp, 1, clusters=0, guidance=Guidance(2.0, kind="layout"), steps=2)

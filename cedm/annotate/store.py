@@ -253,3 +253,23 @@ def load_annotator(ws, spatial: str, backbone: str, weights=None, device=None, p
         return BoxAnnotator(backbone, weights, device, pretrained, kw.get("k_patches"))
     folder = segments_artifact(ws, S, backbone, weights, device, pretrained, refine=refine, **kw)
     return SegmentAnnotator(io.load_npy(folder / "centroids.npy"), backbone, weights, device, pretrained, refine)
+
+
+def list_annotations(ws) -> list[dict]:
+    """The cached self-annotations of a workspace (oldest first): spatial spec, backbone, refine, folder."""
+    out = []
+    for stage in (BOX_STAGE, SEGMENT_STAGE):
+        for folder, meta in ws.list_artifacts(stage):
+            p = meta.get("params", {})
+            spec = "box" if stage == BOX_STAGE else f"segments:{p.get('n_segments')}"
+            out.append({"spatial": spec, "backbone": p.get("backbone"), "refine": p.get("refine"),
+                        "created": meta.get("created", 0), "path": str(folder)})
+    return sorted(out, key=lambda d: d["created"])
+
+
+def find_annotation(ws, spatial: str, backbone: str, weights=None, pretrained: bool = True, **kw):
+    """The artifact folder of a spatial spec if it is cached, else None (never computes)."""
+    kind, S = parse_spatial(spatial)
+    if kind == "box":
+        return find_boxes(ws, backbone, weights, pretrained, kw.get("k_patches"))
+    return find_segments(ws, S, backbone, weights, pretrained, **kw)

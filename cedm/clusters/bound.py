@@ -236,12 +236,10 @@ def cached_curve(ws, backbone=None, weights=None, seed: int = 0, device=None, **
 
 
 def c_max_of(curve: list[tuple[int, float]], alpha: float = ALPHA) -> int | None:
-    """C_max from measured points: the largest passing C below the smallest failing one (None if no C fails)."""
-    failing = [c for c, r in curve if r < alpha]
-    if not failing:
+    """C_max from measured points by ``c_max_from_curve``'s rule (None while no C fails)."""
+    if not any(r < alpha for _, r in curve):
         return None
-    passing = [c for c, r in curve if r >= alpha and c < min(failing)]
-    return max(passing) if passing else None
+    return c_max_from_curve(curve, alpha)
 
 
 def c_star_of(ws, backbone: str) -> int | None:

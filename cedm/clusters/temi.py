@@ -34,7 +34,8 @@ from cedm.errors import CedmError
 # constant (min_lr = lr); teacher EMA momentum constant 0.996 (max_momentum_teacher = 0.996); head
 # in -> 512 -> 256 (nlayers 2) -> L2 -> weight-normalised last layer; raw backbone embeddings as inputs.
 PAPER_HEADS, PAPER_EPOCHS = 50, 200
-PAPER_SCHEDULE = {"heads": PAPER_HEADS, "epochs": PAPER_EPOCHS, "batch_size": 512, "teacher_momentum": 0.996}
+PAPER_SCHEDULE = {"heads": PAPER_HEADS, "epochs": PAPER_EPOCHS, "batch_size": 512, "teacher_momentum": 0.996,
+                  "max_steps": 0}
 # CPU default: the same recipe, epochs, batch and momentum, with fewer heads (each head costs the same, and
 # the heads only compete for the lowest loss), and for large N at most CPU_MAX_STEPS optimiser steps (the
 # epochs shrink, warm-up in proportion). bench/clustering.py --curve measures what this changes on the demo.
@@ -65,7 +66,7 @@ class TemiConfig:
     prior_momentum: float = 0.9         # EMA momentum of qhat_t(c)
     freeze_last_layer_epochs: int = 1
     inputs: str = "raw"                 # 'raw' backbone embeddings (official) or 'l2' (unit rows)
-    max_steps: int | None = None        # cap on optimiser steps (fewer epochs for large N); None = no cap
+    max_steps: int = 0                  # cap on optimiser steps (fewer epochs for large N); 0 = no cap
     seed: int = 0
 
     def settings(self) -> dict:
@@ -235,13 +236,13 @@ def temi_loss(student_logits, teacher_logits, prior, gamma: float, student_temp:
 
 
 def schedule_steps(n: int, batch_size: int, epochs: int, warmup_epochs: int,
-                   max_steps: int | None = None) -> tuple[int, int, int, int]:
+                   max_steps: int = 0) -> tuple[int, int, int, int]:
     """(batch, steps per epoch, epochs, warm-up steps) for N images; ``max_steps`` caps the optimiser steps by
-    running fewer epochs (at least 1), the warm-up shrinking in proportion."""
+    running fewer epochs (at least 1; 0 = no cap), the warm-up shrinking in proportion."""
     batch = min(int(batch_size), n)
     steps_per_epoch = max(1, n // batch)  # drop the last incomplete batch, as the official loader does
     run_epochs = int(epochs)
-    if max_steps is not None and run_epochs * steps_per_epoch > max_steps:
+    if max_steps and run_epochs * steps_per_epoch > max_steps:
         run_epochs = max(1, int(max_steps) // steps_per_epoch)
     warmup_steps = int(round(min(warmup_epochs, epochs) * run_epochs / epochs)) * steps_per_epoch
     return batch, steps_per_epoch, run_epochs, warmup_steps
@@ -271,8 +272,8 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
     cfg = TemiConfig(n_clusters=check_n_clusters(n_clusters, len(x_np)), **settings)
     if cfg.heads < 1 or cfg.epochs < 1 or cfg.batch_size < 2 or cfg.warmup_epochs < 0:
         raise CedmError("TEMI needs heads >= 1, epochs >= 1, batch_size >= 2 and warmup_epochs >= 0")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise CedmError(f"TEMI max_steps must be at least 1, got {cfg.max_steps}")
+    if cfg.max_steps < 0:
+        raise CedmError(f"TEMI max_steps must be >= 0 (0 = no cap), got {cfg.max_steps}")
     n = len(x_np)
     t0 = time.perf_counter()
     if neighbors is None:

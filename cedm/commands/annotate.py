@@ -16,9 +16,10 @@ def add_arguments(p) -> None:
                       help="one object box per image (LOST-style seed and expansion on the patch graph)")
     what.add_argument("--segments", type=int, default=None, metavar="S",
                       help="S segment classes (k-means of patch features over the dataset), one map per image")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=spatial_backbones(), metavar="NAME",
-                   help=f"one of {', '.join(spatial_backbones())} (default {DEFAULT_BACKBONE}; "
-                        f"{OFFLINE_BACKBONE} needs no internet)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, metavar="NAME",
+                   help=f"one of {', '.join(spatial_backbones())}, or denoiser:MODEL[,sigma=S][,block=B] (a cedm "
+                        f"model's UNet activation map) (default {DEFAULT_BACKBONE}; {OFFLINE_BACKBONE} needs no "
+                        "internet)")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="local weights file (safetensors or a plain torch state dict) instead of the hub")
     p.add_argument("--no-refine", action="store_true",
@@ -31,33 +32,19 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from cedm import io
     from cedm.annotate import export, store
+    from cedm.commands.cluster import tqdm_progress
     from cedm.workspace import open_workspace
 
     ws = open_workspace(args.home, args.workspace)
     spatial = "box" if args.boxes else f"segments:{args.segments}"
     kind, S = store.parse_spatial(spatial)
-    bar = None
-
-    def progress(done: int, total: int, desc: str) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, unit="img", dynamic_ncols=True)
-        bar.n = done
-        bar.set_description(desc, refresh=False)
-        bar.refresh()
-
     kw = {"batch_size": args.batch_size}
     if kind == "segments":
         kw.update(refine=not args.no_refine, seed=args.seed)
-    try:
+    with tqdm_progress() as progress:
         folder = store.annotate(ws, spatial, args.backbone, args.weights, args.device, progress=progress, **kw)
-    finally:
-        if bar is not None:
-            bar.close()
     meta = io.read_json(folder / "meta.json")
     if kind == "box":
         boxes = io.load_npy(folder / "boxes.npy")

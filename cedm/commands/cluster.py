@@ -16,10 +16,11 @@ def add_backbone(p) -> None:
 
 
 def add_temi(p) -> None:
-    p.add_argument("--epochs", type=int, default=None, help="TEMI epochs (default: 200 on GPU, 10 on CPU)")
-    p.add_argument("--heads", type=int, default=None, help="TEMI heads (default: 50 on GPU, 2 on CPU)")
+    p.add_argument("--epochs", type=int, default=None, help="TEMI epochs (default 200, the paper's)")
+    p.add_argument("--heads", type=int, default=None,
+                   help="TEMI heads (default: 50 on GPU, the paper's; 2 on CPU, same recipe otherwise)")
     p.add_argument("--paper", action="store_true",
-                   help="the paper's TEMI schedule (50 heads, 200 epochs, batch 512, teacher momentum 0.996) even on CPU")
+                   help="the paper's TEMI schedule even on CPU (50 heads, 200 epochs, batch 512, no step budget)")
 
 
 def add_kmeans_metric(p) -> None:
@@ -40,7 +41,7 @@ def temi_settings(args) -> dict:
 def add_arguments(p) -> None:
     add_workspace(p)
     p.add_argument("--method", choices=["kmeans", "skmeans", "temi"], default="kmeans",
-                   help="kmeans (metric from --kmeans-metric), skmeans (= kmeans with --kmeans-metric spherical) or temi")
+                   help="kmeans (metric from --kmeans-metric), skmeans (= --kmeans-metric spherical) or temi")
     add_kmeans_metric(p)
     p.add_argument("--clusters", "-C", type=int, required=True, help="number of clusters C")
     add_backbone(p)

@@ -36,6 +36,13 @@ def add_arguments(p) -> None:
                    help="local weights of the registry's dinov2_vits14 backbone for FD_DINOv2")
     p.add_argument("--offline-only", action="store_true",
                    help="compute only FD_EffNetLite0 and MSP (no FID / FD_DINOv2 attempt)")
+    p.add_argument("--probe", default=None, metavar="FOLDER",
+                   help="evaluate probe-guided sampling of the (one) model: --guidance values are probe weights; "
+                        "targets drawn from the probe labeling's q; agreement by the labeling's own assigner")
+    p.add_argument("--best-of", type=int, default=1, metavar="K",
+                   help="with --probe: keep the best of K candidates by the probe's probability")
+    p.add_argument("--condition", type=int, default=None, help="with --probe on a C-EDM: its own condition")
+    p.add_argument("--cfg", type=float, default=1.0, help="with --probe and --condition: classifier-free weight")
     p.add_argument("--json", default=None, metavar="OUT", help="also write all results to this JSON file")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch and BLAS (default: all cores; 1 is often faster on a busy machine)")
@@ -120,6 +127,8 @@ def run(args) -> int:
         from threadpoolctl import threadpool_limits
         threadpool_limits(args.threads)
     models = _resolve_models(args)
+    if args.probe is not None:
+        return _run_probe(args, models, guidance)
     for model_dir, _ in models:  # refuse impossible settings before hours of sampling
         guidance_plan(model_dir, guidance)
     # Unconditional models are scored by the classifier of the first conditioned model that has one.
@@ -157,4 +166,41 @@ def run(args) -> int:
     if args.json:
         io.write_json(args.json, {"results": results, "notes": list(dict.fromkeys(notes))})
         print(f"results: {args.json}")
+    return 0
+
+
+def _run_probe(args, models, weights) -> int:
+    from tqdm import tqdm
+
+    from cedm import io
+    from cedm.probes.evaluate import evaluate_probe
+
+    if len(models) != 1:
+        raise CedmError("--probe evaluates one model (the one the probe was trained on)")
+    (model_dir, ws), = models
+    bar = tqdm(total=1, unit="img", desc="eval", dynamic_ncols=True)
+
+    def progress(done, total, desc):
+        if total != bar.total or done < bar.n:
+            bar.reset(total=total)
+        bar.n = done
+        bar.set_description_str(desc[:60], refresh=True)
+
+    try:
+        out = evaluate_probe(model_dir, args.probe, ws, n=args.n, seed=args.seed, weights=weights,
+                             best_of=args.best_of, sampler=args.sampler, steps=args.steps, batch_size=args.batch,
+                             condition=args.condition, cfg=args.cfg, progress=progress, device=args.device)
+    finally:
+        bar.close()
+    print("model  labeling  w_probe  best_of  n  FD_EffNetLite0  agree  probe_p  s/img")
+    for r in out["results"]:
+        print(f"{r['model_name']}  {r['labeling']}  {r['probe_guidance']:g}  {r['best_of']}  {r['n']}  "
+              f"{r['FD_EffNetLite0']:.2f}  {_fmt(r['agreement'], 3)}  {r['probe_probability']:.3f}  "
+              f"{r['seconds_per_image']:.2f}")
+    for m in out["notes"]:
+        print(f"note: {m}")
+    print("agree: share of samples the labeling's own assigner puts in the class they were guided toward "
+          "(not the probe); probe_p: the probe's mean probability of that class.")
+    if args.json:
+        io.write_json(args.json, out)
     return 0

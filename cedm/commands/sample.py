@@ -45,6 +45,9 @@ def add_arguments(p) -> None:
     p.add_argument("--layout", default=None, metavar="LAYOUT",
                    help="spatial models: box coordinates x0,y0,x1,y1 (pixels of the model resolution), a mask PNG "
                         "(pixel value = segment id) or an image whose self-annotation is used (docs/spatial.md)")
+    p.add_argument("--guide-on", default="both", choices=["both", "layout", "cluster"],
+                   help="with --layout: guide on layout and cluster together (default), on the layout alone, or on "
+                        "the cluster within the layout (the last two need a model trained with --p-drop-class)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default=None,
                    help="output folder (default <home>/samples/<model>/<settings>; never the model folder)")
@@ -130,7 +133,7 @@ def run(args) -> int:
                     model_dir, args.layout, n, device=args.device, ema=not args.raw, clusters=clusters,
                     from_q=not args.uniform, uncond=args.uncond, guidance=args.guidance,
                     guidance_interval=args.guidance_interval, steps=args.steps, sampler=args.sampler,
-                    seed=args.seed, churn=args.churn, batch_size=args.batch,
+                    seed=args.seed, churn=args.churn, batch_size=args.batch, guide_on=args.guide_on,
                     progress=lambda s, t, _d: progress(s, t))
             else:
                 images, records = engine.generate(

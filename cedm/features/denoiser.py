@@ -130,16 +130,19 @@ class DenoiserFeatures(nn.Module):
         for b in self.blocks:
             block_channels(dict(model.unet.config), b)  # a block the model lacks fails here, clearly
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None, class_labels=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None, class_labels=None,
+                pool: bool = True) -> torch.Tensor:
         return pooled_features(self.model, x, self.sigma, self.blocks,
-                               image_noise(x) if noise is None else noise, class_labels)
+                               image_noise(x) if noise is None else noise, class_labels, pool=pool)
 
 
 def pooled_features(model, x: torch.Tensor, sigma, blocks: tuple[str, ...], noise: torch.Tensor,
-                    class_labels=None, class_embedding_zero: bool = False) -> torch.Tensor:
+                    class_labels=None, class_embedding_zero: bool = False, pool: bool = True) -> torch.Tensor:
     """Pooled activations of ``blocks`` of the CEDM ``model`` at ``x + sigma * noise`` (stops after the last
     block; sigma a number or one per image). ``class_labels`` None = the learned no-condition; ``class_embedding_zero`` replaces the class
-    embedding by zeros (the zero condition of online self-guidance, distinct from the learned null)."""
+    embedding by zeros (the zero condition of online self-guidance, distinct from the learned null).
+    ``pool=False``: the (B, D, h, w) maps instead (several blocks: resized to the first block's grid), the
+    spatial output for self-annotations (cedm.annotate)."""
     unet = model.unet
     config = dict(unet.config)
     order = list_blocks(config)
@@ -150,7 +153,7 @@ def pooled_features(model, x: torch.Tensor, sigma, blocks: tuple[str, ...], nois
     def grab(name, is_last):
         def hook(_mod, _inp, out):
             h = out[0] if isinstance(out, tuple) else out
-            got[name] = h.float().mean(dim=(2, 3))
+            got[name] = h.float().mean(dim=(2, 3)) if pool else h.float()
             if is_last:
                 raise _Stop
         return hook
@@ -170,6 +173,10 @@ def pooled_features(model, x: torch.Tensor, sigma, blocks: tuple[str, ...], nois
     parts = [got[b] for b in blocks]
     if len(parts) == 1:
         return parts[0]
+    if not pool:
+        size = parts[0].shape[-2:]
+        parts = [p if p.shape[-2:] == size else torch.nn.functional.interpolate(p, size=size, mode="bilinear")
+                 for p in parts]
     return torch.cat([p / p.norm(dim=1, keepdim=True).clamp_min(1e-12) for p in parts], dim=1)
 
 
@@ -205,6 +212,7 @@ def spec_for(name: str):
         summary=f"the UNet of cedm model {model} at sigma {sigma:g}, block {'+'.join(blocks)}, pooled",
         feature_dim=dim, input_size=res, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
         weights_source=f"cedm-model:{model}", create=create, embed=lambda net, x: net(x),
+        spatial=lambda net, x: net(x, pool=False),  # the block's activation map, for self-annotations
         identity=lambda: f"sha256:{file_sha256(weights)}:noise{NOISE_SEED}",
     )
 

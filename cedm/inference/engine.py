@@ -620,7 +620,6 @@ class InferenceEngine:
         g = r.settings.guidance
         prepare = getattr(g.spec, "prepare", None)  # a kind that chooses its own per-image labels (probe)
         if prepare is not None:
-            r.settings.for_model(model, True)
             conds = prepare(model, g, r.n, r.clusters, r.from_q, r.seed)
         else:
             conds = choose_conditions(model, r.n, r.clusters, r.from_q, r.uncond, r.seed)

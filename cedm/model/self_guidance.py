@@ -52,7 +52,7 @@ class SelfGuidanceConfig:
     lr: float = 1e-3              # Adam, head and prototypes
     warmup_fraction: float = 0.25  # of the run's images: unconditional (zero condition) warm-up
 
-    def check(self) -> "SelfGuidanceConfig":
+    def check(self) -> SelfGuidanceConfig:
         if not 2 <= int(self.k) <= 10_000:
             raise CedmError(f"self:K needs 2 <= K <= 10000, got {self.k}")
         if not 0 <= self.warmup_fraction < 1:
@@ -134,7 +134,7 @@ class OnlineSelfLabels:
         a = s.detach().argmax(1)
         self.assign[rows] = a.cpu().numpy()
         self.last = {"sk_loss": float(loss.detach()), "sk_lambda": lam,
-                     "batch_clusters": int(len(torch.unique(a)))}
+                     "batch_clusters": len(torch.unique(a))}
         return None if nimg < warmup else a
 
     def condition_context(self, net, nimg: int, total_nimg: int):

@@ -138,8 +138,11 @@ class SpatialData:
         return rng.random(n) < self.p_drop_map, rng.random(n) < self.p_drop_class
 
 
-def check_spatial_data(spatial: SpatialData, images, n_conditions: int) -> str:
+def check_spatial_data(spatial: SpatialData, images, n_conditions: int, augment: float = 0.0) -> str:
     """Refuse layouts that do not fit the training data; the fingerprint that a resume must match."""
+    if augment:
+        raise CedmError("--augment moves and rotates the images but not their layout maps: train a spatial model "
+                        "without --augment (flips are applied to both)")
     if not isinstance(spatial, SpatialData):
         raise CedmError(f"spatial must be a SpatialData, got {type(spatial).__name__}")
     if len(spatial) != len(images):
@@ -200,7 +203,8 @@ class LayoutModel(torch.nn.Module):
         except AttributeError:
             return getattr(self.model, name)
 
-    def forward(self, x, sigma, class_labels=None):
+    def forward(self, x, sigma, class_labels=None, map_rows: torch.Tensor | None = None):
+        """``map_rows`` (B,) bool: which rows see the map (default: the rows with a cluster)."""
         B = x.shape[0]
         m = self.maps
         if m.shape[0] not in (1, B):
@@ -209,14 +213,17 @@ class LayoutModel(torch.nn.Module):
                 raise CedmError(f"{m.shape[0]} layouts for a batch of {B} images")
             m = m.repeat(reps, 1, 1, 1)  # the [cond; uncond] halves of a guided call
         m = m.expand(B, -1, -1, -1).to(x.device)
-        if class_labels is None:
+        if map_rows is not None:
+            m = m * map_rows.to(device=m.device, dtype=m.dtype)[:, None, None, None]
+        elif class_labels is None:
             m = torch.zeros_like(m)
         else:
             m = m * (class_labels != self.model.uncond_index).to(m.dtype)[:, None, None, None]
         return self.model(x, sigma, class_labels, spatial=m)
 
 
-_BOX_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*$")
+_NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_BOX_RE = re.compile(rf"^{_NUM},{_NUM},{_NUM},{_NUM}$")
 
 
 def model_spatial(model) -> dict:
@@ -298,10 +305,11 @@ def _read_layout_file(p: Path, n_segments, read_mask) -> np.ndarray:
 
 def annotate_for_model(model, image: np.ndarray, model_dir=None, device=None) -> np.ndarray:
     """The self-annotation of one uint8 (H, W, 3) image by the model's annotator, at the model resolution."""
+    from PIL import Image
+
     from cedm.annotate.boxes import BoxAnnotator
     from cedm.annotate.segments import SegmentAnnotator
     from cedm.dataset.imaging import square_resize
-    from PIL import Image
 
     sp = model_spatial(model)
     r = int(model.resolution)
@@ -329,17 +337,26 @@ def generate_with_layout(model, layout_map: torch.Tensor, n: int, **kw):
     return generate(wrapped, n, **kw)
 
 
-def sample_with_layout(model_dir, layout, n: int, device=None, ema: bool = True, **kw):
+def sample_with_layout(model_dir, layout, n: int, device=None, ema: bool = True, guide_on: str = "both", **kw):
     """Load a spatial model folder and sample ``n`` images under ``layout`` (see :func:`layout_maps`);
-    ``kw`` go to cedm.sampling.generate.generate. Records carry the layout's description."""
+    ``guide_on``: both (cfg: (map, c) vs (no map, none)), layout ((map, none) vs (no map, none)) or cluster
+    ((map, c) vs (map, none)); ``kw`` go to cedm.sampling.generate.generate. Records carry the layout."""
     from cedm.device import resolve_device
     from cedm.model.edm import load_model
 
     dev = resolve_device(device) if not hasattr(device, "type") else device
     model = load_model(model_dir, device=dev, ema=ema)
     maps, desc = layout_maps(model, layout, model_dir, dev)
+    if guide_on not in GUIDE_ON:
+        raise CedmError(f"guide_on must be one of {', '.join(GUIDE_ON)}, got {guide_on!r}")
+    if guide_on != "both":
+        from cedm.sampling.guidance import Guidance
+        kw["guidance"] = Guidance(kw.get("guidance", 1.0), kw.pop("guidance_interval", None), kind=guide_on)
+        if guide_on == "layout":  # the cluster is not used: any conditional request will do
+            kw.update(clusters=0, uncond=False)
     images, records = generate_with_layout(model, maps.to(dev), n, **kw)
-    return images, [{**r, **desc} for r in records]
+    extra = {"guide_on": guide_on, **({"condition": None} if guide_on == "layout" else {})}
+    return images, [{**r, **desc, **extra} for r in records]
 
 
 # --- layout fidelity --------------------------------------------------------------------------------------
@@ -372,3 +389,48 @@ def layout_fidelity(models: dict, kind: str, layouts, clusters, annotate, n_segm
         iou = layout_iou(layouts, annotate(images), kind)
         out[name] = {"iou": float(np.mean(iou)), "per_image": [round(float(v), 4) for v in iou]}
     return out
+
+
+# --- guiding on the layout alone, or on the cluster within the layout ---------------------------------------
+# Two entries of the sampling core's GUIDANCE registry (cedm.sampling.guidance); they need a LayoutModel (the
+# layout bound to the network) and a model trained with --p-drop-class > 0: both use the pair (map, none).
+#   layout:  D = D(no map, none) + w (D(map, none) - D(no map, none))
+#   cluster: D = D(map, none)    + w (D(map, c)    - D(map, none))
+# (the default cfg through a LayoutModel contrasts (map, c) with (no map, none): both together).
+def _contrast_check(model, g, conditional: bool) -> None:
+    if not isinstance(model, LayoutModel):
+        raise CedmError(f"{g.kind} guidance needs a layout (cedm sample --layout)")
+    if not conditional and g.kind == "cluster":
+        raise CedmError("cluster guidance within a layout needs a cluster")
+    if float(model_spatial(model).get("p_drop_class", 0.0)) <= 0 and (g.scale != 1.0 or g.kind == "layout"):
+        raise CedmError(f"{g.kind} guidance needs the model's (map, no cluster) branch, but it was trained with "
+                        "p_drop_class = 0; train with --p-drop-class > 0 (or guide on both together)")
+
+
+def _contrast_build(net, labels: torch.Tensor, g):
+    none = torch.full_like(labels, net.uncond_index)
+    ones = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+    w, layout_only = g.scale, g.kind == "layout"
+    cond_labels = none if layout_only else labels
+    both_labels = torch.cat([cond_labels, none])
+    both_rows = torch.cat([ones, ~ones if layout_only else ones])
+
+    def guided(x, sigma):
+        if w == 1.0 or not g.active(sigma):
+            return net(x, sigma, cond_labels, map_rows=ones)
+        d_cond, d_uncond = net(torch.cat([x, x]), sigma, both_labels, map_rows=both_rows).chunk(2)
+        return torch.lerp(d_uncond, d_cond, w)
+
+    return guided
+
+
+def _register_kinds() -> None:
+    from cedm.sampling.guidance import GUIDANCE, GuidanceKind, register_guidance
+
+    for kind in ("layout", "cluster"):
+        if kind not in GUIDANCE:
+            register_guidance(GuidanceKind(kind, build=_contrast_build, check=_contrast_check))
+
+
+_register_kinds()
+GUIDE_ON = ("both", "layout", "cluster")

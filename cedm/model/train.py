@@ -287,12 +287,14 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     fingerprint = data_fingerprint(images, labels)
     if spatial is not None:
         from cedm.model.spatial import check_spatial_data
-        fingerprint["spatial"] = check_spatial_data(spatial, images, C)
+        fingerprint["spatial"] = check_spatial_data(spatial, images, C, augment=config.augment)
 
     # Model, EMA, optimizer.
     torch.manual_seed(config.seed)  # the initial weights depend on the seed only
     from cedm.model.augment import edm_pipe
     pipe = edm_pipe(config.augment) if config.augment > 0 else None
+    if pipe is not None and spatial is not None:  # the layout maps would not follow the warped images
+        raise CedmError("--augment cannot be combined with layout (spatial) conditioning yet")
     net = CEDM.from_preset(config.preset, config.resolution, C, dropout=config.dropout,
                            augment_dim=pipe.dim if pipe else 0,
                            spatial_channels=spatial.channels if spatial is not None else 0).to(dist.device).train()

@@ -15,7 +15,7 @@ first candidate at or above a threshold).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

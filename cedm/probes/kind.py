@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -94,6 +94,10 @@ def _build(net, labels: torch.Tensor, g: Guidance):
     model = _model_of(net)
     probe = probe_for(model, g.get("probe"))
     cond, target = split_labels(model, labels)
+    if probe.uses_denoised:
+        # the gradient flows back through D: the plain eager network (the engine's fast copy of it on CPU is
+        # TorchScript-frozen for inference, which autograd does not go through)
+        net = model
     if g.get("condition") is not None:
         base = GUIDANCE["cfg"].build(net, cond, Guidance(g.get("cfg", 1.0)))
     else:

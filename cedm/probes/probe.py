@@ -25,9 +25,9 @@ import csv
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from cedm.errors import CedmError
 from cedm.probes.features import DEFAULT_BLOCKS, denoiser_features, feature_dim
 
 STAGE_PROBES = "probes"
+FEATURES_VERSION = "pooled-l2"  # cedm.features.denoiser.pooled_features (part of the cache key)
 PROBE_FORMAT = "cedm-probe"
 ROUTES = ("x0", "noised")
 DEFAULT_ROUTE = "x0"
@@ -50,7 +51,7 @@ Progress = Callable[[int, int, str], None]
 @dataclass
 class ProbeSettings:
     route: str = DEFAULT_ROUTE        # 'x0' (the paper's) or 'noised'
-    sigma_feature: float = 0.5        # route x0: the fixed level the (estimated) x0 is re-noised at
+    sigma_feature: float = 1.0        # route x0: the fixed level the (estimated) x0 is re-noised at
     blocks: tuple = DEFAULT_BLOCKS    # denoiser blocks whose pooled outputs are the features
     hidden: int = 256                 # 0: linear; else one hidden layer of this width
     train_steps: int = 400            # full-batch Adam steps
@@ -80,6 +81,7 @@ class ProbeSettings:
         d = asdict(self)
         d["blocks"] = list(self.blocks)
         d.pop("batch")  # only speed
+        d["features"] = FEATURES_VERSION
         return d
 
 
@@ -147,7 +149,7 @@ class Probe:
         """Route x0's features of (estimated) clean images: denoiser features at x0 + sigma_f * eps."""
         eps = self.noise.to(x0.device, x0.dtype).expand_as(x0) if eps is None else eps
         sf = self._sigma_feature(x0)
-        return denoiser_features(self.model, x0 + sf * eps, sf, self.settings.blocks)
+        return denoiser_features(self.model, x0, sf, self.settings.blocks, eps)
 
     def logits(self, x: torch.Tensor, sigma, denoised: torch.Tensor | None = None) -> torch.Tensor:
         """(B, K) logits of p_phi(y | x, sigma); route x0 uses ``denoised`` (computed when not given)."""
@@ -230,8 +232,8 @@ def _route_inputs(model, settings: ProbeSettings, x0: torch.Tensor, noise: torch
         if not clean:
             x0 = model(x0 + sigma.reshape(-1, 1, 1, 1) * n, sigma, None)
             eps = noise.expand_as(x0)
-        return denoiser_features(model, x0 + sf * eps, sf, settings.blocks)
-    return denoiser_features(model, x0 + sigma.reshape(-1, 1, 1, 1) * n, sigma, settings.blocks)
+        return denoiser_features(model, x0, sf, settings.blocks, eps)
+    return denoiser_features(model, x0, sigma, settings.blocks, n)
 
 
 def _fit(head: ProbeHead, feats, sig, y, settings: ProbeSettings, n_classes: int) -> float:
@@ -390,6 +392,8 @@ def load_probe(folder, model, check: bool = True) -> Probe:
 
     info = read_probe_info(folder)
     s = dict(info["settings"])
+    if s.pop("features", None) != FEATURES_VERSION:
+        raise CedmError(f"{folder} was made by another version of the probe features: train it again")
     settings = ProbeSettings(**s)
     try:
         tensors = load_file(str(Path(folder) / "probe.safetensors"))
@@ -479,8 +483,6 @@ def get_probe(ws, model, spec: str, settings: ProbeSettings | None = None, model
     found = ws.find_artifact(STAGE_PROBES, params)
     if found is not None:
         return load_probe(found, model, check=False), found, False
-    if int(model.resolution) <= 0:
-        raise CedmError("model has no resolution")
     probe = train_probe(model, ws.images, labels.labels, labels.class_names, settings, progress, should_stop)
     probe.info.update(labeling=labels.spec, labels_sha=params["labels_sha"], workspace=ws.name,
                       workspace_hash=ws.content_hash, default_target=labels.default_target,

@@ -9,8 +9,8 @@ probe-guided run and a C-EDM run aim each image at the same cluster.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,13 @@ def generate_with_probe(model, probe, n: int, targets=None, w: float = 1.0, from
     unconditional branch). ``interval`` (lo, hi): probe guidance only there.
     Returns (uint8 (n, R, R, 3) or float (n, 3, R, R), records)."""
     from cedm.probes.kind import describe, prepare, probe_spec, select
-    from cedm.sampling.core import StackedRandomGenerator, check_count, check_request, make_settings, sample_batch
+    from cedm.sampling.core import (
+        StackedRandomGenerator,
+        check_count,
+        check_request,
+        make_settings,
+        sample_batch,
+    )
     from cedm.sampling.generate import to_uint8
     from cedm.sampling.guidance import guided_denoiser
 
@@ -77,7 +83,7 @@ def generate_with_probe(model, probe, n: int, targets=None, w: float = 1.0, from
         nb = sl.stop - sl.start
         labels = torch.tensor(rows_l[sl], dtype=torch.long, device=dev)
 
-        def callback(i, total_steps, _x, _d, nb=nb):
+        def callback(i, total_steps, _x, _d, nb=nb, done=done):
             if should_stop is not None and should_stop():
                 raise CedmError("sampling stopped")
             if progress is not None:

@@ -32,17 +32,21 @@ def _stem(ws, backbone: str, res) -> str:
 
 
 def write_assignments(ws, backbone: str, res, folder: Path) -> tuple[Path, Path]:
-    """<stem>.csv (path,cluster,confidence; one row per image) and <stem>.json (the same plus what it is)."""
-    from cedm.commands.cluster import export_csv
+    """<stem>.csv (path,cluster,confidence[,name]; one row per image) and <stem>.json (the same plus what it
+    is, and the clusters' names: the user's renames and confident guesses)."""
+    from cedm.clusters.export import assignments_csv
 
     stem = _stem(ws, backbone, res)
     csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    export_csv(ws, res, csv_path)
+    names = {c: n for c, n in enumerate(cv.cluster_names(ws, res, backbone) or []) if n}
+    assignments_csv(ws, res, csv_path, names=names or None)
     rows = [{"path": p, "cluster": int(c), "confidence": round(float(f), 6)}
             for p, c, f in zip(ws.paths, res.assignments.tolist(), res.confidence.tolist())]
     io.write_json(json_path, {"workspace": ws.name, "backbone": backbone,
                               "clustering": f"{res.method}:{res.n_clusters}",
-                              "confidence": cv.confidence_word(res), "n_images": ws.n, "assignments": rows})
+                              "confidence": cv.confidence_word(res), "n_images": ws.n,
+                              "cluster_names": {str(c): n for c, n in sorted(names.items())},
+                              "assignments": rows})
     return csv_path, json_path
 
 

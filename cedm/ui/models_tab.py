@@ -62,7 +62,11 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None) -> ModelsT
         ws = ctx.open(workspace_name, request)
         path = Path(str(zip_file))
         try:
-            folder = package.install_model_zip(path, ws.derived_dir("models"), model_name)
+            with ctx.sessions.heavy("import", getattr(request, "session_hash", None)) as budget:
+                if budget is not None and path.stat().st_size > budget:
+                    raise CedmError(f"the model zip is {path.stat().st_size / 2**20:,.0f} MB; at most "
+                                    f"{budget / 2**20:,.0f} MB here")
+                folder = package.install_model_zip(path, ws.derived_dir("models"), model_name)
         finally:
             from cedm.ui.dataset_tab import _remove_uploads
 

@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shlex
 import shutil
 import tempfile
 import threading
@@ -134,6 +135,10 @@ class _Areas:
         """Around an import or a training; yields the decoded-bytes budget of an import (None: no limit)."""
         yield None
 
+    def cli_home(self) -> str:
+        """Public mode: a visitor's area is not a home the visitor's own command line has."""
+        return ""
+
     def close(self) -> None:
         shutil.rmtree(self._downloads, ignore_errors=True)
 
@@ -155,6 +160,10 @@ class LocalArea(_Areas):
 
     def open_demo(self, session_hash: str | None) -> wsp.Workspace:
         return wsp.open_demo(self.home)
+
+    def cli_home(self) -> str:
+        """What a command line shown in the app adds so that it finds the app's workspaces verbatim."""
+        return "" if self.home == wsp.default_home() else f" --home {shlex.quote(str(self.home))}"
 
     def sweep(self, now: float | None = None) -> list[str]:
         """Remove only what killed processes left behind (never a workspace)."""

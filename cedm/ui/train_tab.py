@@ -54,7 +54,7 @@ def estimate(preset: str, resolution, kimg, n_conditions: int = 0) -> str:
         resolution, kimg = int(resolution), float(kimg)
     except (TypeError, ValueError):
         return ""
-    ips = measure_images_per_s(preset, resolution, n_conditions, batch=BATCH)
+    ips = measure_images_per_s(preset, resolution, n_conditions, batch=BATCH, steps=1)  # about a second
     return (f"Estimated time: about {format_seconds(kimg * 1000 / ips)} for {kimg:g} kimg "
             f"({ips:,.0f} images/s measured here for the {preset} network at {resolution} px).")
 
@@ -185,7 +185,7 @@ def build(ctx: AppContext, workspace: gr.State, clustering: gr.Textbox, backbone
                 "samples": samples[-1].name if samples else None,
                 "init": init_entry.name if init_entry is not None else None,
                 "command_line": cli_command(ws.name, condition_spec, backbone_name, preset_name, res,
-                                            max(budget * 10, 200.0), out.name)}
+                                            max(budget * 10, 200.0), out.name) + ctx.sessions.cli_home()}
 
     @guarded
     def show(workspace_name: str, result: dict, request: gr.Request):
