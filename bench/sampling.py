@@ -103,13 +103,17 @@ def main():
     ap.add_argument("--batches", default=None, help="default 1,16,64 (CPU), 1,16,64,256 (CUDA)")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--interval", default=None, metavar="LO,HI",
+                    help="guidance interval of the engine-interval column (default: the model's default)")
     ap.add_argument("--no-interval", action="store_true", help="skip the engine-with-guidance-interval column")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
     ap.add_argument("--load", action="store_true", help="also the 16-client load test")
     args = ap.parse_args()
     from diffusers import UNet2DModel
 
     from cedm.device import resolve_device
     from cedm.model.info import default_guidance_interval
+    from cedm.sampling.guidance import parse_interval
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -121,7 +125,8 @@ def main():
     mdir = Path(args.model)
     info = read_model_info(mdir)
     C = int(info["n_conditions"])
-    interval = None if args.no_interval else default_guidance_interval(info)
+    interval = None if args.no_interval else (parse_interval(args.interval) if args.interval else
+                                              default_guidance_interval(info))
     unet = UNet2DModel.from_pretrained(mdir / "unet_ema", use_safetensors=True).to(device).eval()
     engines = {d: InferenceEngine(device=device, threads=threads, dtype=d, max_batch=max(batches)) for d in dtypes}
     cells = [(B, d) for d in dtypes for B in batches]
@@ -182,7 +187,7 @@ def main():
     print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(str(r[k]) for k in keys) + " |")
-    out = Path(__file__).resolve().parent / "results" / "sampling.json"
+    out = Path(args.out)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

@@ -43,7 +43,6 @@ from cedm.sampling.guidance import parse_interval
 
 STAGE_REAL = "eval_real"
 EVAL_VERSION = 1
-KMEANS_TEMPERATURE = 0.1      # softmax temperature over cosine similarities (TEMI's teacher temperature)
 GENERATE_CHUNK = 256          # generated images saved per resumable chunk
 DINOV2_BACKBONE = "dinov2_vits14"
 METRIC_NAMES = {OFFLINE_BACKBONE: "FD_EffNetLite0", DINOV2_BACKBONE: "FD_DINOv2"}
@@ -329,16 +328,10 @@ class ConditionHead:
     artifact: str = ""
 
     def predict_proba(self, feats: np.ndarray) -> np.ndarray:
-        """(N, C_head) probabilities over the clustering's clusters."""
-        from cedm.clusters.result import l2_normalize
+        """(N, C_head) probabilities over the clustering's clusters (cedm.clusters.assign)."""
+        from cedm.clusters.assign import Assigner
 
-        if self.method == "temi":
-            from cedm.clusters.temi import predict_proba
-            return predict_proba(self.head, feats, self.temperature)
-        logits = l2_normalize(feats) @ self.centroids.T / self.temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+        return Assigner(self.method, self.head, self.centroids, self.temperature).proba(feats)
 
 
 def _labels_sha(labels: np.ndarray) -> str:
@@ -351,6 +344,7 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
 
     The clustering is the cached one of the condition's method and C whose (compacted) labels are exactly the
     ones the model was trained on (the labels hash in its provenance), so the backbone need not be recorded."""
+    from cedm.clusters.assign import KMEANS_TEMPERATURE, condition_map
     from cedm.clusters.labelings import from_clusters, list_clusterings, load_clusters
     from cedm.model.edm import read_model_info
 
@@ -371,8 +365,7 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
             continue
         if want_sha is None and len(candidates) > 1:
             return None, f"{len(candidates)} cached {spec} clusterings and no labels hash in the model to choose"
-        model_ids = np.full(res.n_clusters, -1, dtype=np.int64)
-        model_ids[lab.original_ids] = np.arange(len(lab.original_ids))
+        model_ids = condition_map(lab.original_ids, res.n_clusters)
         head = ConditionHead(spec=spec, method=method, backbone=c["backbone"] or OFFLINE_BACKBONE,
                              weights=c.get("weights"), model_ids=model_ids, artifact=str(c["artifact"]))
         if method == "temi":
@@ -492,9 +485,9 @@ def evaluate_model(model_dir, ws, n: int = 1000, seed: int = 0, guidance: Sequen
 
     Returns {"model", "results": [one dict per setting], "notes"}; each result is also written to
     ``<out_dir>/<settings-key>.json`` (default ``<home>/eval/<model name>``: never the model's folder, which
-    may be a read-only shipped checkpoint). ``guidance_interval`` (lo, hi): guide only for sigma in it. Results are always recomputed (only finished
-    chunks of samples and the real-image features are reused), so a rerun checks the numbers rather than
-    reading them back. ``head_from``: the model folder whose condition classifier scores MSP (default: this
+    may be a read-only shipped checkpoint). ``guidance_interval`` (lo, hi): guide only for sigma in it.
+    Results are always recomputed (only finished chunks of samples and the real-image features are reused),
+    so a rerun checks the numbers rather than reading them back. ``head_from``: the model folder whose condition classifier scores MSP (default: this
     model; pass a conditioned model for an unconditional one, so that both are scored by one classifier).
     FID / FD_DINOv2 are added when their weights can be had (``extra_metrics``), else noted as skipped.
     """
@@ -556,7 +549,8 @@ def evaluate_model(model_dir, ws, n: int = 1000, seed: int = 0, guidance: Sequen
         partial = out_dir / ".partial" / f"{key}-{fingerprint[:12]}"
         partial.mkdir(parents=True, exist_ok=True)
         images = generate_resumable(model, n, conditions, w, seed, sampler, steps, batch_size, partial,
-                                    interval=interval if w is not None else None, progress=(lambda d, t, s: progress(d, t, f"{label}: {s}")) if progress else None)
+                                    interval=interval if w is not None else None,
+                                    progress=(lambda d, t, s: progress(d, t, f"{label}: {s}")) if progress else None)
         t_sample = time.perf_counter() - t0
         res = {
             "model": str(model_dir), "model_name": model_dir.name, "model_sha256": fingerprint,

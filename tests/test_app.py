@@ -439,9 +439,10 @@ def test_query_probabilities_of_kmeans_are_a_softmax_of_centroid_cosine(demo_ws)
     from cedm.ui import cluster_views as cv
 
     res = _clustering(demo_ws)
-    x = res.centroids[3] + 0.01 * res.centroids[5]
+    c = res.centroids / np.linalg.norm(res.centroids, axis=1, keepdims=True)  # Euclidean k-means: raw means
+    x = c[3] + 0.01 * c[5]
     p, how = cv.cluster_probabilities(res, x)
-    cos = res.centroids @ (x / np.linalg.norm(x))
+    cos = c @ (x / np.linalg.norm(x))
     expect = np.exp((cos - cos.max()) / cv.KMEANS_TEMPERATURE)
     np.testing.assert_allclose(p, expect / expect.sum(), rtol=1e-4)
     assert int(np.argmax(p)) == 3 and "0.1" in how

@@ -149,7 +149,6 @@ def test_guidance_interval_runs_only_the_conditional_half_outside(gmm):
     sig = edm_sigmas(12)
     n, lo, hi = 64, 0.5, 5.0
     lab = torch.arange(n) % 3
-    x = _noise(sig, n)
     gmm.calls.clear()
     settings = make_settings("dpmpp2m", 12, 2.5, (lo, hi))
     out = sample_batch(guided_denoiser(gmm, lab, settings.guidance), StackedRandomGenerator(range(n)), (D,),

@@ -49,7 +49,8 @@ def add_arguments(p) -> None:
                    help="with --layout: guide on layout and cluster together (default), on the layout alone, or on "
                         "the cluster within the layout (the last two need a model trained with --p-drop-class)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--out", default=None, help="output folder (default <model>/samples/<settings>)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default <home>/samples/<model>/<settings>; never the model folder)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: all cores; 1 is often faster on a busy machine)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -70,6 +71,13 @@ def _model_dir(args) -> Path:
             return d
         raise CedmError(f"no model named {args.model!r} in workspace {args.workspace!r}")
     raise CedmError(f"{args.model} is not a model folder (no cedm.json); give a folder or --workspace")
+
+
+def default_sample_dir(home, model_dir, settings: str) -> Path:
+    """``<home>/samples/<model name>/<settings>``: a shipped model's folder may be read-only (and is in git)."""
+    from cedm.workspace import default_home
+
+    return Path(home or default_home()).expanduser() / "samples" / Path(model_dir).name / settings
 
 
 def run(args) -> int:
@@ -107,8 +115,8 @@ def run(args) -> int:
             mode = "probe-" + ("q" if args.cluster is None and not args.clusters else
                                "list" if args.clusters else f"c{args.cluster}")
             mode += f"-cond{args.condition}-cfg{args.cfg:g}" if args.condition is not None else ""
-        out = Path(args.out) if args.out else (
-            model_dir / "samples" / f"seed{args.seed}-n{n}-{mode}-w{args.guidance:g}-{args.sampler}{args.steps}{best}")
+        out = Path(args.out) if args.out else default_sample_dir(
+            args.home, model_dir, f"seed{args.seed}-n{n}-{mode}-w{args.guidance:g}-{args.sampler}{args.steps}{best}")
         bar = tqdm(total=args.steps, unit="step", desc="sample", dynamic_ncols=True)
 
         def progress(step, total):

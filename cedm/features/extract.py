@@ -27,9 +27,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from cedm import io
-from cedm.device import cpu_has_native_bf16
 from cedm.errors import CedmError
-from cedm.features.backbones import (DEFAULT_BACKBONE, BackboneSpec, build_backbone, get_spec,
+from cedm.features.backbones import (DEFAULT_BACKBONE, Backbone, build_backbone, get_spec,
                                      weights_identity)
 
 STAGE = "features"
@@ -41,74 +40,6 @@ Progress = Callable[[int, int, str], None]
 
 
 # --- the runtime model -------------------------------------------------------------------------------
-def _autocast_dtype(device):
-    """bf16 where the hardware has it (CUDA; CPUs with AMX/AVX512-BF16), else fp16 on old GPUs, else fp32."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-class Backbone:
-    """A built backbone: ``backbone(uint8 images (B, H, W, 3)) -> float32 features (B, D)`` on its device."""
-
-    def __init__(self, spec: BackboneSpec, net, device, weights_id: str):
-        import torch
-
-        self.spec, self.net, self.device, self.weights_id = spec, net, device, weights_id
-        self.amp_dtype = _autocast_dtype(device)
-        self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
-        if spec.channels_last:
-            self.net.to(memory_format=torch.channels_last)
-        # (x/255 - mean)/std folded into one multiply-add on the 0..255 values
-        std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
-        mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
-        self._scale, self._shift = 1.0 / std, -mean / std
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def autocast(self):
-        import torch
-
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        if self.amp_dtype is not None:
-            stack.enter_context(torch.autocast(self.device.type, dtype=self.amp_dtype))
-        return stack
-
-    def preprocess(self, images):
-        """uint8 (B, H, W, 3) tensor (any device) -> normalised float (B, 3, S, S) on the model's device."""
-        import torch
-        import torch.nn.functional as F
-
-        with torch.inference_mode():
-            x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-            size = self.spec.input_size
-            if x.shape[-2:] != (size, size):
-                # antialias only acts when shrinking; clamp because bicubic overshoots like PIL would not
-                x = F.interpolate(x, size=(size, size), mode=self.spec.interpolation, align_corners=False,
-                                  antialias=True).clamp_(0.0, 255.0)
-            x = torch.addcmul(self._shift, x, self._scale)
-            return x.contiguous(memory_format=self.memory_format)
-
-    def embed(self, x):
-        """Preprocessed batch -> float32 (B, D) features on the model's device."""
-        with self.autocast():
-            return self.spec.embed(self.net, x).float()
-
-    def __call__(self, images) -> np.ndarray:
-        import torch
-
-        if isinstance(images, np.ndarray):
-            images = torch.from_numpy(np.array(images, dtype=np.uint8))
-        return self.embed(self.preprocess(images)).cpu().numpy()
-
-
 def default_batch_size(backbone: Backbone) -> int:
     return 256 if backbone.device.type == "cuda" else 32
 

@@ -21,7 +21,7 @@ import numpy as np
 from cedm import io
 from cedm.errors import CedmError
 
-KMEANS_TEMPERATURE = 0.1
+from cedm.clusters.assign import KMEANS_TEMPERATURE, Assigner, condition_map  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -38,19 +38,11 @@ class ConditionScorer:
 
     def cluster_proba(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
         """uint8 (N, R, R, 3) -> (N, n_clusters) probabilities over the clustering's own ids."""
-        from cedm.clusters.result import l2_normalize
-        from cedm.clusters.temi import predict_proba
-
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise CedmError(f"expected uint8 images (N, R, R, 3), got {images.dtype} {images.shape}")
         feats = np.concatenate([self.backbone(images[s:s + batch]) for s in range(0, len(images), batch)])
-        if self.method == "temi":
-            return predict_proba(self.head, feats, self.temperature)
-        logits = l2_normalize(feats) @ self.centroids.T / self.temperature
-        logits -= logits.max(1, keepdims=True)
-        p = np.exp(logits)
-        return (p / p.sum(1, keepdims=True)).astype(np.float32)
+        return Assigner(self.method, self.head, self.centroids, self.temperature).proba(feats)
 
     def proba(self, images: np.ndarray) -> np.ndarray:
         """(N, C_model) probability of each model condition (columns of the clustering's softmax)."""
@@ -60,9 +52,7 @@ class ConditionScorer:
         """(condition id, maximum softmax probability) per image; id -1 = a cluster the model has no condition for."""
         p = self.cluster_proba(images)
         best = p.argmax(1)
-        to_condition = np.full(self.n_clusters, -1, dtype=np.int64)
-        to_condition[self.original_ids] = np.arange(len(self.original_ids))
-        return to_condition[best], p.max(1).astype(np.float32)
+        return condition_map(self.original_ids, self.n_clusters)[best], p.max(1).astype(np.float32)
 
 
 def _workspace_of(model_dir: Path, info: dict | None = None):

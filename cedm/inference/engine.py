@@ -201,9 +201,12 @@ class FastNet:
                 torch.compiler.cudagraph_mark_step_begin()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.autocast else contextlib.nullcontext()
+        fn, autocast = self.fn, self.autocast
+        if self.frozen and torch.is_grad_enabled():  # a guidance kind that differentiates through the network
+            fn, autocast = self.model, self.dtype is not None  # (the frozen graph is inference-only)
+        ctx = torch.autocast(self.device.type, dtype=self.dtype) if autocast else contextlib.nullcontext()
         with ctx:
-            out = self.fn(x, sigma, labels)
+            out = fn(x, sigma, labels)
         # a CUDA graph's output buffer is overwritten by its next replay: keep our own copy
         return out[:n].float().clone() if self.compiled else out.float()
 

@@ -20,7 +20,6 @@ DEFAULT_METHOD, DEFAULT_C = "skmeans", 20  # the shipped demo model conditions o
 METHODS = {"kmeans": "k-means", "skmeans": "spherical k-means", "temi": "TEMI"}
 PAGE_SIZE = 24
 MAP_DRAW_LIMIT = 20_000       # points drawn in the browser; more are sampled (seeded) and the map says so
-KMEANS_TEMPERATURE = 0.1      # query probabilities of k-means: softmax(cosine to centroids / T)
 
 
 # --- the clustering ------------------------------------------------------------------------------
@@ -197,23 +196,11 @@ def cluster_page(ws, res, cluster, page: int = 0, page_size: int = PAGE_SIZE) ->
 
 # --- query images ---------------------------------------------------------------------------------
 def cluster_probabilities(res, features: np.ndarray) -> tuple[np.ndarray, str]:
-    """(C,) probabilities of a query's clusters and how they were obtained."""
-    from cedm.clusters.result import l2_normalize
+    """(C,) probabilities of a query's clusters and how they were obtained (cedm.clusters.assign)."""
+    from cedm.clusters.assign import Assigner
 
-    x = l2_normalize(np.asarray(features, np.float32).reshape(1, -1))
-    if res.method == "temi":
-        if res.head is None:
-            raise CedmError("this TEMI clustering has no stored head, so new images cannot be assigned")
-        from cedm.clusters.temi import predict_proba
-        temperature = float(res.params.get("temi", {}).get("teacher_temp", 0.1))
-        raw = np.asarray(features, np.float32).reshape(1, -1)  # the head applies its own input transform
-        return predict_proba(res.head, raw, temperature)[0], "TEMI head probabilities (softmax)"
-    if res.centroids is None:
-        raise CedmError("this k-means clustering has no stored centroids")
-    cos = (x @ l2_normalize(res.centroids).T)[0]
-    z = cos / KMEANS_TEMPERATURE
-    p = np.exp(z - z.max())
-    return (p / p.sum()).astype(np.float32), f"softmax of centroid cosine / {KMEANS_TEMPERATURE:g} (k-means)"
+    assigner = Assigner.from_result(res)
+    return assigner.proba(np.asarray(features, np.float32).reshape(1, -1))[0], assigner.description
 
 
 def top_clusters(res, features: np.ndarray, k: int = 3, names=None) -> tuple[list[dict], str]:
