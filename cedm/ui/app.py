@@ -71,9 +71,13 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
                          [condition], [tabs], api_visibility="private")
         # a model trained in the Train tab joins the Generate tab's list, selected
         train.trained.change(gen.on_workspace, [data.workspace, train.trained], [gen.model], api_visibility="private")
-        models.uploaded.change(gen.on_workspace, [data.workspace, models.uploaded], [gen.model], api_visibility="private")
-        train.trained.change(models.on_workspace, [data.workspace], [models.model], api_visibility="private")
-        demo.load(models.on_workspace, [data.workspace], [models.model], api_visibility="private")
+        # (no spinners: these refresh lists while a job's own progress shows elsewhere)
+        models.uploaded.change(gen.on_workspace, [data.workspace, models.uploaded], [gen.model], api_visibility="private",
+                               show_progress="hidden")
+        train.trained.change(models.on_workspace, [data.workspace], [models.model], api_visibility="private",
+                             show_progress="hidden")
+        demo.load(models.on_workspace, [data.workspace], [models.model], api_visibility="private",
+                  show_progress="hidden")
         demo.load(train.on_workspace, [data.workspace, train.resolution], [train.resolution], api_visibility="private")
         data.workspace.change(clusters.on_workspace, [data.workspace], clusters.outputs, api_visibility="private",
                               concurrency_limit=8, show_progress_on=[clusters.progress])

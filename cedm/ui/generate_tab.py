@@ -311,8 +311,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         engine = get_engine()
         (images, recs), = run_jobs(engine, entry, [dict(n=n, seed=seed, **cond)], steps, sampler, runs,
                                    session_of(request), progress)
-        items, recs = captioned(engine, entry, images, recs)
-        return gr.Gallery(value=items, columns=4), recs
+        return captioned(engine, entry, images, recs)  # a plain list: what API callers get
 
     @guarded
     def compare_same_noise(model_name, condition_mode, cluster_id, guidance_w, n_steps, sampler_name, seed_value,
@@ -436,6 +435,9 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
 
     inputs = [model, mode, cluster, guidance, steps, sampler, seed, n, workspace, condition]
     go.click(generate, inputs, [gallery, records], api_name="generate", concurrency_limit=4)
+    # back to 4 columns after a same-noise grid (a browser-side update, so /generate stays a plain gallery)
+    go.click(lambda: gr.Gallery(columns=4), None, gallery, api_visibility="private", show_progress="hidden",
+             queue=False)
     same_noise.click(compare_same_noise, inputs, [gallery, records], api_visibility="private", concurrency_limit=4)
     sweep.click(guidance_sweep, inputs, [gallery, records], api_visibility="private", concurrency_limit=4)
     cancel.click(stop, None, None, api_visibility="private", concurrency_limit=None)

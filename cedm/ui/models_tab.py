@@ -90,5 +90,5 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None) -> ModelsT
     summary = gr.JSON(visible=False)
     upload.click(upload_model, [workspace, zip_in, name], [summary], api_name="upload_model", concurrency_limit=2
                  ).success(show, [summary, workspace], [status, uploaded, model], api_visibility="private")
-    workspace.change(on_workspace, [workspace], [model], api_visibility="private")
+    workspace.change(on_workspace, [workspace], [model], api_visibility="private", show_progress="hidden")
     return ModelsTab(uploaded=uploaded, on_workspace=on_workspace, model=model)
