@@ -214,7 +214,8 @@ def test_evaluate_model_writes_all_fields(setup):
                             extra_metrics=False)
     assert [r["guidance"] for r in out["results"]] == [1.0, 2.0]
     for r in out["results"]:
-        f = models["cond"] / "eval" / f"evalws-n6-seed0-q-w{r['guidance']:g}-heun2.json"
+        f = ev.default_eval_dir(models["cond"]) / f"evalws-n6-seed0-q-w{r['guidance']:g}-heun2.json"
+        assert not (models["cond"] / "eval").exists()  # never into the model folder
         assert json.loads(f.read_text()) == json.loads(json.dumps(r))
         assert r["FD_EffNetLite0"] > 0 and r["FD_EffNetLite0_floor"] > 0
         assert 0 < r["MSP"] <= 1 and 0 < r["MSP_real"] <= 1 and 0 <= r["agreement"] <= 1
