@@ -42,12 +42,17 @@ def make_stand_in_demo(folder: Path) -> Path:
 def make_tiny_models(root: Path) -> Path:
     """Random-init 16 px models as a stand-in for shipped checkpoints: conditional with label dropout, conditional
     without (p_uncond = 0: no guidance), unconditional; plus a broken folder that must not be listed."""
+    import torch
+
     from cedm.model.edm import CEDM, save_model
 
-    for name, C, p_uncond in (("tiny-c4", 4, 0.1), ("tiny-nodrop", 4, 0.0), ("tiny-uncond", 0, 0.0)):
-        m = CEDM.from_preset("tiny", 16, C, info={"p_uncond": p_uncond,
-                                                  "condition": {"spec": "kmeans:4" if C else "none",
-                                                                "q": [0.1, 0.2, 0.3, 0.4][:C]}})
+    for i, (name, C, p_uncond) in enumerate((("tiny-c4", 4, 0.1), ("tiny-nodrop", 4, 0.0), ("tiny-uncond", 0, 0.0))):
+        # seeded: the weights must not depend on what ran before (some random draws saturate every pixel)
+        with torch.random.fork_rng():
+            torch.manual_seed(i)
+            m = CEDM.from_preset("tiny", 16, C, info={"p_uncond": p_uncond,
+                                                      "condition": {"spec": "kmeans:4" if C else "none",
+                                                                    "q": [0.1, 0.2, 0.3, 0.4][:C]}})
         save_model(root / name, m)
     (root / "not-a-model").mkdir(parents=True, exist_ok=True)
     (root / "not-a-model" / "cedm.json").write_text("{broken")

@@ -443,7 +443,8 @@ def test_query_probabilities_of_kmeans_are_a_softmax_of_centroid_cosine(demo_ws)
     x = c[3] + 0.01 * c[5]
     p, how = cv.cluster_probabilities(res, x)
     cos = c @ (x / np.linalg.norm(x))
-    expect = np.exp((cos - cos.max()) / cv.KMEANS_TEMPERATURE)
+    from cedm.clusters.assign import KMEANS_TEMPERATURE
+    expect = np.exp((cos - cos.max()) / KMEANS_TEMPERATURE)
     np.testing.assert_allclose(p, expect / expect.sum(), rtol=1e-4)
     assert int(np.argmax(p)) == 3 and "0.1" in how
 

@@ -104,8 +104,16 @@ def unet_class():
     return UNet2DModel
 
 
+# diffusers' from_pretrained switches torch's weight initialisers off process-wide while it loads
+# (no_init_weights); a network built in another thread at that moment keeps uninitialised weights. Building and
+# loading networks therefore take turns.
+_BUILD_LOCK = threading.RLock()
+
+
 def _new_unet(config: dict):
-    return unet_class()(**config)
+    cls = unet_class()
+    with _BUILD_LOCK:
+        return cls(**config)
 
 
 AUGMENT_FILE = "augment_map.safetensors"
@@ -291,8 +299,9 @@ def load_model(model_dir, device="cpu", ema: bool = True) -> CEDM:
     if not (sub / "config.json").is_file():
         raise CedmError(f"{model_dir} has no {sub.name}/ weights")
     try:
-        unet = UNet2DModel.from_pretrained(sub, use_safetensors=True, local_files_only=True,
-                                           low_cpu_mem_usage=False)
+        with _BUILD_LOCK:
+            unet = UNet2DModel.from_pretrained(sub, use_safetensors=True, local_files_only=True,
+                                               low_cpu_mem_usage=False)
     except (OSError, ValueError, EnvironmentError) as e:
         raise CedmError(f"cannot load the network in {sub}: {e}") from e
     augment_dim = int(info.get("augment_dim", 0))  # models saved before augmentation existed: 0
