@@ -339,35 +339,27 @@ def _labels_sha(labels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(labels.astype(np.int64)).tobytes()).hexdigest()[:16]
 
 
-def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
-    """(head, None), or (None, why not) when the model's condition has no classifier in ``ws``.
-
-    The clustering is the cached one of the condition's method and C whose (compacted) labels are exactly the
-    ones the model was trained on (the labels hash in its provenance), so the backbone need not be recorded."""
+def labeling_head(ws, spec: str, labels_sha: str | None) -> tuple[ConditionHead | None, str | None]:
+    """The cluster assigner of a kmeans:K / skmeans:K / temi:K labeling of ``ws`` whose compacted labels hash to
+    ``labels_sha`` (the ids a C-EDM or a probe was trained on; None: the only cached one), or (None, why).
+    The one answer to "which clustering was this trained on", for ``condition_head`` and probes alike."""
     from cedm.clusters.assign import KMEANS_TEMPERATURE, condition_map
     from cedm.clusters.labelings import from_clusters, list_clusterings, load_clusters
-    from cedm.model.edm import read_model_info
 
-    info = read_model_info(model_dir)
-    cond = info.get("condition") or {}
-    spec = str(cond.get("spec") or "none")
-    method, _, arg = spec.partition(":")
-    if int(info.get("n_conditions", 0)) == 0:
-        return None, "unconditional model: no condition classifier"
+    method, _, arg = str(spec).partition(":")
     if method not in ("temi", "kmeans", "skmeans"):
-        return None, f"condition {spec} has no classifier (MSP needs a TEMI or k-means labeling)"
-    want_sha = ((info.get("provenance") or {}).get("data") or {}).get("labels_sha")
+        return None, f"labeling {spec} has no assigner of its own (it needs a TEMI or k-means labeling)"
     candidates = [c for c in list_clusterings(ws) if c["method"] == method and str(c["n_clusters"]) == arg]
     for c in reversed(candidates):  # newest first
         res = load_clusters(Path(c["artifact"]))
         lab = from_clusters(res, spec).compact()
-        if want_sha is not None and _labels_sha(lab.labels) != want_sha:
+        if labels_sha is not None and _labels_sha(lab.labels) != labels_sha:
             continue
-        if want_sha is None and len(candidates) > 1:
-            return None, f"{len(candidates)} cached {spec} clusterings and no labels hash in the model to choose"
-        model_ids = condition_map(lab.original_ids, res.n_clusters)
+        if labels_sha is None and len(candidates) > 1:
+            return None, f"{len(candidates)} cached {spec} clusterings and no labels hash to choose between them"
         head = ConditionHead(spec=spec, method=method, backbone=c["backbone"] or OFFLINE_BACKBONE,
-                             weights=c.get("weights"), model_ids=model_ids, artifact=str(c["artifact"]))
+                             weights=c.get("weights"), model_ids=condition_map(lab.original_ids, res.n_clusters),
+                             artifact=str(c["artifact"]))
         if method == "temi":
             from cedm.clusters.temi import load_head
             head.head, cfg = load_head(Path(c["artifact"]) / "head")
@@ -376,8 +368,25 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
             from cedm.clusters.result import l2_normalize  # unit rows: Euclidean k-means keeps raw means
             head.centroids, head.temperature = l2_normalize(res.centroids), KMEANS_TEMPERATURE
         return head, None
-    return None, (f"the {spec} clustering the model was trained on is not cached in workspace {ws.name!r} "
+    return None, (f"the {spec} clustering it was trained on is not cached in workspace {ws.name!r} "
                   f"(run 'cedm cluster' as for training)")
+
+
+def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
+    """(head, None), or (None, why not) when the model's condition has no classifier in ``ws``.
+
+    The clustering is the cached one of the condition's method and C whose (compacted) labels are exactly the
+    ones the model was trained on (the labels hash in its provenance), so the backbone need not be recorded."""
+    from cedm.model.edm import read_model_info
+
+    info = read_model_info(model_dir)
+    cond = info.get("condition") or {}
+    spec = str(cond.get("spec") or "none")
+    if int(info.get("n_conditions", 0)) == 0:
+        return None, "unconditional model: no condition classifier"
+    if spec.partition(":")[0] not in ("temi", "kmeans", "skmeans"):
+        return None, f"condition {spec} has no classifier (MSP needs a TEMI or k-means labeling)"
+    return labeling_head(ws, spec, ((info.get("provenance") or {}).get("data") or {}).get("labels_sha"))
 
 
 def sample_confidence(head: ConditionHead, images: np.ndarray | None, device=None, progress: Progress | None = None,

@@ -13,6 +13,15 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test (restored after): tests that train or time share the CPU with others."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def home(tmp_path, monkeypatch):
     """An empty cedm home; CEDM_HOME points at it so nothing touches the user's real data folder."""
     h = tmp_path / "home"

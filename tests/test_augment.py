@@ -12,12 +12,7 @@ from cedm.model.augment import AugmentPipe, _rotate, _scale, _translate, edm_pip
 from cedm.model.edm import CEDM, load_model, save_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_images(n=6, size=32, seed=0):

@@ -19,12 +19,7 @@ from tests.gmm import GaussianMixtureDenoiser
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core machine runs faster (and deterministically) on one thread
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the shared 2-core machine runs faster on one thread
 
 
 def blobs(n, seed=0):

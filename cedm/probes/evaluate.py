@@ -13,36 +13,7 @@ import numpy as np
 
 from cedm import __version__, io
 from cedm.errors import CedmError
-
-
-def labeling_head(ws, spec: str, labels_sha: str | None):
-    """The cluster assigner (cedm.evaluate.ConditionHead) of a kmeans:K / temi:K labeling of ``ws`` whose
-    compacted labels hash to ``labels_sha`` (the ids a probe or a C-EDM was trained on), or (None, why)."""
-    from cedm.clusters.assign import KMEANS_TEMPERATURE, condition_map
-    from cedm.clusters.labelings import from_clusters, list_clusterings, load_clusters
-    from cedm.clusters.result import l2_normalize
-    from cedm.evaluate import ConditionHead, _labels_sha
-    from cedm.features.backbones import OFFLINE_BACKBONE
-
-    method, _, arg = str(spec).partition(":")
-    if method not in ("temi", "kmeans", "skmeans"):
-        return None, f"labeling {spec} has no assigner of its own (agreement needs a TEMI or k-means labeling)"
-    for c in reversed([c for c in list_clusterings(ws) if c["method"] == method and str(c["n_clusters"]) == arg]):
-        res = load_clusters(Path(c["artifact"]))
-        lab = from_clusters(res, spec).compact()
-        if labels_sha is not None and _labels_sha(lab.labels) != labels_sha:
-            continue
-        head = ConditionHead(spec=spec, method=method, backbone=c["backbone"] or OFFLINE_BACKBONE,
-                             weights=c.get("weights"), model_ids=condition_map(lab.original_ids, res.n_clusters),
-                             artifact=str(c["artifact"]))
-        if method == "temi":
-            from cedm.clusters.temi import load_head
-            head.head, cfg = load_head(Path(c["artifact"]) / "head")
-            head.temperature = float(cfg.get("temperature", 0.1))
-        else:  # unit rows, as cedm.evaluate.condition_head (Euclidean k-means keeps raw means)
-            head.centroids, head.temperature = l2_normalize(res.centroids), KMEANS_TEMPERATURE
-        return head, None
-    return None, f"the {spec} clustering the probe was trained on is not cached in workspace {ws.name!r}"
+from cedm.evaluate import labeling_head  # noqa: F401 (one answer to "which clustering", re-exported)
 
 
 def evaluate_probe(model_dir, probe_dir, ws, n: int = 500, seed: int = 0, weights: Sequence[float] = (1.0,),
