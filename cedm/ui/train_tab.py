@@ -246,6 +246,8 @@ def build(ctx: AppContext, workspace: gr.State, clustering: gr.Textbox, backbone
     run.then(lambda: gr.Timer(active=False), None, [timer], api_visibility="private", show_progress="hidden")
     run.success(show, [workspace, summary], [status, grid, trained], api_visibility="private",
                 show_progress="hidden")
+    run.failure(lambda: "**The training stopped with an error** (the message says why); its last checkpoint is "
+                "kept and Train continues it.", None, [status], api_visibility="private", show_progress="hidden")
     timer.tick(live_view, None, [status, grid], api_visibility="private", show_progress="hidden",
                concurrency_limit=None)
     for c in (preset, resolution, kimg, init):
