@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cedm.commands import add_device, add_home
 from cedm.errors import CedmError
+from cedm.progress import tqdm_progress
 from cedm.sampling.samplers import SAMPLERS
 
 HELP = ("measure trained models: FD_EffNetLite0 (offline Fréchet distance), MSP confidence, and FID / "
@@ -109,8 +110,6 @@ def format_table(results: list[dict]) -> str:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from cedm import io
     from cedm.commands.train import _set_threads
     from cedm.evaluate import (DINOV2_SKIPPED, FID_SKIPPED, condition_head, default_eval_dir, evaluate_model,
@@ -133,16 +132,8 @@ def run(args) -> int:
         guidance_plan(model_dir, guidance)
     # Unconditional models are scored by the classifier of the first conditioned model that has one.
     head_from = next((m for m, ws in models if condition_head(m, ws)[0] is not None), None)
-    bar = tqdm(total=1, unit="img", desc="eval", dynamic_ncols=True)
-
-    def progress(done, total, desc):
-        if total != bar.total or done < bar.n:  # a new phase: restart the bar so its rate means something
-            bar.reset(total=total)
-        bar.n = done
-        bar.set_description_str(desc[:60], refresh=True)
-
     results, notes = [], []
-    try:
+    with tqdm_progress("eval") as progress:  # one bar per stage (cedm.progress, as the app shows them)
         for model_dir, ws in models:
             conditioned = read_model_info(model_dir).get("n_conditions", 0) > 0
             out = evaluate_model(model_dir, ws, n=args.n, seed=args.seed, guidance=guidance,
@@ -155,8 +146,6 @@ def run(args) -> int:
                                  args.out or default_eval_dir(model_dir, args.home))
             results += out["results"]
             notes += [m if m in (FID_SKIPPED, DINOV2_SKIPPED) else f"{model_dir.name}: {m}" for m in out["notes"]]
-    finally:
-        bar.close()
     print(format_table(results))
     for m in dict.fromkeys(notes):
         print(f"note: {m}")
@@ -170,28 +159,16 @@ def run(args) -> int:
 
 
 def _run_probe(args, models, weights) -> int:
-    from tqdm import tqdm
-
     from cedm import io
     from cedm.probes.evaluate import evaluate_probe
 
     if len(models) != 1:
         raise CedmError("--probe evaluates one model (the one the probe was trained on)")
     (model_dir, ws), = models
-    bar = tqdm(total=1, unit="img", desc="eval", dynamic_ncols=True)
-
-    def progress(done, total, desc):
-        if total != bar.total or done < bar.n:
-            bar.reset(total=total)
-        bar.n = done
-        bar.set_description_str(desc[:60], refresh=True)
-
-    try:
+    with tqdm_progress("eval") as progress:
         out = evaluate_probe(model_dir, args.probe, ws, n=args.n, seed=args.seed, weights=weights,
                              best_of=args.best_of, sampler=args.sampler, steps=args.steps, batch_size=args.batch,
                              condition=args.condition, cfg=args.cfg, progress=progress, device=args.device)
-    finally:
-        bar.close()
     print("model  labeling  w_probe  best_of  n  FD_EffNetLite0  agree  probe_p  s/img")
     for r in out["results"]:
         print(f"{r['model_name']}  {r['labeling']}  {r['probe_guidance']:g}  {r['best_of']}  {r['n']}  "

@@ -71,11 +71,11 @@ def format_report(info: dict) -> str:
 
 def run(args) -> int:
     import torch
-    from tqdm import tqdm
 
     from cedm.device import resolve_device
     from cedm.model.edm import load_model
     from cedm.probes.probe import ProbeSettings, get_probe
+    from cedm.progress import tqdm_progress
     from cedm.workspace import open_workspace
 
     if args.threads is not None:
@@ -89,18 +89,9 @@ def run(args) -> int:
                              train_steps=args.train_steps, holdout=args.holdout, repeats=args.repeats,
                              max_per_class=args.max_per_class, seed=args.seed, batch=args.batch)
     model = load_model(model_dir, resolve_device(args.device))
-    bar = tqdm(total=1, unit="img", desc="probe", dynamic_ncols=True)
-
-    def progress(done, total, desc):
-        bar.total, bar.n = total, done
-        bar.set_description(desc, refresh=False)
-        bar.refresh()
-
-    try:
+    with tqdm_progress("probe") as progress:  # the stages the app's progress panel shows, as tqdm bars
         probe, folder, trained = get_probe(ws, model, args.labels, settings, model_dir=model_dir,
                                            progress=progress, backbone=args.backbone)
-    finally:
-        bar.close()
     print(format_report(probe.info))
     print(f"{'trained' if trained else 'cached'}: {folder}")
     print(f"sample with: cedm sample {model_dir} --probe {folder} --cluster K --guidance W")

@@ -478,7 +478,7 @@ def get_probe(ws, model, spec: str, settings: ProbeSettings | None = None, model
     """The probe of (model, labeling, settings) in ``ws``: cached, else trained and saved.
     Returns (probe, artifact folder, trained now?)."""
     settings = settings or ProbeSettings()
-    labels = labels or probe_labels(ws, spec, **resolve_kw)
+    labels = labels or probe_labels(ws, spec, progress=progress, **resolve_kw)
     params = probe_params(model, labels, settings)
     found = ws.find_artifact(STAGE_PROBES, params)
     if found is not None:

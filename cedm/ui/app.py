@@ -51,8 +51,11 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
                 train = train_tab.build(ctx, data.workspace, clusters.clustering, clusters.backbone)
             with gr.Tab("Generate", id="generate"):
                 gen = generate_tab.build(ctx, data.workspace, condition, shipped_dirs=model_dirs)
-            with gr.Tab("Adapt", id="adapt"):  # "more like these": a probe on a trained model (seed 004)
+            with gr.Tab("Adapt", id="adapt") as adapt:  # "more like these": a probe on a trained model (seed 004)
                 probe_load = probe_tab.build(ctx, data.workspace, shipped_dirs=model_dirs)
+            # a selection saved in the Clusters tab (or a clustering made there) is offered when the tab opens
+            adapt.select(probe_load[2], [data.workspace] + probe_load[1], probe_load[1], api_visibility="private",
+                         show_progress="hidden")
             with gr.Tab("Labels", id="labels"):
                 labels_load = labels_tab.build(ctx, data.workspace, clusters)
             with gr.Tab("Export", id="export"):

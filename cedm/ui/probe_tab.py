@@ -16,6 +16,8 @@ import gradio as gr
 
 from cedm.errors import CedmError
 from cedm.model.registry import ModelEntry, find_model, list_models
+from cedm.progress import format_seconds
+from cedm.ui import common
 from cedm.ui.common import AppContext, guarded, progress_callback
 from cedm.ui.sessions import session_owner
 
@@ -111,7 +113,9 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None):
             with gr.Row():
                 picks = gr.Textbox(label="picked rows", placeholder="12, 40, 77, 301, 999", elem_id="cedm-probe-picks")
                 picks_name = gr.Textbox(value="picks", label="save picks as", min_width=100)
-            train = gr.Button("Train probe (cached)", variant="primary", elem_id="cedm-probe-train")
+            with gr.Row():
+                train = gr.Button("Train probe (cached)", variant="primary", elem_id="cedm-probe-train", scale=3)
+                cancel_btn = gr.Button("Cancel", size="sm", elem_id="cedm-probe-cancel", scale=1, min_width=80)
             report = gr.Markdown(elem_id="cedm-probe-report")
             target = gr.Dropdown(choices=[], label="generate toward class", elem_id="cedm-probe-class")
             w = gr.Slider(0, 8, value=2.0, step=0.5, label="probe guidance w", elem_id="cedm-probe-w")
@@ -121,6 +125,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None):
                 best_of = gr.Slider(1, 4, value=1, step=1, label="best of k (by the probe)")
             go = gr.Button("Generate: unguided vs probe-guided (same noise)", elem_id="cedm-probe-go")
         with gr.Column(scale=2, min_width=400):
+            panel = common.progress_panel("probe")  # probe training and sampling: stage, percent, ETA
             gallery = gr.Gallery(columns=MAX_IMAGES // 2, height=460, object_fit="contain", format="png",
                                  label="top: unguided · bottom: probe-guided (same seeds)", elem_id="cedm-probe-gallery")
             with gr.Accordion("Records", open=False):
@@ -130,15 +135,28 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None):
         ws = ctx.open(workspace_name, request) if workspace_name else None
         return find_model(list_models(ws, shipped_dirs=shipped_dirs), name)
 
-    @guarded
-    def on_workspace(workspace_name, request: gr.Request):
+    def choices(workspace_name, request) -> tuple[list[str], list[str]]:
+        """The open workspace's clusterings (specs) and saved row sets."""
         from cedm.clusters import labelings
 
         ws = ctx.open(workspace_name, request)
         specs = list(dict.fromkeys(f"{c['method']}:{c['n_clusters']}" for c in labelings.list_clusterings(ws)))
-        sets = labelings.list_row_sets(ws)
-        return (gr.Dropdown(choices=specs, value=specs[0] if specs else None),
-                gr.Dropdown(choices=sets, value=sets[0] if sets else None))
+        return specs, labelings.list_row_sets(ws)
+
+    def keep(options: list[str], current) -> gr.Dropdown:
+        return gr.Dropdown(choices=options, value=current if current in options else (options[0] if options else None))
+
+    @guarded
+    def on_workspace(workspace_name, request: gr.Request):
+        specs, sets = choices(workspace_name, request)
+        return keep(specs, None), keep(sets, None)
+
+    @guarded
+    def refresh(workspace_name, clustering_, rowset_, request: gr.Request):
+        """The tab opened: clusterings and row sets made meanwhile (e.g. a selection saved in the Clusters tab)
+        join the choices; the current choices stay."""
+        specs, sets = choices(workspace_name, request)
+        return keep(specs, clustering_), keep(sets, rowset_)
 
     @guarded
     def train_probe(model_name, workspace_name, source_, clustering_, rowset_, picks_, picks_name_,
@@ -148,13 +166,19 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None):
         ws = ctx.open(workspace_name, request)
         entry = entry_of(model_name, workspace_name, request)
         spec = spec_of(ws, source_, clustering_, rowset_, picks_, picks_name_)
-        report_fn = progress_callback(progress, ctx.sessions, request, job="probe")
-        probe, folder, _ = get_probe(ws, training_copy(entry), spec, ProbeSettings(), model_dir=entry.path,
-                                     progress=report_fn)
+        session = getattr(request, "session_hash", None)
+        report_fn = progress_callback(progress, ctx.sessions, request, job="probe", cancellable=False)
+        report_fn(0, None, "probe: labels")
+        probe, folder, trained = get_probe(ws, training_copy(entry), spec, ProbeSettings(), model_dir=entry.path,
+                                           progress=report_fn, should_stop=lambda: ctx.sessions.is_cancelled(session))
         classes = [(name, k) for k, name in enumerate(probe.class_names)]
         default_t = probe.info.get("default_target")
+        done = (f"probe trained in {format_seconds(report_fn.elapsed_s())}" if trained else
+                "probe found in the cache (trained before with these settings)")
+        sets = choices(workspace_name, request)[1]  # picked rows were just saved as a set: offer it from now on
         return (str(folder), report_markdown(probe.info),
-                gr.Dropdown(choices=classes, value=default_t if default_t is not None else 0))
+                gr.Dropdown(choices=classes, value=default_t if default_t is not None else 0), done,
+                keep(sets, spec.split(":", 1)[1] if spec.startswith("rows:") else rowset_))
 
     @guarded
     def generate(model_name, workspace_name, folder, target_, w_, seed_, n_, best_, request: gr.Request,
@@ -170,7 +194,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None):
         if target_ is None:
             raise CedmError("choose the class to generate toward")
         engine = get_engine()
-        report_fn = progress_callback(progress, ctx.sessions, request, job="sampling")
+        report_fn = progress_callback(progress, ctx.sessions, request, job="sampling", cancellable=False)
         boxes = [[0, 1], [0, 1]]
 
         def track(box):
@@ -196,17 +220,35 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None):
             for t in tickets:
                 t.cancel()
             raise
+        report_fn.finished = True
         items, recs = [], []
         for images, rs in results:
             for img, r in zip(images, rs):
                 r = {**r, "model": entry.name}
                 items.append((img, caption(r)))
                 recs.append(r)
-        return gr.Gallery(value=items, columns=n_), recs
+        return gr.Gallery(value=items, columns=n_), recs, f"{len(items)} images sampled in {format_seconds(report_fn.elapsed_s())}"
 
-    train.click(train_probe, [model, workspace, source, clustering, rowset, picks, picks_name],
-                [probe_state, report, target], api_visibility="private", concurrency_limit=1)
-    go.click(generate, [model, workspace, probe_state, target, w, seed, n, best_of], [gallery, records],
-             api_visibility="private", concurrency_limit=4)
+    def cancel(request: gr.Request):
+        """Stop this visitor's probe training (at its next batch) and sampling requests (at their next step)."""
+        ctx.sessions.cancel_work(request.session_hash)
+        gr.Info("cancelling the running step")
+
+    # A new run answers at once: the previous result goes (the first event is unqueued and instant).
+    train.click(lambda: (None, "", gr.Dropdown(choices=[], value=None), None, None, "Starting the probe ..."),
+                None, [probe_state, report, target, gallery, records, panel], api_visibility="private",
+                queue=False, show_progress="hidden")
+    trained = train.click(train_probe, [model, workspace, source, clustering, rowset, picks, picks_name],
+                          [probe_state, report, target, panel, rowset], api_visibility="private",
+                          concurrency_limit=1, show_progress_on=[panel])
+    go.click(lambda: (None, None, "Starting the sampling ..."), None, [gallery, records, panel],
+             api_visibility="private", queue=False, show_progress="hidden")
+    sampled = go.click(generate, [model, workspace, probe_state, target, w, seed, n, best_of],
+                       [gallery, records, panel], api_visibility="private", concurrency_limit=4,
+                       show_progress_on=[panel])
+    for event, what in ((trained, "probe training"), (sampled, "sampling")):
+        event.failure(lambda what=what: f"The {what} stopped (cancelled, or an error: its message says why).",
+                      None, [panel], api_visibility="private", show_progress="hidden")
+    cancel_btn.click(cancel, None, None, api_visibility="private", concurrency_limit=None)
     workspace.change(on_workspace, [workspace], [clustering, rowset], api_visibility="private")
-    return on_workspace, [clustering, rowset]
+    return on_workspace, [clustering, rowset], refresh

@@ -1,0 +1,139 @@
+"""The Adapt tab ("more like these") in real headless Chromium: picked images or a saved selection become a
+two-class probe of a trained model, its training shows in the tab's one progress component before the result,
+and guided samples appear next to the same noise unguided (issue 14).
+
+Runs on its own stand-in demo and tiny models (16 px), whatever ran before it: its app sets the demo for as long
+as it serves (running_app), and it runs in local mode, so that a row set saved into the demo's overlay (what
+the Clusters tab's "save selection" does) is the one the page sees.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+import time
+
+import pytest
+
+from tests.browser_util import ARTIFACTS, CHROMIUM, make_tiny_models, running_app
+from tests.test_browser import _open_tab, _progress_before, _seen, _watch, browser_page  # noqa: F401 (fixture)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
+]
+PANEL, REPORT, GALLERY = "#cedm-progress-probe", "#cedm-probe-report", "#cedm-probe-gallery"
+REDS = [0, 3, 6, 9, 12]  # the stand-in demo's rows are red, green, blue in turn
+
+
+@pytest.fixture(scope="module")
+def adapt_app(tmp_path_factory):
+    models = make_tiny_models(tmp_path_factory.mktemp("shipped"))
+    with running_app(tmp_path_factory.mktemp("adapt-app"), public=False, model_dirs=[models]) as served:
+        yield served
+
+
+@pytest.fixture
+def slow_probe(monkeypatch):
+    """A busy machine: each batch of denoiser features takes a while, so that the probe's training lasts
+    long enough to be watched (on a quiet one the tiny probe trains in under a second)."""
+    from cedm.probes import probe
+
+    batched = probe._batched
+
+    def slow(fn, *args):
+        return batched(lambda sl: (time.sleep(0.4), fn(sl))[1], *args)
+
+    monkeypatch.setattr(probe, "_batched", slow)
+
+
+def _open_adapt(page, url: str) -> None:
+    page.goto(url)
+    _open_tab(page, "Adapt")
+    page.locator("#cedm-probe-train").wait_for()
+    # the tab's model list holds the tiny shipped models; the unconditional one is chosen
+    page.wait_for_function(
+        "() => (document.querySelector('#cedm-probe-model input') || {}).value?.startsWith('tiny-uncond')")
+
+
+def _choose(page, dropdown: str, option: str) -> None:
+    page.locator(f"{dropdown} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _captions(page) -> list[str]:
+    return page.evaluate(f"() => [...document.querySelectorAll('{GALLERY} .caption-label')].map(c => c.innerText)")
+
+
+def test_more_like_these_from_picked_images(adapt_app, browser_page, slow_probe):
+    """Five picked images -> saved as a row set -> a two-class probe, its progress in the tab's progress
+    component before the report (no progress bar over anything else) -> guided samples toward the picks, each
+    next to the same seed unguided."""
+    url, _, _ = adapt_app
+    page, errors = browser_page
+    _open_adapt(page, url)
+    page.get_by_label("images I pick (row numbers)").check()
+    page.locator("#cedm-probe-picks textarea, #cedm-probe-picks input").first.fill(", ".join(map(str, REDS)))
+    name = page.get_by_label("save picks as")
+    name.fill("reds")
+    _watch(page, PANEL, REPORT)
+    page.locator("#cedm-probe-train").click()
+    page.locator(REPORT, has_text="rows:reds").wait_for(timeout=240_000)
+    seen = _seen(page)
+    assert _progress_before(seen, "probe", "rows:reds"), seen[-5:]
+    before = [s for s in seen if "rows:reds" not in s["result"]]
+    assert max(s["elsewhere"] for s in before) == 0, {s["where"] for s in before}
+    page.locator(PANEL, has_text="probe trained in").wait_for()
+    # the picks are offered as a saved row set from now on, and they are the class to generate toward
+    assert page.locator("#cedm-probe-rowset input").input_value() == "reds"
+    assert page.locator("#cedm-probe-class input").input_value() == "reds"
+
+    page.locator("#cedm-probe-go").click()
+    page.wait_for_function(f"() => [...document.querySelectorAll('{GALLERY} img')]"
+                           ".filter(i => i.complete && i.naturalWidth > 0).length === 8", timeout=240_000)
+    caps = _captions(page)
+    unguided = [c for c in caps if c.startswith("unguided")]
+    guided = [c for c in caps if c.startswith("probe-guided w 2 → reds")]
+    assert len(unguided) == len(guided) == 4, caps
+    seeds = lambda cs: sorted(re.search(r"seed (\d+)", c).group(1) for c in cs)  # noqa: E731
+    assert seeds(unguided) == seeds(guided) == ["0", "1", "2", "3"]  # the same noise, with and without
+    page.locator(PANEL, has_text="8 images sampled in").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "adapt_picks.png"), full_page=True)
+    assert errors == []
+
+
+def test_more_like_these_from_a_saved_selection_clears_the_last_result(adapt_app, browser_page, slow_probe):
+    """A selection saved meanwhile (as the Clusters tab saves one) is offered when the tab opens; training its
+    probe first clears the previous probe's report and samples, then shows its own."""
+    from cedm import workspace as wsp
+    from cedm.clusters.labelings import save_rows
+
+    url, _, home = adapt_app
+    page, errors = browser_page
+    _open_adapt(page, url)
+    # a first probe (picks), with samples, so that there is a result to clear
+    page.get_by_label("images I pick (row numbers)").check()
+    page.locator("#cedm-probe-picks textarea, #cedm-probe-picks input").first.fill("1, 4, 7, 10")
+    page.get_by_label("save picks as").fill("greens")
+    page.locator("#cedm-probe-train").click()
+    page.locator(REPORT, has_text="rows:greens").wait_for(timeout=240_000)
+    page.locator("#cedm-probe-go").click()
+    page.wait_for_function(f"() => document.querySelectorAll('{GALLERY} img').length === 8", timeout=240_000)
+
+    save_rows(wsp.open_demo(home), "favourites", [2, 5, 8, 11, 14], note="saved in the Clusters tab")
+    _open_tab(page, "Dataset")
+    _open_tab(page, "Adapt")  # opening the tab refreshes its choices
+    page.get_by_label("a saved row set").check()
+    page.wait_for_function("() => document.querySelector('#cedm-probe-rowset input') !== null")
+    _choose(page, "#cedm-probe-rowset", "favourites")
+    _watch(page, PANEL, REPORT)
+    page.locator("#cedm-probe-train").click()
+    page.locator(REPORT, has_text="rows:favourites").wait_for(timeout=240_000)
+    seen = _seen(page)
+    first_new = next(i for i, s in enumerate(seen) if "favourites" in s["result"])
+    assert any(s["result"].strip() == "" for s in seen[:first_new]), seen[:3]  # the old report went at once
+    assert _progress_before(seen, "probe", "rows:favourites"), seen[-5:]
+    assert page.evaluate(f"() => document.querySelectorAll('{GALLERY} img').length") == 0  # old samples gone
+    assert page.locator("#cedm-probe-class input").input_value() == "favourites"
+    page.screenshot(path=str(ARTIFACTS / "adapt_rowset.png"), full_page=True)
+    assert errors == []
