@@ -80,3 +80,47 @@ def test_bad_self_specs(ws):
         train_workspace(ws, "self:1", name="x", config=cfg(), show_progress=False)
     with pytest.raises(CedmError, match="no trained model|unknown model"):
         labelings.resolve(ws, "self:2@nope")
+
+
+def test_the_clusters_tab_browses_a_models_own_clusters(home):
+    """A self:K model of the demo (its saved per-image prototypes: the Unicode group of each emoji folded onto
+    prototypes 0-2, prototype 3 unused) is offered by the Clusters tab and shown like a clustering: sizes,
+    r_C = 3/4, galleries of its members, a map coloured by prototype, confidence = cosine to the prototype's
+    mean feature."""
+    from cedm.model.edm import CEDM, save_model
+    from cedm.model.self_guidance import LABELS_FILE
+    from cedm.ui import cluster_views as cv
+    from cedm.ui.clusters_tab import _own_labelings, build_view
+    from cedm.workspace import open_demo
+
+    ws = open_demo(home)
+    backbone = "efficientnet_lite0"  # the demo ships its features and map
+    gt = ws.ground_truth.labels
+    own = np.where(gt >= 0, gt % 3, 0).astype(np.int64)
+    folder = ws.derived_dir("models") / "own4"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_model(folder, CEDM.from_preset("tiny", 16, 4, info={"condition": {"spec": "self:4",
+                                                                                "q": [0.25] * 4}}))
+    assert _own_labelings(ws) == []  # a self:K model without saved assignments is not offered
+    np.save(folder / LABELS_FILE, own)
+    assert _own_labelings(ws) == ["self:4@own4"]
+
+    res = cv.get_clustering(ws, backbone, "self:4@own4", compute=False)
+    assert res.n_clusters == 4 and res.n_used == 3 and res.sizes.tolist() == np.bincount(own, minlength=4).tolist()
+    feats = labelings.workspace_features(ws, backbone)
+    mean = feats[own == 1].mean(0)
+    row = int(np.flatnonzero(own == 1)[0])
+    assert abs(res.confidence[row] - feats[row] @ mean / np.linalg.norm(mean)) < 1e-4
+
+    v = build_view(ws, backbone, "self:4@own4", cluster=1, compute=False)
+    assert v.spec == "self:4@own4" and "3 clusters used (r_C = 0.750)" in v.status and "self:4@own4" in v.status
+    assert [c for _, c in v.cluster_choices] == [0, 1, 2, 3] and v.cluster == 1
+    shown = [p.split(" · ")[0] for _, p in v.gallery]
+    assert len(shown) == cv.PAGE_SIZE and all(own[ws.paths.index(p)] == 1 for p in shown)
+    traces = [t for t in v.map.data if t.showlegend is not False]
+    assert sorted(t.name for t in traces) == ["0", "1", "2"]  # one per used prototype
+    assert sum(len(t.x) for t in traces) == ws.n
+    assert int(np.argmax(v.sizes.data[0].y)) == 0 and v.sizes.data[0].y[0] == res.sizes.max()
+    with pytest.raises(CedmError, match="not a self:3 model"):
+        cv.get_clustering(ws, backbone, "self:3@own4")

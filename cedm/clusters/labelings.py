@@ -332,6 +332,44 @@ def resolve(ws, spec: str, backbone=None, weights=None, seed: int = 0, device=No
                      "or self:K@MODEL")
 
 
+def self_label_specs(ws) -> list[str]:
+    """The ``self:K@MODEL`` labelings of ``ws``: one per online self-guided model trained on it that has saved
+    its assignments (what the Clusters tab offers to browse)."""
+    from cedm.model.registry import list_models
+    from cedm.model.self_guidance import LABELS_FILE, parse_spec
+
+    specs = []
+    for entry in list_models(ws, shipped_dirs=()):
+        k = parse_spec(entry.condition_spec or "")
+        if k is not None and (entry.path / LABELS_FILE).is_file():
+            specs.append(f"self:{k}@{entry.name.split('/', 1)[-1]}")
+    return specs
+
+
+def labeling_clusters(ws, spec: str, backbone=None, weights=None, progress=None) -> ClusterResult:
+    """A labeling that is not a clustering of features (``self:K@MODEL``: the model's own prototypes) as a
+    ClusterResult, so that it can be browsed and queried like one: its ids as they are (K clusters, unused
+    ones included, so r_C = used / K), the mean L2-normalised ``backbone`` feature of each cluster as its
+    centroid, and each image's cosine to its cluster's centroid as its confidence."""
+    lab = resolve(ws, spec)
+    ids = lab.original_ids if lab.original_ids is not None else np.arange(lab.n_classes)
+    if (lab.labels < 0).any():
+        raise CedmError(f"{spec} leaves {int((lab.labels < 0).sum())} images without a cluster")
+    assignments = np.asarray(ids, np.int64)[lab.labels]
+    method, _, arg = spec.partition(":")
+    k = int(arg.partition("@")[0]) if method == "self" else int(ids.max()) + 1
+    from cedm import features
+
+    feats = features.get_features(ws, resolve_backbone(backbone), weights=weights, progress=progress)
+    centroids = np.zeros((k, feats.shape[1]), np.float32)
+    np.add.at(centroids, assignments, feats)
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    confidence = np.einsum("nd,nd->n", feats, centroids[assignments]).astype(np.float32)
+    return ClusterResult(method=method, n_clusters=k, assignments=assignments, confidence=confidence,
+                         centroids=centroids, params={"spec": spec, **_features_key(backbone, weights)},
+                         info={"labeling": lab.meta})
+
+
 def self_labeling(ws, spec: str) -> Labeling:
     """``self:K@MODEL``: the per-image prototypes saved by an online self-guided model of this workspace."""
     from cedm.model.registry import find_model, list_models

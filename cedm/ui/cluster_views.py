@@ -42,10 +42,31 @@ def parse_spec(spec: str) -> tuple[str, int]:
     return method, int(c)
 
 
+def is_saved_labeling(spec) -> bool:
+    """``self:K@MODEL``: a labeling a model made of its own images (seed 002, online), browsed like a clustering
+    (its map and confidences from the chosen backbone's features)."""
+    return str(spec or "").startswith("self:") and "@" in str(spec)
+
+
+def result_spec(res) -> str:
+    """The spec a ClusterResult answers: ``kmeans:50``, or ``self:20@MODEL`` for a model's own labeling."""
+    return res.params.get("spec") or f"{res.method}:{res.n_clusters}"
+
+
+def method_title(method: str) -> str:
+    return METHODS.get(method) or ("self-labelled (the model's own prototypes)" if method == "self" else method)
+
+
 def get_clustering(ws, backbone: str, spec: str, progress=None, compute: bool = True):
     """The ClusterResult for ``spec`` on ``backbone`` features (cached; computed when ``compute``), or None."""
-    from cedm.clusters.labelings import cluster_workspace, find_clusters
+    from cedm.clusters.labelings import cluster_workspace, find_clusters, labeling_clusters
 
+    if is_saved_labeling(spec):
+        from cedm.features import find_features
+
+        if not compute and find_features(ws, backbone) is None:
+            return None
+        return labeling_clusters(ws, spec, backbone=backbone, progress=progress)
     method, c = parse_spec(spec)
     if not compute and find_clusters(ws, method, c, backbone=backbone) is None:
         return None
@@ -99,7 +120,7 @@ def cluster_names(ws, res, backbone: str | None = None, label_spec: str | None =
 
     label_spec = label_spec or names_source(ws)
     try:
-        found = cluster_titles(ws, f"{res.method}:{res.n_clusters}", label_spec, backbone=backbone)
+        found = cluster_titles(ws, result_spec(res), label_spec, backbone=backbone)
     except CedmError as e:  # names are a help, not the point: show the clusters without them
         log.warning("no cluster names from %s: %s", label_spec, e)
         return None
@@ -119,7 +140,7 @@ def summary(ws, backbone: str, res, cached: bool) -> dict:
 
     s = metrics.size_stats(res.assignments, res.n_clusters)
     out = {"workspace": ws.name, "backbone": backbone, "method": res.method, "n_clusters": res.n_clusters,
-           "clustering": f"{res.method}:{res.n_clusters}", "n_images": ws.n, "n_used": s["n_used"],
+           "clustering": result_spec(res), "n_images": ws.n, "n_used": s["n_used"],
            "utilization": round(s["utilization"], 4), "sizes": s["sizes"],
            "sizes_min": s["min"], "sizes_median": s["median"], "sizes_max": s["max"],
            "effective_clusters": round(s["effective"], 2), "from_cache": bool(cached),
@@ -134,7 +155,9 @@ def summary(ws, backbone: str, res, cached: bool) -> dict:
 
 def summary_markdown(s: dict) -> str:
     from cedm.clusters import metrics
-    line = (f"**{METHODS[s['method']]}, C = {s['n_clusters']}** on {s['backbone']} features of "
+    line = (f"**{method_title(s['method'])}, C = {s['n_clusters']}**" +
+            (f" (`{s['clustering']}`), map and confidence" if is_saved_labeling(s["clustering"]) else "") +
+            f" on {s['backbone']} features of "
             f"**{s['workspace']}** ({s['n_images']:,} images): {s['n_used']} clusters used "
             f"(r_C = {s['utilization']:.3f}), sizes {s['sizes_min']}–{s['sizes_max']} "
             f"(median {s['sizes_median']:g}) · " +

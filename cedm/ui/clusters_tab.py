@@ -127,6 +127,10 @@ def build(ctx: AppContext, workspace: gr.Dropdown) -> ClustersTab:
         with gr.Column(scale=1, min_width=160):
             cluster_btn = gr.Button("Cluster", variant="primary", elem_id="cedm-cluster")
             cancel_btn = gr.Button("Cancel", size="sm")
+    own = _own_labelings(demo_ws)
+    own_dd = gr.Dropdown(choices=own, value=None, visible=bool(own), elem_id="cedm-own-clusters",
+                         label="or browse a model's own clusters (self:K@MODEL: the prototypes a self-labelled "
+                               "model assigned to each image while it trained)")
     cluster_progress = common.progress_panel("clustering")
     clustering = gr.Textbox(first.spec, label="current clustering", interactive=False, visible="hidden",
                             elem_id="cedm-clustering")
@@ -227,6 +231,16 @@ def build(ctx: AppContext, workspace: gr.Dropdown) -> ClustersTab:
         report = common.progress_callback(progress, ctx.sessions, request, job="clustering")
         v = build_view(ws, backbone_name, summary["clustering"], progress=report, summary=summary)
         return render(v)
+
+    @guarded
+    def show_own(workspace_name: str, backbone_name: str, spec: str, request: gr.Request, progress=gr.Progress()):
+        """A self:K@MODEL labeling in the map, sizes and galleries (the backbone's features give its map and
+        each image's cosine to its cluster's mean feature)."""
+        if not spec:
+            return tuple(gr.skip() for _ in view_outputs)
+        ws = ctx.open(workspace_name, request)
+        report = common.progress_callback(progress, ctx.sessions, request, job="clustering")
+        return render(build_view(ws, backbone_name or cv.backbone_choices(ws)[1], spec, progress=report))
 
     @guarded
     def select_cluster(workspace_name, backbone_name, spec, c, request: gr.Request):
@@ -364,11 +378,14 @@ def build(ctx: AppContext, workspace: gr.Dropdown) -> ClustersTab:
     @guarded
     def on_workspace(workspace_name: str, request: gr.Request):
         if not workspace_name:
-            return (gr.Dropdown(choices=[], value=None),) + render(View(status="Upload images to start."))
+            return (gr.Dropdown(choices=[], value=None),) + render(View(status="Upload images to start.")) + \
+                (gr.Dropdown(choices=[], value=None, visible=False),)
         ws = ctx.open(workspace_name, request)
         labels, default = cv.backbone_choices(ws)
         spec = cv.latest_clustering(ws, default)
-        return (gr.Dropdown(choices=labels, value=default),) + render(build_view(ws, default, spec, compute=False))
+        own = _own_labelings(ws)
+        return (gr.Dropdown(choices=labels, value=default),) + render(build_view(ws, default, spec, compute=False)) + \
+            (gr.Dropdown(choices=own, value=None, visible=bool(own)),)
 
     @guarded
     def cluster_bound(workspace_name: str, backbone_name: str, request: gr.Request, progress=gr.Progress()) -> dict:
@@ -419,6 +436,8 @@ def build(ctx: AppContext, workspace: gr.Dropdown) -> ClustersTab:
                      **quiet)
     for btn in (cancel_btn, bound_cancel):
         btn.click(cancel, None, None, api_visibility="private", concurrency_limit=None)
+    own_dd.input(show_own, [workspace, backbone, own_dd], view_outputs, api_visibility="private", concurrency_limit=2,
+                 show_progress_on=[cluster_progress])
     cluster_dd.input(select_cluster, [workspace, backbone, clustering, cluster_dd], view_outputs,
                      api_visibility="private", concurrency_limit=8, show_progress_on=[cluster_progress])
     click_box.change(plot_click, [click_box, workspace, backbone, clustering], view_outputs,
@@ -428,7 +447,19 @@ def build(ctx: AppContext, workspace: gr.Dropdown) -> ClustersTab:
     next_btn.click(pager(+1), [workspace, backbone, clustering, cluster_dd, page, selection],
                    [gallery, page_info, page], api_visibility="private", concurrency_limit=8)
     return ClustersTab(backbone=backbone, clustering=clustering, on_workspace=on_workspace,
-                       outputs=[backbone] + view_outputs, progress=cluster_progress)
+                       outputs=[backbone] + view_outputs + [own_dd], progress=cluster_progress)
+
+
+def _own_labelings(ws) -> list[str]:
+    """The workspace's self:K@MODEL labelings (none for no workspace, or when they cannot be listed)."""
+    from cedm.clusters.labelings import self_label_specs
+
+    if ws is None:
+        return []
+    try:
+        return self_label_specs(ws)
+    except CedmError:
+        return []
 
 
 # gr.Plot reports no plotly events: this forwards them to hidden textboxes whose change events reach the

@@ -136,12 +136,12 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None):
         return find_model(list_models(ws, shipped_dirs=shipped_dirs), name)
 
     def choices(workspace_name, request) -> tuple[list[str], list[str]]:
-        """The open workspace's clusterings (specs) and saved row sets."""
+        """The open workspace's clusterings (specs, and self:K@MODEL: a self-labelled model's own) and row sets."""
         from cedm.clusters import labelings
 
         ws = ctx.open(workspace_name, request)
         specs = list(dict.fromkeys(f"{c['method']}:{c['n_clusters']}" for c in labelings.list_clusterings(ws)))
-        return specs, labelings.list_row_sets(ws)
+        return specs + labelings.self_label_specs(ws), labelings.list_row_sets(ws)
 
     def keep(options: list[str], current) -> gr.Dropdown:
         return gr.Dropdown(choices=options, value=current if current in options else (options[0] if options else None))
