@@ -137,3 +137,29 @@ def test_more_like_these_from_a_saved_selection_clears_the_last_result(adapt_app
     assert page.locator("#cedm-probe-class input").input_value() == "favourites"
     page.screenshot(path=str(ARTIFACTS / "adapt_rowset.png"), full_page=True)
     assert errors == []
+
+
+def test_evaluation_shows_its_progress_then_the_table(adapt_app, browser_page):
+    """Models tab -> Evaluate: real-image features, sampling and sample features show their stages in the
+    evaluation's progress component before the FD table arrives; nothing else gets a progress bar."""
+    url, _, _ = adapt_app
+    page, errors = browser_page
+    page.goto(url)
+    _open_tab(page, "Models")
+    page.wait_for_function(
+        "() => (document.querySelector('#cedm-models-model input') || {}).value?.startsWith('tiny-c4')")
+    page.get_by_text("Evaluate the model on the open workspace").click()
+    box = page.locator("#cedm-eval-n input[type=number]")
+    box.fill("20")
+    box.press("Enter")
+    _watch(page, "#cedm-progress-eval", "#cedm-eval-result")
+    page.locator("#cedm-eval-go").click()
+    page.locator("#cedm-eval-result", has_text="FD_EffNetLite0").wait_for(timeout=240_000)
+    seen = _seen(page)
+    assert _progress_before(seen, "eval", "FD_EffNetLite0"), seen[-5:]
+    before = [s for s in seen if "FD_EffNetLite0" not in s["result"]]
+    assert max(s["elsewhere"] for s in before) == 0, {s["where"] for s in before}
+    row = page.locator("#cedm-eval-result tr", has_text="tiny-c4").inner_text()
+    assert re.search(r"tiny-c4\s+2\s+20\s+\d+\.\d", row), row  # guidance 2, 20 samples, an FD
+    page.locator("#cedm-progress-eval", has_text="evaluated in").wait_for()
+    assert errors == []
