@@ -61,6 +61,18 @@ def _choose(page, dropdown: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def _run_watched(page, button: str, panel: str, result: str, words: str, done: str) -> list[dict]:
+    """Click ``button`` and wait for ``done`` in ``result``; the job's progress line (``words``) showed in
+    ``panel`` before that, and no other component had a progress bar meanwhile. Returns the snapshots."""
+    _watch(page, panel, result)
+    page.locator(button).click()
+    page.locator(result, has_text=done).wait_for(timeout=240_000)
+    seen = _seen(page)
+    assert _progress_before(seen, words, done), seen[-5:]
+    assert max(s["elsewhere"] for s in seen if done not in s["result"]) == 0, seen[-5:]
+    return seen
+
+
 def _captions(page) -> list[str]:
     return page.evaluate(f"() => [...document.querySelectorAll('{GALLERY} .caption-label')].map(c => c.innerText)")
 
@@ -76,13 +88,7 @@ def test_more_like_these_from_picked_images(adapt_app, browser_page, slow_probe)
     page.locator("#cedm-probe-picks textarea, #cedm-probe-picks input").first.fill(", ".join(map(str, REDS)))
     name = page.get_by_label("save picks as")
     name.fill("reds")
-    _watch(page, PANEL, REPORT)
-    page.locator("#cedm-probe-train").click()
-    page.locator(REPORT, has_text="rows:reds").wait_for(timeout=240_000)
-    seen = _seen(page)
-    assert _progress_before(seen, "probe", "rows:reds"), seen[-5:]
-    before = [s for s in seen if "rows:reds" not in s["result"]]
-    assert max(s["elsewhere"] for s in before) == 0, {s["where"] for s in before}
+    _run_watched(page, "#cedm-probe-train", PANEL, REPORT, "probe", "rows:reds")
     page.locator(PANEL, has_text="probe trained in").wait_for()
     # the picks are offered as a saved row set from now on, and they are the class to generate toward
     assert page.locator("#cedm-probe-rowset input").input_value() == "reds"
@@ -126,13 +132,9 @@ def test_more_like_these_from_a_saved_selection_clears_the_last_result(adapt_app
     page.get_by_label("a saved row set").check()
     page.wait_for_function("() => document.querySelector('#cedm-probe-rowset input') !== null")
     _choose(page, "#cedm-probe-rowset", "favourites")
-    _watch(page, PANEL, REPORT)
-    page.locator("#cedm-probe-train").click()
-    page.locator(REPORT, has_text="rows:favourites").wait_for(timeout=240_000)
-    seen = _seen(page)
+    seen = _run_watched(page, "#cedm-probe-train", PANEL, REPORT, "probe", "rows:favourites")
     first_new = next(i for i, s in enumerate(seen) if "favourites" in s["result"])
     assert any(s["result"].strip() == "" for s in seen[:first_new]), seen[:3]  # the old report went at once
-    assert _progress_before(seen, "probe", "rows:favourites"), seen[-5:]
     assert page.evaluate(f"() => document.querySelectorAll('{GALLERY} img').length") == 0  # old samples gone
     assert page.locator("#cedm-probe-class input").input_value() == "favourites"
     page.screenshot(path=str(ARTIFACTS / "adapt_rowset.png"), full_page=True)
@@ -152,13 +154,7 @@ def test_evaluation_shows_its_progress_then_the_table(adapt_app, browser_page):
     box = page.locator("#cedm-eval-n input[type=number]")
     box.fill("20")
     box.press("Enter")
-    _watch(page, "#cedm-progress-eval", "#cedm-eval-result")
-    page.locator("#cedm-eval-go").click()
-    page.locator("#cedm-eval-result", has_text="FD_EffNetLite0").wait_for(timeout=240_000)
-    seen = _seen(page)
-    assert _progress_before(seen, "eval", "FD_EffNetLite0"), seen[-5:]
-    before = [s for s in seen if "FD_EffNetLite0" not in s["result"]]
-    assert max(s["elsewhere"] for s in before) == 0, {s["where"] for s in before}
+    _run_watched(page, "#cedm-eval-go", "#cedm-progress-eval", "#cedm-eval-result", "eval", "FD_EffNetLite0")
     row = page.locator("#cedm-eval-result tr", has_text="tiny-c4").inner_text()
     assert re.search(r"tiny-c4\s+2\s+20\s+\d+\.\d", row), row  # guidance 2, 20 samples, an FD
     page.locator("#cedm-progress-eval", has_text="evaluated in").wait_for()

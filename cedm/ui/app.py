@@ -79,6 +79,8 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
                                show_progress="hidden")
         train.trained.change(models.on_workspace, [data.workspace], [models.model], api_visibility="private",
                              show_progress="hidden")
+        train.trained.change(clusters.on_models, [data.workspace], [clusters.own], api_visibility="private",
+                             show_progress="hidden")  # a self:K model's own clusters can be browsed
         demo.load(models.on_workspace, [data.workspace], [models.model], api_visibility="private",
                   show_progress="hidden")
         demo.load(train.on_workspace, [data.workspace, train.resolution], [train.resolution], api_visibility="private")

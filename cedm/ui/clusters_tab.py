@@ -35,6 +35,8 @@ class ClustersTab:
     on_workspace: Callable  # refreshes the tab for another workspace (wired to the workspace dropdown)
     outputs: list           # what on_workspace fills
     progress: gr.Markdown   # the clustering job's progress component (show_progress_on for on_workspace)
+    own: gr.Dropdown        # a self-labelled model's own clusters (self:K@MODEL) to browse
+    on_models: Callable     # (workspace) -> ``own`` refreshed, e.g. after the Train tab made a self:K model
 
 
 @dataclass
@@ -446,8 +448,16 @@ def build(ctx: AppContext, workspace: gr.Dropdown) -> ClustersTab:
                    [gallery, page_info, page], api_visibility="private", concurrency_limit=8)
     next_btn.click(pager(+1), [workspace, backbone, clustering, cluster_dd, page, selection],
                    [gallery, page_info, page], api_visibility="private", concurrency_limit=8)
+    def on_models(workspace_name: str, request: gr.Request):
+        try:
+            own = _own_labelings(ctx.open(workspace_name, request))
+        except CedmError:
+            own = []
+        return gr.Dropdown(choices=own, visible=bool(own))
+
     return ClustersTab(backbone=backbone, clustering=clustering, on_workspace=on_workspace,
-                       outputs=[backbone] + view_outputs + [own_dd], progress=cluster_progress)
+                       outputs=[backbone] + view_outputs + [own_dd], progress=cluster_progress, own=own_dd,
+                       on_models=on_models)
 
 
 def _own_labelings(ws) -> list[str]:
