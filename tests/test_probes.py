@@ -423,3 +423,29 @@ def test_adapt_tab_helpers_and_the_app_builds(home, tmp_path, monkeypatch):
     assert probe_tab.caption({"guidance": 0.0, "seed": 4}).startswith("unguided")
     monkeypatch.setattr(wsp, "DEMO_DIR", tmp_path / "no-demo")
     build_app(tmp_path / "home2", model_dirs=[])  # the Adapt tab is part of the page (no first-batch thread)
+
+
+def test_a_stopped_probe_leaves_nothing_and_reports_its_stages(home, tiny):
+    """The Adapt tab's Cancel: should_stop ends the probe's training at its next batch, with a clear message and
+    no probe saved; a run that goes on reports its stages (labels, features, held-out) with growing counts."""
+    from cedm.clusters.labelings import save_rows
+    from cedm.probes.probe import find_probe, probe_labels
+    from cedm.progress import Progress
+    from cedm.workspace import create_from_array
+
+    imgs, _ = colour_images(20)
+    ws = create_from_array(home, "stop", imgs)
+    save_rows(ws, "reds", [0, 2, 4, 6, 8])
+    settings = ProbeSettings(**{**FAST, "batch": 8})
+    calls = []
+    with pytest.raises(CedmError, match="probe training stopped"):
+        get_probe(ws, tiny, "rows:reds", settings, should_stop=lambda: calls.append(1) or len(calls) > 2)
+    assert len(calls) == 3 and find_probe(ws, tiny, probe_labels(ws, "rows:reds"), settings) is None
+    seen = []
+    p = Progress("probe", lambda q: seen.append((q.desc, q.done, q.total)))
+    probe, folder, trained = get_probe(ws, tiny, "rows:reds", settings, progress=p)
+    assert trained and folder == find_probe(ws, tiny, probe_labels(ws, "rows:reds"), settings)
+    descs = {d for d, _, _ in seen}
+    assert {"probe: denoiser features", "probe: held-out"} <= descs, descs
+    counts = [n for _, n, total in seen if total]
+    assert len(counts) > 3 and counts == sorted(counts) and seen[-1][1] == seen[-1][2]  # done grows to the total
