@@ -85,9 +85,16 @@ def backbone_choices(ws) -> tuple[list[tuple[str, str]], str]:
             if (b in list_backbones() or str(b).startswith("denoiser:")) and b not in cached:
                 cached.append(b)
     from cedm.features.denoiser import workspace_backbones  # the open workspace's own models (seed 002)
-    order = cached + [b for b in list_backbones() + workspace_backbones(ws) if b not in cached]
-    # what a click would do: read cached features, run offline, use cached weights, download, or need downloads
-    labels = [(f"{b} (features ready)" if b in cached else f"{b} ({availability(b)[1]})", b) for b in order]
+    own = workspace_backbones(ws)
+    order = cached + [b for b in list_backbones() + own if b not in cached]
+
+    def words(b: str) -> str:
+        """What a click would do: read cached features, run offline, use cached weights, download, or need
+        downloads. A workspace model's own features run offline (asking the registry here would look for the
+        model in the default home, not in this app's or visitor's home)."""
+        return "features ready" if b in cached else "the workspace's own model" if b in own else availability(b)[1]
+
+    labels = [(f"{b} ({words(b)})", b) for b in order]
     return labels, (cached[0] if cached else OFFLINE_BACKBONE)
 
 
