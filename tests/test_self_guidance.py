@@ -124,3 +124,20 @@ def test_the_clusters_tab_browses_a_models_own_clusters(home):
     assert int(np.argmax(v.sizes.data[0].y)) == 0 and v.sizes.data[0].y[0] == res.sizes.max()
     with pytest.raises(CedmError, match="not a self:3 model"):
         cv.get_clustering(ws, backbone, "self:3@own4")
+
+
+def test_backbone_choices_list_a_workspace_model_outside_the_default_home(tmp_path, monkeypatch):
+    """A model trained on a workspace of another home (a visitor's area, ``cedm serve --home``) is offered as a
+    denoiser backbone without looking it up in the default home (that look-up failed and broke the tab)."""
+    from cedm.model.edm import CEDM, save_model
+    from cedm.ui import cluster_views as cv
+
+    images, _ = blobs(8)
+    ws = create_from_array(tmp_path / "area", "mine", images)
+    monkeypatch.setenv("CEDM_HOME", str(tmp_path / "elsewhere"))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_model(ws.derived_dir("models") / "m", CEDM.from_preset("tiny", 16, 0))
+    labels, default = cv.backbone_choices(ws)
+    own = [(label, name) for label, name in labels if name.startswith("denoiser:mine/m,")]
+    assert len(own) == 1 and own[0][0] == f"{own[0][1]} (the workspace's own model)" and default
