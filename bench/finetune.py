@@ -3,7 +3,13 @@
     python bench/finetune.py --source FOLDER_OR_ZIP --name upload --minutes 3,6,10 --n 500
 
 The upload (``--source``, imported once into a workspace ``--name`` under $CEDM_HOME; an existing workspace of
-that name is reused) should hold images the demo models never saw. Two arms train on it with the Train tab's
+that name is reused) should hold images the demo models never saw. The measured one: Twemoji (flat emoji,
+CC-BY 4.0; the demo is Fluent Emoji 3D), 3,846 SVGs rendered on white at 128 px::
+
+    npm pack @discordapp/twemoji@16.0.1 && tar xzf discordapp-twemoji-16.0.1.tgz   # package/dist/svg/*.svg
+    for f in package/dist/svg/*.svg; do rsvg-convert -w 128 -h 128 -b white "$f" -o png/$(basename $f .svg).png; done
+    python bench/finetune.py --source png --name twemoji --minutes 3,6,10 --n 500 --threads 1
+ Two arms train on it with the Train tab's
 settings (small preset, 32 px, batch 32, Adam lr 1e-3 ramped over 5 kimg, EMA half-life 5 % of the images
 seen, unconditional, no sample grids): *scratch* from random weights (seed 0) and *fine-tune* from
 ``checkpoints/demo-uncond`` (``TrainConfig.init``, what "start from the shipped unconditional model" does).
