@@ -227,7 +227,8 @@ def build(ctx: AppContext, workspace: gr.Dropdown, shipped_dirs=None):
                 r = {**r, "model": entry.name}
                 items.append((img, caption(r)))
                 recs.append(r)
-        return gr.Gallery(value=items, columns=n_), recs, f"{len(items)} images sampled in {format_seconds(report_fn.elapsed_s())}"
+        done = f"{len(items)} images sampled in {format_seconds(report_fn.elapsed_s())}"
+        return gr.Gallery(value=items, columns=n_), recs, done
 
     def cancel(request: gr.Request):
         """Stop this visitor's probe training (at its next batch) and sampling requests (at their next step)."""
