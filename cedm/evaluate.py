@@ -344,10 +344,10 @@ def labeling_head(ws, spec: str, labels_sha: str | None) -> tuple[ConditionHead 
     ``labels_sha`` (the ids a C-EDM or a probe was trained on; None: the only cached one), or (None, why).
     The one answer to "which clustering was this trained on", for ``condition_head`` and probes alike."""
     from cedm.clusters.assign import KMEANS_TEMPERATURE, condition_map
-    from cedm.clusters.labelings import from_clusters, list_clusterings, load_clusters
+    from cedm.clusters.labelings import METHODS, from_clusters, list_clusterings, load_clusters
 
     method, _, arg = str(spec).partition(":")
-    if method not in ("temi", "kmeans", "skmeans"):
+    if method not in METHODS:
         return None, f"labeling {spec} has no assigner of its own (it needs a TEMI or k-means labeling)"
     candidates = [c for c in list_clusterings(ws) if c["method"] == method and str(c["n_clusters"]) == arg]
     for c in reversed(candidates):  # newest first
@@ -384,7 +384,9 @@ def condition_head(model_dir, ws) -> tuple[ConditionHead | None, str | None]:
     spec = str(cond.get("spec") or "none")
     if int(info.get("n_conditions", 0)) == 0:
         return None, "unconditional model: no condition classifier"
-    if spec.partition(":")[0] not in ("temi", "kmeans", "skmeans"):
+    from cedm.clusters.labelings import METHODS
+
+    if spec.partition(":")[0] not in METHODS:
         return None, f"condition {spec} has no classifier (MSP needs a TEMI or k-means labeling)"
     return labeling_head(ws, spec, ((info.get("provenance") or {}).get("data") or {}).get("labels_sha"))
 

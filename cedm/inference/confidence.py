@@ -82,10 +82,11 @@ def load_scorer(model_dir, info: dict, device=None) -> ConditionScorer:
     """The scorer of a model's condition labeling: its workspace, then ``cedm.evaluate.condition_head`` (the
     one answer to "which clustering was this trained on": the cached clustering whose compacted labels hash
     to the model's training labels)."""
+    from cedm.clusters.labelings import METHODS
     from cedm.evaluate import backbone_net, condition_head
 
     spec = str((info.get("condition") or {}).get("spec") or "")
-    if spec.partition(":")[0] not in ("kmeans", "skmeans", "temi"):
+    if spec.partition(":")[0] not in METHODS:
         raise CedmError(f"sample confidence needs a k-means or TEMI conditioned model; this one is conditioned "
                         f"on {spec or 'nothing recorded'!r}")
     ws = _workspace_of(Path(model_dir), info)

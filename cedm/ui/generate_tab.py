@@ -18,6 +18,7 @@ import threading
 import gradio as gr
 
 from cedm.errors import CedmError
+from cedm.sampling import samplers
 from cedm.model.registry import ModelEntry, find_model, guidance_note, list_models
 from cedm.ui import cluster_views as cv
 from cedm.ui.common import AppContext, generation_condition, guarded
@@ -27,7 +28,7 @@ log = logging.getLogger("cedm.ui")
 
 CLUSTER, QUERY, FROM_Q, NONE = "a cluster", "the query image's cluster", "drawn from q(c)", "none (unconditional)"
 CONDITIONS = [CLUSTER, QUERY, FROM_Q, NONE]
-SAMPLERS = ["dpmpp2m", "heun", "euler"]
+SAMPLERS = sorted(samplers.SAMPLERS, key=lambda s: s != "dpmpp2m")  # the registry, fastest first
 MAX_IMAGES = 16
 DEFAULT_GUIDANCE = 2.0
 SWEEP = (0.0, 1.0, 2.0, 4.0, 6.0)
