@@ -139,7 +139,7 @@ def test_a_failing_request_does_not_affect_others(engine, model_dir):
         assert ims.shape == (2, 16, 16, 3) and [r["condition"] for r in rec] == [c, c]
 
     # a network failure inside a merged batch: retried one request at a time, only the culprit fails
-    lm = engine._models[engine.cached_models()[0]]
+    lm = engine._load(engine.cached_models()[0], model_dir)  # a cache hit: the loaded model
     real = lm.net.fn
 
     def faulty(x, sigma, labels):

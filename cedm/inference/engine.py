@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from cedm.cache import LRU
 from cedm.device import cpu_has_native_bf16
 from cedm.errors import CedmError
 from cedm.model.edm import read_model_info
@@ -345,10 +346,7 @@ class InferenceEngine:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.stats = collections.Counter()
-        self._models: collections.OrderedDict = collections.OrderedDict()
-        self._scorers: collections.OrderedDict = collections.OrderedDict()
-        self._infos: collections.OrderedDict = collections.OrderedDict()
-        self._models_lock = threading.RLock()
+        self._models, self._scorers, self._infos = LRU(self.max_models), LRU(self.max_models), LRU(64)
         self._cond = threading.Condition()
         self._pending: list[_Request] = []   # requests with rows not yet handed to a batch, oldest first
         self._jobs: collections.deque = collections.deque()
@@ -437,33 +435,18 @@ class InferenceEngine:
         info = self.model_info(model_dir, ema)
         if int(info.get("n_conditions", 0)) == 0:
             return None
-        with self._models_lock:
-            if key in self._scorers:
-                self._scorers.move_to_end(key)
-                return self._scorers[key]
-            scorer = load_scorer(model_dir, info, self.device)
-            self._scorers[key] = scorer
-            while len(self._scorers) > self.max_models:
-                self._scorers.popitem(last=False)
-            return scorer
+        return self._scorers.get(key, lambda: load_scorer(model_dir, info, self.device))
 
     def model_info(self, model_dir, ema: bool = True) -> dict:
         """cedm.json of a model folder (cached by path + mtime)."""
-        key = model_key(model_dir, ema)
-        with self._models_lock:
-            if key not in self._infos:
-                self._infos[key] = read_model_info(model_dir)
-                while len(self._infos) > 64:
-                    self._infos.popitem(last=False)
-            return self._infos[key]
+        return self._infos.get(model_key(model_dir, ema), lambda: read_model_info(model_dir))
 
     def model(self, model_dir, ema: bool = True):
         """The loaded CEDM (from the cache; loaded on first use)."""
         return self._load(model_key(model_dir, ema), Path(model_dir)).model
 
     def cached_models(self) -> list[tuple]:
-        with self._models_lock:
-            return list(self._models)
+        return self._models.keys()
 
     def warmup(self, model_dir, batch_sizes: Sequence[int] | None = None, ema: bool = True) -> Ticket:
         """Load a model in the worker thread and, when compiled, run every bucket shape once."""
@@ -513,18 +496,13 @@ class InferenceEngine:
     def _load(self, key: tuple, model_dir: Path) -> _Loaded:
         from cedm.model.edm import load_model
 
-        with self._models_lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
+        def make():
             model = load_model(model_dir, self.device, ema=key[2])
-            lm = _Loaded(key, model, FastNet(model, self.device, self.dtype, self.compile_mode, 2 * self.max_batch,
-                                              self.freeze))
-            self._models[key] = lm
-            while len(self._models) > self.max_models:
-                self._models.popitem(last=False)
             self.stats["model_loads"] += 1
-            return lm
+            return _Loaded(key, model, FastNet(model, self.device, self.dtype, self.compile_mode,
+                                               2 * self.max_batch, self.freeze))
+
+        return self._models.get(key, make)
 
     # --- bookkeeping ----------------------------------------------------------------------------------
     def _settle(self, req: _Request, value=None, error: BaseException | None = None) -> None:

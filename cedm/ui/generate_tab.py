@@ -18,8 +18,8 @@ import threading
 import gradio as gr
 
 from cedm.errors import CedmError
-from cedm.sampling import samplers
 from cedm.model.registry import ModelEntry, find_model, guidance_note, list_models
+from cedm.sampling import samplers
 from cedm.ui import cluster_views as cv
 from cedm.ui.common import AppContext, generation_condition, guarded
 from cedm.ui.sessions import session_owner
