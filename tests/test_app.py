@@ -1,9 +1,7 @@
 """The app in-process, driven through its public API with gradio_client, plus its per-visitor areas."""
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import time
 import zipfile
 from types import SimpleNamespace
@@ -13,9 +11,6 @@ import pytest
 
 from tests.browser_util import COLOURS, DEMO_CLASSES, DEMO_N, client, demo_tree_snapshot, make_stand_in_demo, \
     make_tiny_models, make_zip, png_bytes, running_app, session_workspaces
-
-HAS_IMPORTER = importlib.util.find_spec("cedm.dataset.importers") is not None
-needs_importer = pytest.mark.skipif(not HAS_IMPORTER, reason="cedm.dataset.importers is not in this tree yet")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +38,6 @@ def test_only_working_actions_are_public(app):
     assert api["unnamed_endpoints"] == {}
 
 
-@needs_importer
 def test_import_zip_through_the_api(app, tmp_path):
     url, _, home = app
     from gradio_client import handle_file
@@ -68,7 +62,6 @@ def test_import_zip_through_the_api(app, tmp_path):
     np.testing.assert_allclose(means, expect, atol=2)
 
 
-@needs_importer
 def test_several_image_files_become_one_workspace(app, tmp_path):
     url, _, home = app
     from gradio_client import handle_file
@@ -85,7 +78,6 @@ def test_several_image_files_become_one_workspace(app, tmp_path):
     assert list(area.glob("uploads/*")) == []
 
 
-@needs_importer
 def test_bad_upload_gives_a_readable_error_and_leaves_nothing(app, tmp_path):
     url, _, home = app
     from gradio_client import handle_file
@@ -102,7 +94,6 @@ def test_bad_upload_gives_a_readable_error_and_leaves_nothing(app, tmp_path):
     assert "choose" in _app_error(c.predict, [], "", 64, None, api_name="/import_dataset")
 
 
-@needs_importer
 def test_visitors_do_not_see_each_other(app, tmp_path):
     url, _, home = app
     from gradio_client import handle_file
@@ -127,7 +118,6 @@ def test_demo_cannot_be_deleted(app):
     assert "read-only" in _app_error(client(url).predict, "demo", api_name="/delete_workspace")
 
 
-@needs_importer
 def test_workspace_limit_per_visitor(app, tmp_path, monkeypatch):
     url, _, _ = app
     from gradio_client import handle_file
@@ -138,16 +128,6 @@ def test_workspace_limit_per_visitor(app, tmp_path, monkeypatch):
     c, z = client(url), handle_file(str(make_zip(tmp_path / "a.zip", junk=False)))
     c.predict([z], "first", 32, None, api_name="/import_dataset")
     assert "delete one" in _app_error(c.predict, [z], "second", 32, None, api_name="/import_dataset")
-
-
-def test_missing_library_part_is_reported_not_crashed(app, tmp_path, monkeypatch):
-    url, _, _ = app
-    from gradio_client import handle_file
-
-    monkeypatch.setitem(sys.modules, "cedm.dataset.importers", None)  # as if the module were absent
-    msg = _app_error(client(url).predict, [handle_file(str(make_zip(tmp_path / "a.zip")))], "", 32, None,
-                     api_name="/import_dataset")
-    assert "not available yet" in msg
 
 
 # --- pieces used by the handlers ----------------------------------------------------------------

@@ -675,15 +675,13 @@ def resolve_condition(ws, spec: str, backbone: str | None = None):
     spec = (spec or "none").strip()
     if spec == "none":
         return None, 0, [], {"spec": "none", "source": "none"}
-    try:
-        from cedm.clusters import labelings
-    except ImportError as e:
-        raise CedmError(f"condition {spec!r} needs the clustering module (cedm.clusters.labelings): {e}") from e
+    from cedm.clusters import labelings
+
     lab = labelings.resolve(ws, spec, backbone=backbone)
     labels = np.asarray(lab.labels, dtype=np.int64)
     q = [float(v) for v in np.asarray(lab.q, dtype=np.float64)]
-    C = int(getattr(lab, "n_conditions", None) or len(q))
-    desc = {"spec": spec, "source": getattr(lab, "source", spec.split(":", 1)[0])}
+    C = len(q)
+    desc = {"spec": spec, "source": spec.split(":", 1)[0]}
     if spec.split(":", 1)[0] in labelings.METHODS:  # clusters depend on the features they were made from
         desc["backbone"] = labelings.resolve_backbone(backbone)
     for key in ("class_names", "original_ids", "artifact", "params"):
