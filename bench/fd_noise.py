@@ -24,7 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from cedm.evaluate import backbone_net, extract, frechet_distance, real_features  # noqa: E402
+from cedm.fd import backbone_net, extract, frechet_distance, real_features  # noqa: E402
 from cedm.inference import InferenceEngine  # noqa: E402
 from cedm.model.edm import read_model_info  # noqa: E402
 from cedm.sampling.guidance import parse_interval  # noqa: E402

@@ -3,7 +3,7 @@
 For each setting of a small grid (full-range guidance, and guidance only for sigma in [lo, hi]), ``--n``
 images with the same seeds and the same conditions (drawn from q(c)) are sampled through the inference engine
 (DPM-Solver++(2M), 12 steps, w = 2, the engine's dtype) and compared with all real images of the model's
-workspace: FD_EffNetLite0 (cedm.evaluate), MSP and agreement of the condition classifier, and the network rows
+workspace: FD_EffNetLite0 (cedm.fd), MSP and agreement of the condition classifier, and the network rows
 per image (guided steps cost 2, the others 1). Prints a table and writes bench/results/guidance_interval.json.
 
     python bench/guidance_interval.py [--model checkpoints/demo-kmeans20] [--n 500] [--grid "full;0.3,5;..."]
@@ -20,8 +20,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from cedm.evaluate import (backbone_net, condition_head, extract, frechet_distance, noise_floor,  # noqa: E402
-                           real_features, sample_confidence)
+from cedm.clusters.assign import condition_head, sample_confidence  # noqa: E402
+from cedm.fd import backbone_net, extract, frechet_distance, noise_floor, real_features  # noqa: E402
 from cedm.inference import InferenceEngine  # noqa: E402
 from cedm.model.edm import read_model_info  # noqa: E402
 from cedm.sampling.core import make_settings  # noqa: E402

@@ -480,7 +480,7 @@ def test_shipped_model_still_finds_its_spherical_clustering(tmp_path, monkeypatc
     """The demo models were trained on spherical k-means (C = 20, params without a metric). With Euclidean
     k-means as the default they stay addressable (skmeans:20), and the app opens on that clustering."""
     from cedm.clusters import labelings as L
-    from cedm.evaluate import _labels_sha, condition_head
+    from cedm.clusters.assign import condition_head, labels_hash
     from cedm.inference.confidence import load_scorer
     from cedm.model.edm import read_model_info
     from cedm.model.registry import DEFAULT_SHIPPED, SHIPPED_DIR
@@ -504,6 +504,6 @@ def test_shipped_model_still_finds_its_spherical_clustering(tmp_path, monkeypatc
     assert latest_clustering(ws, backbone) == "skmeans:20"
     assert load_scorer(model, info).head.artifact == str(found)
     lab = L.resolve(ws, "skmeans:20", backbone=backbone)
-    assert _labels_sha(lab.labels) == info["provenance"]["data"]["labels_sha"]
+    assert labels_hash(lab.labels) == info["provenance"]["data"]["labels_sha"]
     head, why = condition_head(model, ws)
     assert head is not None and head.artifact == str(found), why

@@ -246,7 +246,7 @@ def _two_colour_workspace(home):
 @pytest.mark.parametrize("method", ["kmeans", "temi"])
 def test_confidence_assigns_dataset_images_to_their_cluster(home, model_dir, method):
     from cedm.clusters.labelings import cluster_workspace, from_clusters
-    from cedm.evaluate import _labels_sha
+    from cedm.clusters.assign import labels_hash
 
     ws, truth = _two_colour_workspace(home)
     # batch 8: the official lr scaling (x 8/256) would crawl; a larger base lr and a short warm-up instead
@@ -255,11 +255,11 @@ def test_confidence_assigns_dataset_images_to_their_cluster(home, model_dir, met
     assert len(set(res.assignments[truth == 0])) == 1 and res.assignments[0] != res.assignments[-1]
     torch.manual_seed(0)
     m = CEDM.from_preset("tiny", 16, 2, info={"p_uncond": 0.1})
-    # the clustering is found by the hash of the labels the model was trained on (cedm.evaluate.labeling_head)
+    # the clustering is found by the hash of the labels the model was trained on (cedm.clusters.assign.labeling_head)
     lab = from_clusters(res, f"{method}:2").compact()
     cond = {"spec": f"{method}:2", "params": res.params, "original_ids": lab.original_ids.tolist(),
             "n_conditions": 2, "q": [0.5, 0.5]}
-    prov = {"data": {"labels_sha": _labels_sha(lab.labels)}}
+    prov = {"data": {"labels_sha": labels_hash(lab.labels)}}
     mdir = save_model(ws.derived_dir("models") / method, m, info={"condition": cond, "provenance": prov})
     with InferenceEngine(device="cpu", dtype="fp32") as eng:  # best-of compares candidates bit for bit
         ids, msp = eng.confidence(mdir, ws.images)

@@ -26,10 +26,10 @@ from cedm.clusters.assign import condition_map
 
 @dataclass
 class ConditionScorer:
-    """A model's condition classifier (``cedm.evaluate.ConditionHead``: the cluster assigner of the labeling
+    """A model's condition classifier (``cedm.clusters.assign.ConditionHead``: the cluster assigner of the labeling
     it was trained on, mapped to its condition ids) with its backbone, kept resident by the engine."""
-    net: object                      # cedm.evaluate.MetricNet of the labeling's backbone
-    head: object                     # cedm.evaluate.ConditionHead
+    net: object                      # cedm.fd.MetricNet of the labeling's backbone
+    head: object                     # cedm.clusters.assign.ConditionHead
 
     @property
     def original_ids(self) -> np.ndarray:
@@ -41,7 +41,7 @@ class ConditionScorer:
 
     def cluster_proba(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, R, R, 3) -> (N, n_clusters) probabilities over the clustering's own ids."""
-        from cedm.evaluate import extract
+        from cedm.fd import extract
 
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -79,11 +79,12 @@ def _workspace_of(model_dir: Path, info: dict | None = None):
 
 
 def load_scorer(model_dir, info: dict, device=None) -> ConditionScorer:
-    """The scorer of a model's condition labeling: its workspace, then ``cedm.evaluate.condition_head`` (the
+    """The scorer of a model's condition labeling: its workspace, then ``cedm.clusters.assign.condition_head`` (the
     one answer to "which clustering was this trained on": the cached clustering whose compacted labels hash
     to the model's training labels)."""
     from cedm.clusters.labelings import METHODS
-    from cedm.evaluate import backbone_net, condition_head
+    from cedm.clusters.assign import condition_head
+    from cedm.fd import backbone_net
 
     spec = str((info.get("condition") or {}).get("spec") or "")
     if spec.partition(":")[0] not in METHODS:
