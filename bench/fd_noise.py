@@ -30,18 +30,16 @@ from cedm.model.edm import read_model_info  # noqa: E402
 from cedm.sampling.guidance import parse_interval  # noqa: E402
 from cedm.workspace import default_home, open_demo  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from guidance_interval import sampling_arguments  # noqa: E402
+
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=str(ROOT / "checkpoints" / "demo-kmeans20"))
-    ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--w", type=float, default=2.0)
-    ap.add_argument("--steps", type=int, default=12)
+    sampling_arguments(ap)
     ap.add_argument("--settings", default="full;0.3,5", help="';'-separated: 'full' or LO,HI")
     ap.add_argument("--seeds", default="500,1000", help="first seed of each disjoint seed set")
     ap.add_argument("--boot", type=int, default=20, help="bootstrap resamples per set (0: none)")
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fd_noise.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -36,15 +36,20 @@ def rows_per_image(settings) -> int:
     return sum(2 if g.active(s) else 1 for s in settings.sigmas()[:-1])
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def sampling_arguments(ap) -> None:
+    """The sampling setting both this grid and bench/fd_noise.py measure: model, n, w, steps, dtype, threads."""
     ap.add_argument("--model", default=str(ROOT / "checkpoints" / "demo-kmeans20"))
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--w", type=float, default=2.0)
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--grid", default=GRID, help="settings separated by ';': 'full' or LO,HI")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sampling_arguments(ap)
+    ap.add_argument("--grid", default=GRID, help="settings separated by ';': 'full' or LO,HI")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "guidance_interval.json"))
     args = ap.parse_args()
