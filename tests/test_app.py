@@ -600,6 +600,39 @@ def test_generate_endpoint_returns_conditioned_deterministic_images(gen_app):
     assert not all(np.array_equal(a, b) for a, b in zip(first, _gallery_pixels(uncond)))
 
 
+def test_generate_guidance_interval(gen_app):
+    """The Generate tab's interval box: guidance only for sigma in [lo, hi] changes the images (the other steps run
+    the conditional branch alone); blank = the model's default (here every sigma, like 'full'); bad input is a
+    clear error."""
+    url, _, _ = gen_app
+    c = client(url)
+    args = dict(model="tiny-c4", condition="a cluster", cluster=2, guidance=3.0, steps=4, sampler="dpmpp2m", seed=3,
+                n=2, api_name="/generate")
+    full, full_rec = c.predict(**args)  # no interval given: the model's default
+    same, _ = c.predict(**args, interval="full")
+    assert all(np.array_equal(a, b) for a, b in zip(_gallery_pixels(full), _gallery_pixels(same)))
+    assert all("guidance_interval" not in r for r in full_rec)
+    part, rec = c.predict(**args, interval="[1, 50]")
+    assert all(r["guidance_interval"] == [1.0, 50.0] for r in rec)
+    assert not all(np.array_equal(a, b) for a, b in zip(_gallery_pixels(full), _gallery_pixels(part)))
+    again, _ = c.predict(**args, interval=" 1,50 ")
+    assert all(np.array_equal(a, b) for a, b in zip(_gallery_pixels(part), _gallery_pixels(again)))
+    assert "needs LO below HI" in _app_error(c.predict, **args, interval="5, 1")
+    assert "two noise levels" in _app_error(c.predict, **args, interval="high")
+
+
+def test_interval_box_reads_blank_as_the_models_default(model_dirs):
+    from cedm.model.registry import find_model, list_models
+    from cedm.ui.generate_tab import interval_hint, interval_of
+
+    entry = find_model(list_models(None, shipped_dirs=[model_dirs]), "tiny-c4")
+    assert interval_hint(entry).endswith("every noise level")
+    entry.info.sampling["guidance_interval"] = [0.3, 5.0]  # as a model card's default would set it
+    assert interval_hint(entry).endswith("sigma in [0.3, 5]")
+    assert interval_of("  ") is None and interval_of("full") == "full" and interval_of("0, inf") == "full"
+    assert interval_of("(0.3, 5)") == (0.3, 5.0)
+
+
 def test_generate_other_conditions(gen_app):
     url, _, _ = gen_app
     c = client(url)
