@@ -50,8 +50,8 @@ def run(args) -> int:
     ws = open_workspace(args.home, args.workspace)
     _set_threads(args.threads)
     config = config_from_args(TrainConfig, args, **_p_uncond(args))
-    out = train_workspace(ws, args.condition, backbone=args.backbone, name=args.out, preset=config.preset, config=config,
-                          resume=args.resume, device=args.device, spatial=args.spatial,
+    out = train_workspace(ws, args.condition, backbone=args.backbone, name=args.out, preset=config.preset,
+                          config=config, resume=args.resume, device=args.device, spatial=args.spatial,
                           spatial_options={"p_drop_map": args.p_drop_map, "p_drop_class": args.p_drop_class,
                                            "backbone": args.spatial_backbone},
                           self_guidance=_self_guidance(args))
