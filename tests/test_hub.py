@@ -131,7 +131,7 @@ def _record(repo, srv, sha, filename):
 def test_nothing_touches_the_network_when_downloads_are_off(served, clean_env, home, tmp_path, capsys):
     """Downloads not allowed: every route to the weights (features, labels, metrics, the app's start-up) stops
     before the network, and the server sees no request."""
-    from cedm import evaluate as ev
+    from cedm import fd as ev
     from cedm import labels
 
     mp = clean_env
@@ -286,7 +286,7 @@ def test_fid_inception_and_dinov2_download_when_allowed(served, clean_env, tmp_p
     weights come through the same policy, and the metric records name the exact files."""
     import hashlib
 
-    from cedm import evaluate as ev
+    from cedm import fd as ev
     from tests.test_evaluate import _random_fid_inception_state
 
     src = tmp_path / "inception.pth"
