@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+from cedm.clusters.kmeans import KMEANS_METRICS
 from cedm.clusters.labelings import METHODS
 from cedm.commands import add_device, add_workspace
 from cedm.errors import CedmError
@@ -25,7 +26,7 @@ def add_temi(p) -> None:
 
 
 def add_kmeans_metric(p) -> None:
-    p.add_argument("--kmeans-metric", choices=["euclidean", "spherical"], default=None,
+    p.add_argument("--kmeans-metric", choices=KMEANS_METRICS, default=None,
                    help="k-means objective: euclidean on the raw features (default, the paper's) or spherical "
                         "(cosine on L2-normalised features)")
 
