@@ -18,6 +18,7 @@ import threading
 import gradio as gr
 
 from cedm.errors import CedmError
+from cedm.inference import INTERACTIVE_DEFAULTS
 from cedm.model.info import default_guidance_interval
 from cedm.model.registry import ModelEntry, find_model, guidance_note, list_models
 from cedm.sampling import samplers
@@ -30,7 +31,7 @@ log = logging.getLogger("cedm.ui")
 
 CLUSTER, QUERY, FROM_Q, NONE = "a cluster", "the query image's cluster", "drawn from q(c)", "none (unconditional)"
 CONDITIONS = [CLUSTER, QUERY, FROM_Q, NONE]
-SAMPLERS = sorted(samplers.SAMPLERS, key=lambda s: s != "dpmpp2m")  # the registry, fastest first
+SAMPLERS = sorted(samplers.SAMPLERS, key=lambda s: s != INTERACTIVE_DEFAULTS["sampler"])  # the registry, ours first
 MAX_IMAGES = 16
 DEFAULT_GUIDANCE = 2.0
 SWEEP = (0.0, 1.0, 2.0, 4.0, 6.0)
@@ -139,7 +140,7 @@ def first_batch(engine, entry: ModelEntry) -> list:
         if key not in _FIRST:
             w = DEFAULT_GUIDANCE if guidance_note(entry) is None else 1.0
             cond = request_of(entry, FROM_Q if entry.n_conditions else NONE, None, w)
-            images, recs = engine.generate(str(entry.path), FIRST_N, seed=0, steps=12, sampler="dpmpp2m", **cond)
+            images, recs = engine.generate(str(entry.path), FIRST_N, seed=0, **INTERACTIVE_DEFAULTS, **cond)
             _FIRST[key] = captioned(engine, entry, images, recs)
         return _FIRST[key]
 
@@ -299,8 +300,9 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
                 interval = gr.Textbox(label="guide only for sigma in [lo, hi]", placeholder="e.g. 0.3, 5 or full",
                                       info=interval_hint(first[0]) if first else None, elem_id="cedm-gen-interval")
             with gr.Row():
-                sampler = gr.Dropdown(SAMPLERS, value="dpmpp2m", label="sampler", min_width=100)
-                steps = gr.Number(12, precision=0, minimum=1, maximum=200, label="steps", min_width=80)
+                sampler = gr.Dropdown(SAMPLERS, value=INTERACTIVE_DEFAULTS["sampler"], label="sampler",
+                                      min_width=100)
+                steps = gr.Number(INTERACTIVE_DEFAULTS["steps"], precision=0, minimum=1, maximum=200, label="steps", min_width=80)
             with gr.Row():
                 seed = gr.Number(0, precision=0, minimum=0, label="seed", min_width=80)
                 n = gr.Slider(1, MAX_IMAGES, value=8, step=1, label="images")
