@@ -1,4 +1,4 @@
-"""Measuring probe-guided sampling like any model (cedm.evaluate, cedm.fd): FD_EffNetLite0 against the workspace's real
+"""Measuring probe-guided sampling like any model (cedm.fd): FD_EffNetLite0 against the workspace's real
 images, and agreement = the share of samples that the probe labeling's OWN assigner (its k-means centroids or
 TEMI head on the labeling backbone's features) puts in the class they were guided toward. Never the probe
 that guided them: that would grade the guidance with its own classifier.
