@@ -19,7 +19,7 @@ one thread it is the minutes an idle core would take, and it does not depend on 
 the wall time is recorded too. The arms alternate budget by budget, so both see the same load.
 
 Score: FD_EffNetLite0 of ``--n`` unconditional samples (DPM-Solver++(2M), 12 steps, seeds 0..n-1, the same
-noise for every row) against all the upload's images at 32 px (cedm.evaluate's cached real features). The
+noise for every row) against all the upload's images at 32 px (cedm.fd's cached real features). The
 shipped model itself, before any fine-tuning, is the fine-tune arm's 0-minute row. Each row is written to the
 JSON as soon as it is measured; a second run resumes the trainings and skips the rows already measured.
 Models go under ``$CEDM_HOME/bench-finetune`` (never into the repository's checkpoints/).
@@ -79,7 +79,7 @@ def _train_until(ws, arm: str, out_dir: Path, budget_s: float, state: dict) -> d
 
 
 def _score(model_dir: Path, net, real, args) -> tuple[float, float]:
-    from cedm.evaluate import extract, frechet_distance
+    from cedm.fd import extract, frechet_distance
     from cedm.model.edm import load_model
     from cedm.sampling.generate import generate
 
@@ -99,10 +99,11 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "finetune.json"))
     args = p.parse_args(argv)
 
+    import numpy as np
     import torch
 
     from cedm import io
-    from cedm.evaluate import backbone_net, real_features
+    from cedm.fd import backbone_net, frechet_distance, real_features
     from cedm.features.backbones import OFFLINE_BACKBONE
     from cedm.workspace import default_home
 
@@ -120,9 +121,6 @@ def main(argv=None) -> None:
     net = backbone_net(OFFLINE_BACKBONE)
     real = real_features(ws, net, 32)
     state = data.setdefault("spent", {})
-    import numpy as np
-
-    from cedm.evaluate import frechet_distance
     pick = np.random.default_rng(0).choice(len(real), min(args.n, len(real)), replace=False)
     data["floor_FD_EffNetLite0"] = frechet_distance(real[pick], real)  # n real images vs all: the best n can show
 
