@@ -60,7 +60,7 @@ def _workspace(args):
         return import_dataset(args.source, name=args.name, resolution=64)
 
 
-def _train_until(ws, arm: str, out_dir: Path, budget_s: float, state: dict) -> dict:
+def _train_until(ws, arm: str, out_dir: Path, budget_s: float, state: dict, lr: float) -> dict:
     """Train ``arm`` (resuming) until its CPU time reaches ``budget_s``; returns its kimg and times."""
     from cedm.model.train import train_workspace
 
@@ -69,7 +69,7 @@ def _train_until(ws, arm: str, out_dir: Path, budget_s: float, state: dict) -> d
         c0, w0 = time.process_time(), time.perf_counter()
         before = spent["cpu_s"]
         train_workspace(ws, "none", out_dir=out_dir, resume=True, show_progress=False, kimg=KIMG_CAP,
-                        resolution=32, batch=32, lr=1e-3, lr_rampup_kimg=5.0, checkpoint_kimg=KIMG_CAP,
+                        resolution=32, batch=32, lr=lr, lr_rampup_kimg=5.0, checkpoint_kimg=KIMG_CAP,
                         sample_kimg=0, init=str(SHIPPED) if arm == "fine-tune" else None,
                         should_stop=lambda: before + time.process_time() - c0 >= budget_s)
         spent["cpu_s"] = before + time.process_time() - c0
@@ -96,6 +96,8 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", default="3,6,10", help="training budgets, CPU minutes of the training process")
     p.add_argument("--n", type=int, default=500, help="samples per FD")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of both arms (the Train tab's: 1e-3)")
+    p.add_argument("--arms", default="scratch,fine-tune", help="which arms to run")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "finetune.json"))
     args = p.parse_args(argv)
 
@@ -115,7 +117,7 @@ def main(argv=None) -> None:
     data = json.loads(out.read_text()) if out.is_file() else {}
     if data.get("workspace_hash") != ws.content_hash or data.get("n") != args.n:
         data = {"workspace": ws.name, "workspace_hash": ws.content_hash, "n_images": ws.n, "n": args.n,
-                "source": args.source, "shipped": "checkpoints/demo-uncond", "rows": []}
+                "lr": args.lr, "source": args.source, "shipped": "checkpoints/demo-uncond", "rows": []}
     data["machine"] = _machine(args.threads)
     done = {(r["arm"], r["minutes"]) for r in data["rows"]}
     net = backbone_net(OFFLINE_BACKBONE)
@@ -137,10 +139,10 @@ def main(argv=None) -> None:
                 "FD_EffNetLite0": fd, "eval_s": round(s, 1)})
     for m in budgets:
         for arm in ("scratch", "fine-tune"):
-            if (arm, m) in done:
+            if (arm, m) in done or arm not in args.arms.split(","):
                 continue
-            folder = home / arm.replace("-", "")
-            got = _train_until(ws, arm, folder, m * 60, state)
+            folder = home / (arm.replace("-", "") + ("" if args.lr == 1e-3 else f"-lr{args.lr:g}"))
+            got = _train_until(ws, arm, folder, m * 60, state, args.lr)
             fd, s = _score(folder, net, real, args)
             record({"arm": arm, "minutes": m, **{k: round(v, 2) for k, v in got.items()},
                     "FD_EffNetLite0": fd, "eval_s": round(s, 1)})
