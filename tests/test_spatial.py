@@ -248,3 +248,24 @@ def test_guidance_on_the_layout_alone_or_the_cluster_within_it(trained, tmp_path
         generate_with_layout(no_branch, maps, 1, clusters=0, guidance=Guidance(2.0, kind="layout"), steps=2)
     with pytest.raises(CedmError, match="needs a layout"):
         generate(sp, 1, clusters=0, guidance=Guidance(2.0, kind="layout"), steps=2)
+
+
+def test_a_spatial_model_starts_from_an_image_level_one(trained, tmp_path):
+    """--init of a spatial model from an image-level model of the same preset: every weight carried, the map's
+    input channels start at zero, so the new model denoises exactly like the old one whatever the layout."""
+    from cedm.model.edm import CEDM
+    from cedm.model.train import init_weights
+
+    src = load_model(trained[1])
+    net = CEDM.from_preset("tiny", 8, 1, spatial_channels=3).eval()
+    found = init_weights(net, trained[1])
+    assert found["zero_input_channels"] == 3 and found["class_rows"] == "all"
+    w = net.unet.conv_in.weight
+    assert not w[:, 3:].any() and torch.equal(w[:, :3], src.unet.conv_in.weight)
+    x, sigma, labels = torch.randn(2, 3, 8, 8), torch.tensor(0.7), torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        want = src(x, sigma, labels)
+        for maps in (None, torch.randn(2, 3, 8, 8)):
+            assert torch.allclose(net(x, sigma, labels, spatial=maps), want, atol=1e-5)
+    with pytest.raises(CedmError, match="network differs"):  # fewer input channels than the source: refused
+        init_weights(CEDM.from_preset("tiny", 8, 1), trained[0])
