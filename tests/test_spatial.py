@@ -269,3 +269,38 @@ def test_a_spatial_model_starts_from_an_image_level_one(trained, tmp_path):
             assert torch.allclose(net(x, sigma, labels, spatial=maps), want, atol=1e-5)
     with pytest.raises(CedmError, match="network differs"):  # fewer input channels than the source: refused
         init_weights(CEDM.from_preset("tiny", 8, 1), trained[0])
+
+
+def test_eval_reports_layout_iou_over_the_workspace_layouts(home, tmp_path):
+    """cedm eval --layout-iou: a spatial model and an image-level baseline sampled under the same workspace
+    self-boxes; the real images of those rows, annotated the same way at the same resolution, give IoU 1."""
+    from cedm.workspace import create_from_array
+
+    rng = np.random.default_rng(2)
+    imgs = np.full((10, 16, 16, 3), 255, np.uint8)
+    for i in range(10):
+        x, y = rng.integers(0, 9, 2)
+        imgs[i, y:y + 7, x:x + 7] = rng.integers(0, 200, 3)
+    create_from_array(home, "ev", imgs)
+    common = ["--condition", "kmeans:2", "--backbone", "efficientnet_lite0", "--preset", "tiny", "--kimg", "0.008",
+              "--batch", "4", "--sample-kimg", "0", "--device", "cpu"]
+    assert main(["train", "ev", *common, "--spatial", "box", "--p-drop-class", "0.2", "--out", "box"]) == 0
+    assert main(["train", "ev", *common, "--out", "img"]) == 0
+    out = tmp_path / "layout.json"
+    assert main(["eval", "box", "img", "--workspace", "ev", "--layout-iou", "box", "--n", "4", "--steps", "2",
+                 "--sampler", "euler", "--guidance", "2", "--device", "cpu", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["rows"] == [0, 3, 6, 9]
+    box, img, real = res["results"]
+    assert (box["model_name"], box["spatial_model"], img["model_name"], img["spatial_model"]) == \
+        ("box", True, "img", False)
+    for r in (box, img):
+        assert len(r["per_image"]) == 4 and 0 <= r["layout_iou"] <= 1 and r["FD_EffNetLite0"] > 0
+        assert r["guidance"] == 2 and r["annotator"] == "efficientnet_lite0"
+    assert real["layout_iou"] == 1.0 and real["per_image"] == [1.0] * 4  # same annotator, same images
+    # refused: a layout kind the spatial model does not take; several guidance values
+    assert main(["eval", "box", "--workspace", "ev", "--layout-iou", "segments:2", "--n", "2",
+                 "--device", "cpu"]) == 2
+    assert main(["eval", "box", "--workspace", "ev", "--layout-iou", "box", "--guidance", "1,2", "--n", "2",
+                 "--device", "cpu"]) == 2
+    assert main(["eval", "img", "--workspace", "ev", "--layout-iou", "box", "--n", "2", "--device", "cpu"]) == 2
