@@ -304,3 +304,50 @@ def test_eval_reports_layout_iou_over_the_workspace_layouts(home, tmp_path):
     assert main(["eval", "box", "--workspace", "ev", "--layout-iou", "box", "--guidance", "1,2", "--n", "2",
                  "--device", "cpu"]) == 2
     assert main(["eval", "img", "--workspace", "ev", "--layout-iou", "box", "--n", "2", "--device", "cpu"]) == 2
+
+
+def test_same_noise_comparison_of_the_three_guidance_kinds(trained):
+    """compare_guidance: the rows image-level / layout only / layout + cluster share seeds; the layout rows put
+    the square in the box far more than the image-level row (exact annotator: the dark pixels' bounding box)."""
+    from cedm.model.spatial import COMPARISON, compare_guidance, layout_of_maps
+
+    def dark_box(images):
+        out = []
+        for im in images:
+            ys, xs = np.nonzero(im.mean(-1) < 128)
+            out.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 8, 8])
+        return np.array(out)
+
+    sp = load_model(trained[0])
+    maps = encode_boxes([[4, 4, 8, 8]], 8, 8)
+    assert layout_of_maps(maps).tolist() == [[4, 4, 8, 8]]
+    calls = []
+    rows = compare_guidance(sp, maps, 0, n=8, guidance=2.0, annotate=dark_box, steps=6, sampler="dpmpp2m", seed=3,
+                            progress=lambda d, t, desc: calls.append((d, t)))
+    assert [r["name"] for r in rows] == [name for name, _ in COMPARISON]
+    assert all(len(r["iou"]) == 8 and r["images"].shape == (8, 8, 8, 3) for r in rows)
+    assert [r["records"][0]["seed"] for r in rows] == [3, 3, 3]
+    assert rows[1]["records"][0]["condition"] is None and rows[2]["records"][0]["condition"] == 0
+    image_level, layout_only, both = (_dark_inside(r["images"], (4, 4, 8, 8)).mean() for r in rows)
+    assert min(layout_only, both) > image_level + 0.2, (image_level, layout_only, both)
+    assert calls[-1][0] == calls[-1][1]  # progress reaches the end of the three rows
+    no_branch = load_model(trained[0])
+    no_branch.info["spatial"]["p_drop_class"] = 0.0
+    rows = compare_guidance(no_branch, maps, 0, n=2, guidance=2.0, steps=2, sampler="euler")
+    assert rows[1]["images"] is None and "p-drop-class" in rows[1]["note"] and rows[2]["iou"] is None
+    with pytest.raises(CedmError, match="one layout map"):
+        compare_guidance(sp, maps.repeat(2, 1, 1, 1), 0, n=2, steps=2)
+
+
+def test_painted_colours_become_segment_ids():
+    from cedm.annotate.overlay import colour_segments, ids_from_colours
+
+    ids = np.array([[0, 1, 2], [2, 2, 0]], np.uint8)
+    pic = colour_segments(ids, 3)[0].astype(np.int16)
+    noisy = np.clip(pic + np.random.default_rng(0).integers(-12, 13, pic.shape), 0, 255).astype(np.uint8)
+    assert np.array_equal(ids_from_colours(noisy, 3), ids)
+    rgba = np.concatenate([pic.astype(np.uint8), np.full(ids.shape + (1,), 255, np.uint8)], -1)
+    rgba[0, 1, 3] = 0  # transparent: background
+    assert ids_from_colours(rgba, 3)[0, 1] == 0
+    with pytest.raises(CedmError, match="painted layout"):
+        ids_from_colours(np.zeros((3, 3)), 3)
