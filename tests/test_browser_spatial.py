@@ -30,10 +30,12 @@ def make_spatial_models(root):
     cond = {"spec": "kmeans:2", "q": [0.5, 0.5]}
     spatial = {"kind": "box", "n_segments": None, "channels": 1, "p_drop_map": 0.0, "p_drop_class": 0.2,
                "backbone": "efficientnet_lite0", "spec": "box"}
-    for i, (name, channels) in enumerate((("tiny-box", 1), ("tiny-image", 0))):
+    segments = {**spatial, "kind": "segments", "n_segments": 3, "channels": 3, "spec": "segments:3"}
+    for i, (name, channels, sp) in enumerate((("tiny-box", 1, spatial), ("tiny-image", 0, None),
+                                              ("tiny-seg", 3, segments))):
         with torch.random.fork_rng():
             torch.manual_seed(i)
-            info = {"p_uncond": 0.2, "condition": cond, **({"spatial": spatial} if channels else {})}
+            info = {"p_uncond": 0.2, "condition": cond, **({"spatial": sp} if sp else {})}
             m = CEDM.from_preset("tiny", 16, 2, info=info, spatial_channels=channels)
         save_model(root / name, m)
     return root
@@ -145,5 +147,39 @@ def test_layouts_tab_computes_and_draws_self_boxes_and_a_click_sets_the_layout(s
     _choose_model(page, "tiny-box")
     page.locator("#cedm-layout-compare").wait_for()
     page.wait_for_function("() => document.querySelector('#cedm-layout-row input').value === '3'")
+    assert page.locator("#cedm-layout-row").is_visible() and not page.locator("#cedm-layout-x0").is_visible()
     assert errors == []
     assert np.asarray(boxes).shape == (ws.n, 4)
+
+
+def test_an_uploaded_mask_reaches_the_layout_of_a_segments_model(spatial_app, page_, monkeypatch, tmp_path):
+    from PIL import Image
+
+    from cedm.model import spatial
+
+    seen = []
+    real = spatial.layout_maps
+
+    def spy(model, layout, *a, **kw):
+        maps, desc = real(model, layout, *a, **kw)
+        seen.append(maps.argmax(1)[0].numpy())
+        return maps, desc
+
+    monkeypatch.setattr(spatial, "layout_maps", spy)
+    ids = np.zeros((16, 16), np.uint8)
+    ids[:, 8:] = 1
+    ids[12:] = 2
+    Image.fromarray(ids).save(tmp_path / "layout.png")
+    url, _, _ = spatial_app
+    page, errors = page_
+    page.goto(url)
+    page.get_by_role("tab", name="Generate").click()
+    _choose_model(page, "tiny-seg")
+    page.locator("#cedm-layout-compare").wait_for()
+    page.get_by_label("a mask PNG (pixel = segment id)").check()
+    page.locator("#cedm-layout-mask input[type=file]").set_input_files(str(tmp_path / "layout.png"))
+    page.locator("#cedm-layout-mask", has_text="layout").first.wait_for()
+    page.locator("#cedm-layout-show").click()
+    page.locator("#cedm-layout-preview img").wait_for()
+    assert len(seen) == 1 and np.array_equal(seen[0], ids)
+    assert errors == []

@@ -154,18 +154,19 @@ def build_generate(ctx: AppContext, workspace: gr.Dropdown, gen, shipped_dirs=No
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
                 source = gr.Radio(SOURCES, value=BOX, label="layout from", elem_id="cedm-layout-source")
-                with gr.Row():
-                    x0 = gr.Slider(0, 64, value=0, step=1, label="x0", elem_id="cedm-layout-x0")
-                    y0 = gr.Slider(0, 64, value=0, step=1, label="y0", elem_id="cedm-layout-y0")
-                with gr.Row():
-                    x1 = gr.Slider(0, 64, value=32, step=1, label="x1", elem_id="cedm-layout-x1")
-                    y1 = gr.Slider(0, 64, value=32, step=1, label="y1", elem_id="cedm-layout-y1")
+                with gr.Column(visible=True) as box_col:
+                    with gr.Row():
+                        x0 = gr.Slider(0, 64, value=0, step=1, label="x0", elem_id="cedm-layout-x0")
+                        y0 = gr.Slider(0, 64, value=0, step=1, label="y0", elem_id="cedm-layout-y0")
+                    with gr.Row():
+                        x1 = gr.Slider(0, 64, value=32, step=1, label="x1", elem_id="cedm-layout-x1")
+                        y1 = gr.Slider(0, 64, value=32, step=1, label="y1", elem_id="cedm-layout-y1")
                 row = gr.Number(0, precision=0, minimum=0, label="workspace image row (or click one in the "
-                                "Layouts tab)", elem_id="cedm-layout-row")
+                                "Layouts tab)", elem_id="cedm-layout-row", visible=False)
                 upload = gr.Image(type="numpy", image_mode="RGB", sources=["upload", "clipboard"],
-                                  label="image", height=160, elem_id="cedm-layout-image")
+                                  label="image", height=160, elem_id="cedm-layout-image", visible=False)
                 mask = gr.File(file_types=[".png"], type="filepath", label="mask PNG (pixel value = segment id)",
-                               elem_id="cedm-layout-mask")
+                               elem_id="cedm-layout-mask", visible=False)
                 paint = gr.ImageEditor(type="numpy", format="png", image_mode="RGB", sources=[], layers=False,
                                        canvas_size=(CANVAS, CANVAS), fixed_canvas=True, transforms=[],
                                        brush=gr.Brush(colors=["#000000"], color_mode="fixed"),
@@ -227,7 +228,10 @@ def build_generate(ctx: AppContext, workspace: gr.Dropdown, gen, shipped_dirs=No
             sp = model.info.get("spatial") or {}
             if sp.get("kind") != "segments":
                 raise CedmError("painted segments are a layout for a segments model; use a box for this model")
-            return ids_from_colours(pic, int(sp["n_segments"]))
+            ids = ids_from_colours(pic, int(sp["n_segments"]))
+            if not ids.any():
+                raise CedmError("the painted layout is all background (colour 0): paint segments with the brush")
+            return ids
         raise CedmError(f"unknown layout source {src!r}")
 
     def maps_of(model_name, workspace_name, src, bx0, by0, bx1, by1, row_no, image, mask_path, painted, request):
@@ -251,10 +255,10 @@ def build_generate(ctx: AppContext, workspace: gr.Dropdown, gen, shipped_dirs=No
             from cedm.annotate.overlay import segment_palette
             S = int(sp["n_segments"])
             pal = [_hex(c) for c in segment_palette(S)]
-            paint_upd = gr.ImageEditor(visible=True, value=_blank_canvas(S),
+            paint_upd = gr.ImageEditor(value=_blank_canvas(S),
                                        brush=gr.Brush(colors=pal, default_color=pal[1 % S], color_mode="fixed"))
         else:
-            paint_upd = gr.ImageEditor(visible=False)
+            paint_upd = gr.ImageEditor()
         return (gr.Group(visible=bool(sp)), *sl, paint_upd)
 
     @guarded
@@ -286,6 +290,12 @@ def build_generate(ctx: AppContext, workspace: gr.Dropdown, gen, shipped_dirs=No
         recs = [{**r, **desc, "model": entry.name} for row in rows for r in row["records"]]
         return (gr.Gallery(value=items, columns=cols), table, recs, views.layout_picture(maps, size=PREVIEW))
 
+    def on_source(src):
+        """Only the chosen source's inputs are shown."""
+        return tuple(gr.update(visible=src == k) for k in (BOX, ROW, UPLOAD, MASK, PAINT))
+
+    source.change(on_source, [source], [box_col, row, upload, mask, paint], api_visibility="private",
+                  show_progress="hidden", queue=False)
     inputs = [gen.model, workspace, source, x0, y0, x1, y1, row, upload, mask, paint]
     show.click(show_layout, inputs, [preview, records], api_visibility="private")
     compare.click(run_compare, inputs + [c["cluster"], c["guidance"], c["steps"], c["sampler"], c["seed"], n_compare],
