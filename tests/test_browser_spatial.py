@@ -10,7 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from tests.browser_util import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, running_app
+from tests.browser_util import ARTIFACTS, CHROMIUM, running_app
+from tests.test_browser import browser_page  # noqa: F401  (the Chromium page fixture)
 
 pytestmark = [
     pytest.mark.browser,
@@ -49,28 +50,24 @@ def spatial_app(tmp_path_factory):
 
 
 @pytest.fixture
-def page_(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM),
-                                                    headless=True, args=CHROMIUM_ARGS,
-                                                    viewport={"width": 1400, "height": 1000})
-        page = ctx.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-        try:
-            yield page, errors
-        finally:
-            ctx.close()
+def page_(browser_page):  # noqa: F811
+    page, errors = browser_page
+    page.set_default_timeout(TIMEOUT_MS)
+    return page, errors
 
 
 def _set_slider(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+
+
+def _wait_loaded(page) -> None:
+    """The page's load events are done (the layout group's sliders got the 16 px models' range), so that none
+    of them lands after the test's own changes."""
+    page.wait_for_function("() => document.querySelector('#cedm-layout-x1 input[type=range]')?.max === '16'")
+    page.wait_for_function(
+        "() => (document.querySelector('#cedm-gen-cluster input') || {}).value?.startsWith('cluster')")
 
 
 def _choose_model(page, name: str) -> None:
@@ -93,6 +90,7 @@ def test_a_drawn_box_reaches_the_sampler_and_the_comparison_shows_ious(spatial_a
     page, errors = page_
     page.goto(url)
     page.get_by_role("tab", name="Generate").click()
+    _wait_loaded(page)
     _choose_model(page, "tiny-image")
     page.locator("#cedm-layout-compare").wait_for(state="hidden")  # an image-level model takes no layout
     _choose_model(page, "tiny-box")
@@ -174,6 +172,7 @@ def test_an_uploaded_mask_reaches_the_layout_of_a_segments_model(spatial_app, pa
     page, errors = page_
     page.goto(url)
     page.get_by_role("tab", name="Generate").click()
+    _wait_loaded(page)
     _choose_model(page, "tiny-seg")
     page.locator("#cedm-layout-compare").wait_for()
     page.get_by_label("a mask PNG (pixel = segment id)").check()

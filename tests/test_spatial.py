@@ -47,6 +47,15 @@ def _dark_inside(images, box):
     return d[:, y0:y1, x0:x1].sum((1, 2)) / np.maximum(d.sum((1, 2)), 1e-9)
 
 
+def _dark_box(images):
+    """An exact annotator for dark squares on white: the dark pixels' bounding box."""
+    out = []
+    for im in images:
+        ys, xs = np.nonzero(im.mean(-1) < 128)
+        out.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 8, 8])
+    return np.array(out)
+
+
 def _spy_on(model) -> list:
     """Record (labels, map) of every network call of ``model``."""
     seen = []
@@ -199,16 +208,9 @@ def test_workspace_train_and_sample_with_self_annotations(home, tmp_path):
 def test_layout_fidelity_ranks_the_spatial_model_first(trained):
     from cedm.model.spatial import layout_fidelity
 
-    def dark_box(images):  # an exact annotator for dark squares on white
-        out = []
-        for im in images:
-            ys, xs = np.nonzero(im.mean(-1) < 128)
-            out.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 8, 8])
-        return np.array(out)
-
     _, boxes = _squares(8, seed=5)
     models = {"spatial": load_model(trained[0]), "image": load_model(trained[1])}
-    res = layout_fidelity(models, "box", boxes, [0] * 8, dark_box, steps=8, sampler="dpmpp2m", seed=0)
+    res = layout_fidelity(models, "box", boxes, [0] * 8, _dark_box, steps=8, sampler="dpmpp2m", seed=0)
     assert len(res["spatial"]["per_image"]) == 8
     assert res["spatial"]["iou"] > res["image"]["iou"] + 0.15, res
 
@@ -311,18 +313,11 @@ def test_same_noise_comparison_of_the_three_guidance_kinds(trained):
     the square in the box far more than the image-level row (exact annotator: the dark pixels' bounding box)."""
     from cedm.model.spatial import COMPARISON, compare_guidance, layout_of_maps
 
-    def dark_box(images):
-        out = []
-        for im in images:
-            ys, xs = np.nonzero(im.mean(-1) < 128)
-            out.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 8, 8])
-        return np.array(out)
-
     sp = load_model(trained[0])
     maps = encode_boxes([[4, 4, 8, 8]], 8, 8)
     assert layout_of_maps(maps).tolist() == [[4, 4, 8, 8]]
     calls = []
-    rows = compare_guidance(sp, maps, 0, n=8, guidance=2.0, annotate=dark_box, steps=6, sampler="dpmpp2m", seed=3,
+    rows = compare_guidance(sp, maps, 0, n=8, guidance=2.0, annotate=_dark_box, steps=6, sampler="dpmpp2m", seed=3,
                             progress=lambda d, t, desc: calls.append((d, t)))
     assert [r["name"] for r in rows] == [name for name, _ in COMPARISON]
     assert all(len(r["iou"]) == 8 and r["images"].shape == (8, 8, 8, 3) for r in rows)

@@ -216,30 +216,18 @@ def _run_probe(args, models, weights) -> int:
 
 def _run_layout(args, models, guidance) -> int:
     """--layout-iou: cedm.model.spatial_eval on one workspace (the models' own, or --workspace)."""
-    from tqdm import tqdm
-
     from cedm import io
     from cedm.model.spatial_eval import evaluate_layouts, format_layout_table
+    from cedm.progress import tqdm_progress
 
     if len(guidance) != 1:
         raise CedmError("--layout-iou takes one --guidance value")
     if len({ws.content_hash for _, ws in models}) != 1:
         raise CedmError("--layout-iou compares models on one workspace's layouts: pass --workspace")
-    bar = tqdm(total=1, unit="step", desc="layout IoU", dynamic_ncols=True)
-
-    def progress(done, total, desc):
-        if total != bar.total or done < bar.n:
-            bar.reset(total=total)
-        bar.n = done
-        bar.set_description_str(desc[:60], refresh=True)
-
-    try:
+    with tqdm_progress("layout IoU") as progress:
         out = evaluate_layouts([m for m, _ in models], models[0][1], args.layout_iou, args.layout_backbone,
                                n=args.n, seed=args.seed, guidance=guidance[0], sampler=args.sampler,
-                               steps=args.steps, batch_size=args.batch, fd=True,
-                               device=args.device, progress=progress)
-    finally:
-        bar.close()
+                               steps=args.steps, batch_size=args.batch, device=args.device, progress=progress)
     print(format_layout_table(out["results"]))
     for m in out["notes"]:
         print(f"note: {m}")

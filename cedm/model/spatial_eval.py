@@ -92,7 +92,7 @@ def evaluate_layouts(model_dirs, ws, spatial: str, backbone: str | None = None, 
     annotate = store.load_annotator(ws, spatial, backbone, device=dev)
     step = max(1, int(batch_size))
 
-    metric_net = real = None
+    metric_net = None
     if fd:
         from cedm.evaluate import backbone_net
         metric_net = backbone_net(device=dev)
@@ -120,13 +120,14 @@ def evaluate_layouts(model_dirs, ws, spatial: str, backbone: str | None = None, 
         images = np.empty((n, r, r, 3), np.uint8)
         for s in range(0, n, step):
             e = min(n, s + step)
-            kw = dict(steps=steps, sampler=sampler, seed=seed + s, guidance=w)
+            kw = {"steps": steps, "sampler": sampler, "seed": seed + s, "guidance": w}
             if clusters is None:
                 kw["uncond"] = True
             else:
                 kw["clusters"] = [int(c) for c in clusters[s:e]]
             if progress:
-                kw["progress"] = lambda i, t, desc, s=s: progress(s * t + i * (e - s), n * t, f"{d.name}: {desc}")
+                kw["progress"] = lambda i, t, desc, s=s, e=e, name=d.name: progress(s * t + i * (e - s), n * t,
+                                                                                   f"{name}: {desc}")
             if is_spatial:
                 images[s:e] = generate_with_layout(model, maps[s:e].to(dev), e - s, **kw)[0]
             else:

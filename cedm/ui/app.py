@@ -51,7 +51,7 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
                 train = train_tab.build(ctx, data.workspace, clusters.clustering, clusters.backbone)
             with gr.Tab("Generate", id="generate"):
                 gen = generate_tab.build(ctx, data.workspace, condition, shipped_dirs=model_dirs)
-                layout = layout_tab.build_generate(ctx, data.workspace, gen, shipped_dirs=model_dirs)
+                layout = layout_tab.build_generate(ctx, data.workspace, gen)
             with gr.Tab("Layouts", id="layouts"):  # self-boxes / self-segments over the images (seed 003)
                 annotations = layout_tab.build_annotations(ctx, data.workspace)
             with gr.Tab("Adapt", id="adapt"):  # "more like these": a probe on a trained model (seed 004)

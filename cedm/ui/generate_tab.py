@@ -451,6 +451,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
     tab = GenerateTab(on_model=on_model, model=model, init_outputs=[cluster, mode, guidance, guidance_info],
                       on_open=on_open, open_outputs=[gallery, records], on_workspace=on_workspace)
     tab.controls = dict(cluster=cluster, guidance=guidance, steps=steps, sampler=sampler, seed=seed, n=n)  # layout_tab
+    tab.entry_of = entry_of
     return tab
 
 

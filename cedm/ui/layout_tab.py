@@ -31,7 +31,7 @@ PREVIEW = 128
 
 
 def _hex(rgb) -> str:
-    return "#%02x%02x%02x" % tuple(int(v) for v in rgb)
+    return "#" + "".join(f"{int(v):02x}" for v in rgb)
 
 
 def _blank_canvas(n_segments: int) -> dict:
@@ -143,10 +143,8 @@ class AnnotationsTab:
 
 
 # --- the Generate tab's layout group ----------------------------------------------------------------------
-def build_generate(ctx: AppContext, workspace: gr.Dropdown, gen, shipped_dirs=None) -> "LayoutGroup":
+def build_generate(ctx: AppContext, workspace: gr.Dropdown, gen) -> "LayoutGroup":
     """The layout group under the Generate tab's controls (``gen``: its GenerateTab), shown for spatial models."""
-    from cedm.model.registry import find_model, list_models
-
     c = gen.controls
     with gr.Group(visible=False, elem_id="cedm-layout") as group:
         gr.Markdown("### Generate from a layout\nThis model is spatial: it takes a layout (where things go) as "
@@ -186,14 +184,7 @@ def build_generate(ctx: AppContext, workspace: gr.Dropdown, gen, shipped_dirs=No
                 with gr.Accordion("Records", open=False):
                     records = gr.JSON(label="records", max_height=260)
 
-    def entry_of(model_name, workspace_name, request):
-        ws = None
-        if workspace_name:
-            try:
-                ws = ctx.open(workspace_name, request)
-            except CedmError:
-                ws = None
-        return find_model(list_models(ws, shipped_dirs=shipped_dirs), model_name)
+    entry_of = gen.entry_of  # (model name, workspace name, request) -> ModelEntry
 
     def loaded(entry):
         from cedm.inference import get_engine
