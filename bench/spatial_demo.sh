@@ -21,7 +21,7 @@ if [[ $what == train || $what == all ]]; then
       --p-drop-class 0.1 --out "box-ft$KIMG"
 fi
 if [[ $what == eval || $what == all ]]; then
-  python -m cedm eval "box-ft$KIMG" "img-ft$KIMG" demo-kmeans20 demo-uncond --workspace demo --n "$N" \
-      --guidance 2 --steps 18 --sampler heun --layout-iou box --json "$CEDM_HOME/logs/spatial_demo_eval.json" \
+  python -m cedm eval "box-ft$KIMG" "img-ft$KIMG" checkpoints/demo-kmeans20 checkpoints/demo-uncond --workspace demo --n "$N" \
+      --guidance 2 --steps 12 --sampler dpmpp2m --layout-iou box --json "$CEDM_HOME/logs/spatial_demo_eval.json" \
       --threads 1
 fi
