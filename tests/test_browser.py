@@ -23,7 +23,7 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
     pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
 ]
-TIMEOUT_MS = 60_000  # generous: CI machines may be busy
+TIMEOUT_MS = 180_000  # generous: a CI machine may be busy (a 60 s wait for a 5 s training failed once)
 
 
 @pytest.fixture(scope="module")
