@@ -18,7 +18,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
     pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
 ]
-TIMEOUT_MS = 120_000  # generous: the annotator (EfficientNet-Lite0) runs on a busy CPU
 
 
 def make_spatial_models(root):
@@ -50,10 +49,8 @@ def spatial_app(tmp_path_factory):
 
 
 @pytest.fixture
-def page_(browser_page):  # noqa: F811
-    page, errors = browser_page
-    page.set_default_timeout(TIMEOUT_MS)
-    return page, errors
+def page_(browser_page):  # noqa: F811  (test_browser's Chromium page, its generous default wait)
+    return browser_page
 
 
 def _set_slider(page, elem_id: str, value: int) -> None:
