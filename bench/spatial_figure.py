@@ -19,7 +19,12 @@ def main() -> None:
     from cedm.annotate.metrics import layout_iou
     from cedm.annotate.overlay import draw_boxes
     from cedm.model.edm import load_model
-    from cedm.model.spatial import encode_boxes, generate_with_layout, layout_of_maps, model_annotator
+    from cedm.model.spatial import (
+        encode_boxes,
+        generate_with_layout,
+        layout_of_maps,
+        model_annotator,
+    )
     from cedm.model.spatial_eval import _model_clusters
     from cedm.sampling.generate import generate
     from cedm.workspace import REPO_ROOT, open_workspace
