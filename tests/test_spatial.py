@@ -306,6 +306,13 @@ def test_eval_reports_layout_iou_over_the_workspace_layouts(home, tmp_path):
     assert main(["eval", "box", "--workspace", "ev", "--layout-iou", "box", "--guidance", "1,2", "--n", "2",
                  "--device", "cpu"]) == 2
     assert main(["eval", "img", "--workspace", "ev", "--layout-iou", "box", "--n", "2", "--device", "cpu"]) == 2
+    # segments: the workspace's own centroids annotate the samples; the real images again give mIoU 1
+    assert main(["train", "ev", *common, "--spatial", "segments:2", "--out", "seg"]) == 0
+    assert main(["eval", "seg", "--workspace", "ev", "--layout-iou", "segments:2", "--n", "2", "--steps", "2",
+                 "--sampler", "euler", "--device", "cpu", "--json", str(out)]) == 0
+    seg, real = json.loads(out.read_text())["results"]
+    assert seg["spatial_model"] and seg["layout"] == "segments:2" and 0 <= seg["layout_iou"] <= 1
+    assert real["per_image"] == [1.0, 1.0]
 
 
 def test_same_noise_comparison_of_the_three_guidance_kinds(trained):
