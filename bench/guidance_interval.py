@@ -3,7 +3,7 @@
 For each setting of a small grid (full-range guidance, and guidance only for sigma in [lo, hi]), ``--n``
 images with the same seeds and the same conditions (drawn from q(c)) are sampled through the inference engine
 (DPM-Solver++(2M), 12 steps, w = 2, the engine's dtype) and compared with all real images of the model's
-workspace: FD_EffNetLite0 (cedm.evaluate), MSP and agreement of the condition classifier, and the network rows
+workspace: FD_EffNetLite0 (cedm.fd), MSP and agreement of the condition classifier, and the network rows
 per image (guided steps cost 2, the others 1). Prints a table and writes bench/results/guidance_interval.json.
 
     python bench/guidance_interval.py [--model checkpoints/demo-kmeans20] [--n 500] [--grid "full;0.3,5;..."]
@@ -20,8 +20,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from cedm.evaluate import (backbone_net, condition_head, extract, frechet_distance, noise_floor,  # noqa: E402
-                           real_features, sample_confidence)
+from cedm.clusters.assign import condition_head, sample_confidence  # noqa: E402
+from cedm.fd import backbone_net, extract, frechet_distance, noise_floor, real_features  # noqa: E402
 from cedm.inference import InferenceEngine  # noqa: E402
 from cedm.model.edm import read_model_info  # noqa: E402
 from cedm.sampling.core import make_settings  # noqa: E402
@@ -36,15 +36,20 @@ def rows_per_image(settings) -> int:
     return sum(2 if g.active(s) else 1 for s in settings.sigmas()[:-1])
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def sampling_arguments(ap) -> None:
+    """The sampling setting both this grid and bench/fd_noise.py measure: model, n, w, steps, dtype, threads."""
     ap.add_argument("--model", default=str(ROOT / "checkpoints" / "demo-kmeans20"))
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--w", type=float, default=2.0)
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--grid", default=GRID, help="settings separated by ';': 'full' or LO,HI")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sampling_arguments(ap)
+    ap.add_argument("--grid", default=GRID, help="settings separated by ';': 'full' or LO,HI")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "guidance_interval.json"))
     args = ap.parse_args()

@@ -48,16 +48,10 @@ def _write(out: Path, data: dict) -> None:
 def compare(args) -> None:
     import torch
 
-    from cedm.evaluate import (
-        backbone_net,
-        extract,
-        frechet_distance,
-        real_features,
-        sample_confidence,
-    )
+    from cedm.clusters.assign import labeling_head, sample_confidence
+    from cedm.fd import backbone_net, extract, frechet_distance, real_features
     from cedm.features.backbones import OFFLINE_BACKBONE
     from cedm.model.edm import load_model, read_model_info
-    from cedm.probes.evaluate import labeling_head
     from cedm.probes.probe import ProbeSettings, get_probe
     from cedm.probes.sample import generate_with_probe
     from cedm.sampling.generate import generate
@@ -117,7 +111,7 @@ def fewshot(args) -> None:
     import torch
 
     from cedm.clusters.labelings import save_rows
-    from cedm.evaluate import backbone_net, extract, real_features
+    from cedm.fd import backbone_net, extract, real_features
     from cedm.features.backbones import OFFLINE_BACKBONE
     from cedm.model.edm import load_model
     from cedm.probes.probe import ProbeSettings, get_probe

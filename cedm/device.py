@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from cedm.errors import CedmError
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # training precision / engine dtype names; auto = the device's best
+
 
 def resolve_device(name: str | None = None):
     """Return a torch.device for ``name`` ('auto'/None, 'cpu', 'cuda', 'cuda:1', 'mps')."""

@@ -1,9 +1,7 @@
 """The app in-process, driven through its public API with gradio_client, plus its per-visitor areas."""
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import time
 import zipfile
 from types import SimpleNamespace
@@ -13,9 +11,6 @@ import pytest
 
 from tests.browser_util import COLOURS, DEMO_CLASSES, DEMO_N, client, demo_tree_snapshot, make_stand_in_demo, \
     make_tiny_models, make_zip, png_bytes, running_app, session_workspaces
-
-HAS_IMPORTER = importlib.util.find_spec("cedm.dataset.importers") is not None
-needs_importer = pytest.mark.skipif(not HAS_IMPORTER, reason="cedm.dataset.importers is not in this tree yet")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +38,6 @@ def test_only_working_actions_are_public(app):
     assert api["unnamed_endpoints"] == {}
 
 
-@needs_importer
 def test_import_zip_through_the_api(app, tmp_path):
     url, _, home = app
     from gradio_client import handle_file
@@ -68,7 +62,6 @@ def test_import_zip_through_the_api(app, tmp_path):
     np.testing.assert_allclose(means, expect, atol=2)
 
 
-@needs_importer
 def test_several_image_files_become_one_workspace(app, tmp_path):
     url, _, home = app
     from gradio_client import handle_file
@@ -85,7 +78,6 @@ def test_several_image_files_become_one_workspace(app, tmp_path):
     assert list(area.glob("uploads/*")) == []
 
 
-@needs_importer
 def test_bad_upload_gives_a_readable_error_and_leaves_nothing(app, tmp_path):
     url, _, home = app
     from gradio_client import handle_file
@@ -102,7 +94,6 @@ def test_bad_upload_gives_a_readable_error_and_leaves_nothing(app, tmp_path):
     assert "choose" in _app_error(c.predict, [], "", 64, None, api_name="/import_dataset")
 
 
-@needs_importer
 def test_visitors_do_not_see_each_other(app, tmp_path):
     url, _, home = app
     from gradio_client import handle_file
@@ -127,7 +118,6 @@ def test_demo_cannot_be_deleted(app):
     assert "read-only" in _app_error(client(url).predict, "demo", api_name="/delete_workspace")
 
 
-@needs_importer
 def test_workspace_limit_per_visitor(app, tmp_path, monkeypatch):
     url, _, _ = app
     from gradio_client import handle_file
@@ -138,16 +128,6 @@ def test_workspace_limit_per_visitor(app, tmp_path, monkeypatch):
     c, z = client(url), handle_file(str(make_zip(tmp_path / "a.zip", junk=False)))
     c.predict([z], "first", 32, None, api_name="/import_dataset")
     assert "delete one" in _app_error(c.predict, [z], "second", 32, None, api_name="/import_dataset")
-
-
-def test_missing_library_part_is_reported_not_crashed(app, tmp_path, monkeypatch):
-    url, _, _ = app
-    from gradio_client import handle_file
-
-    monkeypatch.setitem(sys.modules, "cedm.dataset.importers", None)  # as if the module were absent
-    msg = _app_error(client(url).predict, [handle_file(str(make_zip(tmp_path / "a.zip")))], "", 32, None,
-                     api_name="/import_dataset")
-    assert "not available yet" in msg
 
 
 # --- pieces used by the handlers ----------------------------------------------------------------
@@ -618,6 +598,39 @@ def test_generate_endpoint_returns_conditioned_deterministic_images(gen_app):
     # the guidance slider changes the result (w = 0 is the unconditional branch)
     uncond, _ = c.predict(cluster=2, **{**args, "guidance": 0.0})
     assert not all(np.array_equal(a, b) for a, b in zip(first, _gallery_pixels(uncond)))
+
+
+def test_generate_guidance_interval(gen_app):
+    """The Generate tab's interval box: guidance only for sigma in [lo, hi] changes the images (the other steps run
+    the conditional branch alone); blank = the model's default (here every sigma, like 'full'); bad input is a
+    clear error."""
+    url, _, _ = gen_app
+    c = client(url)
+    args = dict(model="tiny-c4", condition="a cluster", cluster=2, guidance=3.0, steps=4, sampler="dpmpp2m", seed=3,
+                n=2, api_name="/generate")
+    full, full_rec = c.predict(**args)  # no interval given: the model's default
+    same, _ = c.predict(**args, interval="full")
+    assert all(np.array_equal(a, b) for a, b in zip(_gallery_pixels(full), _gallery_pixels(same)))
+    assert all("guidance_interval" not in r for r in full_rec)
+    part, rec = c.predict(**args, interval="[1, 50]")
+    assert all(r["guidance_interval"] == [1.0, 50.0] for r in rec)
+    assert not all(np.array_equal(a, b) for a, b in zip(_gallery_pixels(full), _gallery_pixels(part)))
+    again, _ = c.predict(**args, interval=" 1,50 ")
+    assert all(np.array_equal(a, b) for a, b in zip(_gallery_pixels(part), _gallery_pixels(again)))
+    assert "needs LO below HI" in _app_error(c.predict, **args, interval="5, 1")
+    assert "two noise levels" in _app_error(c.predict, **args, interval="high")
+
+
+def test_interval_box_reads_blank_as_the_models_default(model_dirs):
+    from cedm.model.registry import find_model, list_models
+    from cedm.ui.generate_tab import interval_hint, interval_of
+
+    entry = find_model(list_models(None, shipped_dirs=[model_dirs]), "tiny-c4")
+    assert interval_hint(entry).endswith("every noise level")
+    entry.info.sampling["guidance_interval"] = [0.3, 5.0]  # as a model card's default would set it
+    assert interval_hint(entry).endswith("sigma in [0.3, 5]")
+    assert interval_of("  ") is None and interval_of("full") == "full" and interval_of("0, inf") == "full"
+    assert interval_of("(0.3, 5)") == (0.3, 5.0)
 
 
 def test_generate_other_conditions(gen_app):

@@ -96,8 +96,6 @@ def test_page_shows_the_demo_and_pages_through_it(app, browser_page):
     assert errors == []
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cedm.dataset.importers") is None,
-                    reason="cedm.dataset.importers is not in this tree yet")
 def test_upload_a_zip_shows_the_report_and_the_new_workspace(app, browser_page, tmp_path):
     url, _, home = app
     page, errors = browser_page
@@ -543,8 +541,6 @@ def _pick_workspace(page, name: str) -> None:
     page.get_by_role("option", name=name, exact=True).click()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cedm.dataset.importers") is None,
-                    reason="cedm.dataset.importers is not in this tree yet")
 def test_local_mode_a_reload_finds_the_upload_and_cli_workspaces(local_app, browser_page, tmp_path):
     import numpy as np
 

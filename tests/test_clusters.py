@@ -480,8 +480,8 @@ def test_shipped_model_still_finds_its_spherical_clustering(tmp_path, monkeypatc
     """The demo models were trained on spherical k-means (C = 20, params without a metric). With Euclidean
     k-means as the default they stay addressable (skmeans:20), and the app opens on that clustering."""
     from cedm.clusters import labelings as L
-    from cedm.evaluate import _labels_sha, condition_head
-    from cedm.inference.confidence import find_condition_artifact
+    from cedm.clusters.assign import condition_head, labels_hash
+    from cedm.inference.confidence import load_scorer
     from cedm.model.edm import read_model_info
     from cedm.model.registry import DEFAULT_SHIPPED, SHIPPED_DIR
     from cedm.ui.cluster_views import DEFAULT_C, DEFAULT_METHOD, latest_clustering
@@ -502,8 +502,8 @@ def test_shipped_model_still_finds_its_spherical_clustering(tmp_path, monkeypatc
     assert L.load_clusters(found).method == "skmeans" and L.load_clusters(euclid).method == "kmeans"
     # the app opens on the model's clustering; confidence and evaluation find it (labels hash of training)
     assert latest_clustering(ws, backbone) == "skmeans:20"
-    assert find_condition_artifact(model, info)[0] == found
+    assert load_scorer(model, info).head.artifact == str(found)
     lab = L.resolve(ws, "skmeans:20", backbone=backbone)
-    assert _labels_sha(lab.labels) == info["provenance"]["data"]["labels_sha"]
+    assert labels_hash(lab.labels) == info["provenance"]["data"]["labels_sha"]
     head, why = condition_head(model, ws)
     assert head is not None and head.artifact == str(found), why

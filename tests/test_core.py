@@ -3,6 +3,7 @@ and a model's default guidance interval (cedm.json ``sampling``) is what a reque
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from cedm.model.edm import CEDM, load_model, read_model_info, save_model
@@ -72,3 +73,21 @@ def test_assigner_and_condition_map():
         Assigner("kmeans")
     with pytest.raises(CedmError, match="no stored head"):
         Assigner("temi")
+
+
+def test_lru_cache_keeps_the_most_recent_and_makes_once():
+    from cedm.cache import LRU
+
+    made = []
+
+    def maker(k):
+        return lambda: made.append(k) or f"v{k}"
+
+    c = LRU(2)
+    assert c.get(1, maker(1)) == "v1" and c.get(2, maker(2)) == "v2" and c.get(1, maker(1)) == "v1"
+    assert made == [1, 2]                  # a hit does not make again
+    c.get(3, maker(3))                     # 2 was the least recently used
+    assert c.keys() == [1, 3] and 2 not in c and len(c) == 2
+    assert c.get(2, maker(2)) == "v2" and made == [1, 2, 3, 2]
+    with pytest.raises(ValueError):
+        LRU(0)

@@ -1,4 +1,4 @@
-"""cedm.evaluate and `cedm eval`: Fréchet distances, the optional FID / FD_DINOv2 paths, MSP and the CLI."""
+"""cedm.evaluate, cedm.fd and `cedm eval`: Fréchet distances, the optional FID / FD_DINOv2 paths, MSP and the CLI."""
 import json
 import socket
 
@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from cedm import evaluate as ev
+from cedm import fd
+from cedm.clusters import assign
 from cedm.errors import CedmError
 
 
@@ -34,14 +36,14 @@ def test_frechet_distance_of_diagonal_gaussians():
     mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([0.5, -1.0, 0.0])
     s1, s2 = np.array([1.0, 4.0, 0.25]), np.array([2.0, 1.0, 0.25])
     exact = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
-    assert ev.frechet_distance_stats(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(exact, rel=1e-10)
+    assert fd.frechet_distance_stats(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(exact, rel=1e-10)
 
     rng = np.random.default_rng(0)
     a = mu1 + rng.normal(size=(50_000, 3)) * np.sqrt(s1)
     b = mu2 + rng.normal(size=(50_000, 3)) * np.sqrt(s2)
-    assert ev.frechet_distance(a, b) == pytest.approx(exact, rel=0.02)
-    assert abs(ev.frechet_distance(a, a)) < 1e-8
-    assert ev.frechet_distance(b, a) == pytest.approx(ev.frechet_distance(a, b), rel=1e-9)
+    assert fd.frechet_distance(a, b) == pytest.approx(exact, rel=0.02)
+    assert abs(fd.frechet_distance(a, a)) < 1e-8
+    assert fd.frechet_distance(b, a) == pytest.approx(fd.frechet_distance(a, b), rel=1e-9)
 
 
 def test_few_samples_in_high_dimension_match_pytorch_fid():
@@ -49,27 +51,27 @@ def test_few_samples_in_high_dimension_match_pytorch_fid():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(20, 300))
     b = rng.normal(size=(30, 300)) * 1.3 + 0.2
-    full = ev.frechet_distance_stats(*ev.feature_statistics(a), *ev.feature_statistics(b))
-    assert ev.frechet_distance(a, b) == pytest.approx(full, rel=1e-5)
+    full = fd.frechet_distance_stats(*fd.feature_statistics(a), *fd.feature_statistics(b))
+    assert fd.frechet_distance(a, b) == pytest.approx(full, rel=1e-5)
 
 
 def test_frechet_distance_bad_input():
     with pytest.raises(CedmError, match="at least 2"):
-        ev.frechet_distance(np.zeros((1, 4)), np.zeros((5, 4)))
+        fd.frechet_distance(np.zeros((1, 4)), np.zeros((5, 4)))
     with pytest.raises(CedmError, match="dimension"):
-        ev.frechet_distance(np.zeros((5, 4)), np.zeros((5, 3)))
+        fd.frechet_distance(np.zeros((5, 4)), np.zeros((5, 3)))
     with pytest.raises(CedmError, match="NaN"):
-        ev.frechet_distance(np.full((5, 4), np.nan), np.zeros((5, 4)))
+        fd.frechet_distance(np.full((5, 4), np.nan), np.zeros((5, 4)))
 
 
 def test_fd_offline_is_zero_for_a_set_and_grows_with_a_colour_shift():
     images = colour_groups(6, 16)
     shifted = np.clip(images.astype(int) + np.array([70, -50, 40]), 0, 255).astype(np.uint8)
-    same = ev.fd_offline(images, images)
-    moved = ev.fd_offline(images, shifted)
+    same = fd.fd_offline(images, images)
+    moved = fd.fd_offline(images, shifted)
     assert abs(same) < 1e-3 * moved and moved > 1.0
     with pytest.raises(CedmError, match="model resolution"):
-        ev.fd_offline(images, colour_groups(6, 32))
+        fd.fd_offline(images, colour_groups(6, 32))
 
 
 # --- the optional metrics --------------------------------------------------------------------------------
@@ -85,9 +87,9 @@ def test_fid_and_dinov2_are_skipped_offline_without_trying(monkeypatch, tmp_path
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached Inception weights
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _forbid_network(monkeypatch)
-    nets, notes = ev.metric_nets()
+    nets, notes = fd.metric_nets()
     assert [n.metric for n in nets] == ["FD_EffNetLite0"]
-    assert notes == [ev.FID_SKIPPED, ev.DINOV2_SKIPPED]
+    assert notes == [fd.FID_SKIPPED, fd.DINOV2_SKIPPED]
     assert "--inception-weights PATH" in notes[0]
 
 
@@ -108,7 +110,7 @@ def test_fid_skipped_when_github_is_unreachable(monkeypatch, tmp_path):
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("download attempted"))
-    assert ev.find_inception_weights() is None
+    assert fd.find_inception_weights() is None
     assert probes == [(("github.com", 443), 3.0)]
 
 
@@ -136,7 +138,7 @@ def test_inception_weights_file_loads_without_network(monkeypatch, tmp_path):
     _forbid_network(monkeypatch)
     path = tmp_path / "pt_inception.pth"
     _random_fid_inception_state(path)
-    net = ev.inception_net(path, device="cpu")
+    net = fd.inception_net(path, device="cpu")
     assert net.metric == "FID" and net.identity["weights"].startswith("sha256:")
     feats = net.fn(colour_groups(1, 16)[:2])
     assert feats.shape == (2, 2048) and np.isfinite(feats).all()
@@ -144,10 +146,10 @@ def test_inception_weights_file_loads_without_network(monkeypatch, tmp_path):
 
     torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
     with pytest.raises(CedmError, match="not pytorch-fid's FID Inception"):
-        ev.inception_net(tmp_path / "other.pth")
+        fd.inception_net(tmp_path / "other.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(CedmError, match="neither safetensors nor"):
-        ev.inception_net(tmp_path / "junk.pth")
+        fd.inception_net(tmp_path / "junk.pth")
 
 
 # --- models on a tiny workspace ------------------------------------------------------------------------
@@ -182,9 +184,9 @@ def test_condition_head_recovers_the_clustering(setup):
     from cedm.clusters import labelings
 
     home, ws, models = setup
-    head, why = ev.condition_head(models["cond"], ws)
+    head, why = assign.condition_head(models["cond"], ws)
     assert why is None and head.method == "temi" and head.backbone == "efficientnet_lite0"
-    clusters, msp = ev.sample_confidence(head, np.asarray(ws.images))
+    clusters, msp = assign.sample_confidence(head, np.asarray(ws.images))
     truth = labelings.resolve(ws, "temi:2", **TEMI).labels
     assert np.mean(clusters == truth) >= 0.9
     assert np.all((msp > 0) & (msp <= 1))
@@ -192,20 +194,20 @@ def test_condition_head_recovers_the_clustering(setup):
     km = labelings.resolve(ws, "kmeans:2", backbone="efficientnet_lite0")
     info = json.loads((models["cond"] / "cedm.json").read_text())
     info["condition"]["spec"] = "kmeans:2"
-    info["provenance"]["data"]["labels_sha"] = ev._labels_sha(km.labels)
+    info["provenance"]["data"]["labels_sha"] = assign.labels_hash(km.labels)
     fake = home / "kmeans-model"
     fake.mkdir()
     (fake / "cedm.json").write_text(json.dumps(info))
-    head, why = ev.condition_head(fake, ws)
+    head, why = assign.condition_head(fake, ws)
     assert why is None and head.method == "kmeans"
-    clusters, msp = ev.sample_confidence(head, np.asarray(ws.images))
+    clusters, msp = assign.sample_confidence(head, np.asarray(ws.images))
     assert np.mean(clusters == km.labels) >= 0.9
 
     info["provenance"]["data"]["labels_sha"] = "0" * 16  # trained on labels no cached clustering has
     (fake / "cedm.json").write_text(json.dumps(info))
-    head, why = ev.condition_head(fake, ws)
+    head, why = assign.condition_head(fake, ws)
     assert head is None and "not cached" in why
-    assert ev.condition_head(models["uncond"], ws)[0] is None
+    assert assign.condition_head(models["uncond"], ws)[0] is None
 
 
 def test_evaluate_model_writes_all_fields(setup):
@@ -224,7 +226,7 @@ def test_evaluate_model_writes_all_fields(setup):
         assert r["seconds"] > 0 and len(r["model_sha256"]) == 64
     assert out["results"][0]["FD_EffNetLite0"] != out["results"][1]["FD_EffNetLite0"]
     assert not (models["cond"] / "eval" / ".partial").exists()
-    assert ws.list_artifacts(ev.STAGE_REAL)  # real features cached in the workspace
+    assert ws.list_artifacts(fd.STAGE_REAL)  # real features cached in the workspace
 
     # the unconditional model: one setting, same seeds, scored by the conditioned model's classifier
     out = ev.evaluate_model(models["uncond"], ws, n=6, guidance=(0, 1, 2), steps=2, batch_size=6,

@@ -131,7 +131,7 @@ def _record(repo, srv, sha, filename):
 def test_nothing_touches_the_network_when_downloads_are_off(served, clean_env, home, tmp_path, capsys):
     """Downloads not allowed: every route to the weights (features, labels, metrics, the app's start-up) stops
     before the network, and the server sees no request."""
-    from cedm import evaluate as ev
+    from cedm import fd as ev
     from cedm import labels
 
     mp = clean_env
@@ -232,11 +232,11 @@ def test_real_download_path_cli_then_offline_then_the_app(served, clean_env, hom
 
     # 3. the app with a fresh cache: /cluster downloads DINOv2 and clusters; CLIP labels show download progress
     mp.setenv("HF_HOME", str(tmp_path / "hf-app"))
-    from collections import OrderedDict
+    from cedm.cache import LRU
 
     from cedm import labels
     from cedm.features import extract
-    mp.setattr(extract, "_MODELS", OrderedDict())  # no network built in memory earlier: load from the hub again
+    mp.setattr(extract, "_MODELS", LRU(2))  # no network built in memory earlier: load from the hub again
     mp.setattr(labels, "DEFAULT_MODEL", TINY_CLIP)
     mp.setitem(labels.DEFAULT_TAGS, TINY_CLIP, TINY_CLIP_TAG)
     before = len(srv.seen())
@@ -286,7 +286,7 @@ def test_fid_inception_and_dinov2_download_when_allowed(served, clean_env, tmp_p
     weights come through the same policy, and the metric records name the exact files."""
     import hashlib
 
-    from cedm import evaluate as ev
+    from cedm import fd as ev
     from tests.test_evaluate import _random_fid_inception_state
 
     src = tmp_path / "inception.pth"
@@ -299,10 +299,10 @@ def test_fid_inception_and_dinov2_download_when_allowed(served, clean_env, tmp_p
     mp.setenv("HF_ENDPOINT", served.hub.url)
     mp.setenv("HF_HOME", str(tmp_path / "hf"))
     mp.setenv(hub.ALLOW_ENV, "1")
-    from collections import OrderedDict
+    from cedm.cache import LRU
 
     from cedm.features import extract
-    mp.setattr(extract, "_MODELS", OrderedDict())
+    mp.setattr(extract, "_MODELS", LRU(2))
     before, calls = len(served.hub.seen()), []
     nets, notes = ev.metric_nets(device="cpu", progress=lambda d, t, desc: calls.append(desc))
     assert [n.metric for n in nets] == ["FD_EffNetLite0", "FID", "FD_DINOv2"] and notes == []
@@ -325,7 +325,7 @@ def test_fid_inception_and_dinov2_download_when_allowed(served, clean_env, tmp_p
 @pytest.mark.slow  # a ViT-B/16 (172 MB in float16) through the local hub: about 15 s
 def test_the_papers_dino_vitb16_downloads_and_loads_strictly(served, clean_env, home, tmp_path):
     """The registry's default backbone end to end: timm's vit_base_patch16_224.dino repo, model.safetensors."""
-    from collections import OrderedDict
+    from cedm.cache import LRU
 
     from safetensors.torch import save_file
 
@@ -343,7 +343,7 @@ def test_the_papers_dino_vitb16_downloads_and_loads_strictly(served, clean_env, 
     mp.setenv("HF_ENDPOINT", served.hub.url)
     mp.setenv("HF_HOME", str(tmp_path / "hf"))
     mp.setenv(hub.ALLOW_ENV, "1")
-    mp.setattr(extract, "_MODELS", OrderedDict())
+    mp.setattr(extract, "_MODELS", LRU(2))
     ws = create_from_array(home, "tiny", _images())
     feats = get_features(ws, "dino_vitb16", device="cpu")
     meta = io.read_json(find_features(ws, "dino_vitb16") / "meta.json")

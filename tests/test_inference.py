@@ -139,7 +139,7 @@ def test_a_failing_request_does_not_affect_others(engine, model_dir):
         assert ims.shape == (2, 16, 16, 3) and [r["condition"] for r in rec] == [c, c]
 
     # a network failure inside a merged batch: retried one request at a time, only the culprit fails
-    lm = engine._models[engine.cached_models()[0]]
+    lm = engine._load(engine.cached_models()[0], model_dir)  # a cache hit: the loaded model
     real = lm.net.fn
 
     def faulty(x, sigma, labels):
@@ -245,7 +245,8 @@ def _two_colour_workspace(home):
 
 @pytest.mark.parametrize("method", ["kmeans", "temi"])
 def test_confidence_assigns_dataset_images_to_their_cluster(home, model_dir, method):
-    from cedm.clusters.labelings import cluster_workspace
+    from cedm.clusters.labelings import cluster_workspace, from_clusters
+    from cedm.clusters.assign import labels_hash
 
     ws, truth = _two_colour_workspace(home)
     # batch 8: the official lr scaling (x 8/256) would crawl; a larger base lr and a short warm-up instead
@@ -254,15 +255,23 @@ def test_confidence_assigns_dataset_images_to_their_cluster(home, model_dir, met
     assert len(set(res.assignments[truth == 0])) == 1 and res.assignments[0] != res.assignments[-1]
     torch.manual_seed(0)
     m = CEDM.from_preset("tiny", 16, 2, info={"p_uncond": 0.1})
-    cond = {"spec": f"{method}:2", "params": res.params, "original_ids": [1, 0], "n_conditions": 2, "q": [0.5, 0.5]}
-    mdir = save_model(ws.derived_dir("models") / method, m, info={"condition": cond})
+    # the clustering is found by the hash of the labels the model was trained on (cedm.clusters.assign.labeling_head)
+    lab = from_clusters(res, f"{method}:2").compact()
+    cond = {"spec": f"{method}:2", "params": res.params, "original_ids": lab.original_ids.tolist(),
+            "n_conditions": 2, "q": [0.5, 0.5]}
+    prov = {"data": {"labels_sha": labels_hash(lab.labels)}}
+    mdir = save_model(ws.derived_dir("models") / method, m, info={"condition": cond, "provenance": prov})
     with InferenceEngine(device="cpu", dtype="fp32") as eng:  # best-of compares candidates bit for bit
         ids, msp = eng.confidence(mdir, ws.images)
         assert ids.shape == msp.shape == (ws.n,) and msp.dtype == np.float32
         assert np.all((msp >= 0.5) & (msp <= 1.0))
         # condition k of the model is cluster original_ids[k] of the clustering
-        assert np.array_equal(ids, 1 - res.assignments)
+        assert np.array_equal(lab.original_ids[ids], res.assignments)
         assert eng.scorer(mdir) is eng.scorer(mdir)  # resident
+        other = save_model(ws.derived_dir("models") / f"{method}-swapped", m,
+                           info={"condition": {**cond, "original_ids": [1, 0]}, "provenance": prov})
+        with pytest.raises(CedmError, match="does not match the model's 2 conditions"):
+            eng.confidence(other, ws.images[:2])
         if method == "kmeans":
             _check_best_of(eng, mdir)
     if method == "kmeans":  # the command line goes through the engine too
@@ -289,11 +298,13 @@ def _check_best_of(eng, mdir):
 
 
 def test_shipped_model_finds_its_clustering_in_the_demo(home):
-    from cedm.inference.confidence import find_condition_artifact
+    from pathlib import Path
+
+    from cedm.inference.confidence import load_scorer
     from cedm.model.edm import read_model_info
     from cedm.workspace import DEMO_DIR, REPO_ROOT
 
     model = REPO_ROOT / "checkpoints" / "demo-kmeans20"
-    folder, params = find_condition_artifact(model, read_model_info(model))
-    assert folder.is_relative_to(DEMO_DIR) and params["method"] == "kmeans" and params["n_clusters"] == 20
-    assert params["backbone"] == "efficientnet_lite0"
+    head = load_scorer(model, read_model_info(model)).head
+    assert Path(head.artifact).is_relative_to(DEMO_DIR) and head.spec == "skmeans:20"
+    assert head.backbone == "efficientnet_lite0" and len(head.model_ids) == 20

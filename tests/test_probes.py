@@ -370,7 +370,8 @@ def test_eval_of_probe_guided_sampling_uses_the_labelings_own_assigner(home, tin
 
     from cedm.cli import main
     from cedm.clusters import labelings
-    from cedm.probes.evaluate import evaluate_probe, labeling_head
+    from cedm.clusters.assign import labeling_head
+    from cedm.probes.evaluate import evaluate_probe
     from cedm.workspace import create_from_array
 
     imgs, y = colour_images(12, size=32)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+from cedm.clusters.kmeans import KMEANS_METRICS
+from cedm.clusters.labelings import METHODS
 from cedm.commands import add_device, add_workspace
 from cedm.errors import CedmError
 from cedm.progress import tqdm_progress  # noqa: F401  (commands bound and labels import it from here)
@@ -24,7 +26,7 @@ def add_temi(p) -> None:
 
 
 def add_kmeans_metric(p) -> None:
-    p.add_argument("--kmeans-metric", choices=["euclidean", "spherical"], default=None,
+    p.add_argument("--kmeans-metric", choices=KMEANS_METRICS, default=None,
                    help="k-means objective: euclidean on the raw features (default, the paper's) or spherical "
                         "(cosine on L2-normalised features)")
 
@@ -40,7 +42,7 @@ def temi_settings(args) -> dict:
 
 def add_arguments(p) -> None:
     add_workspace(p)
-    p.add_argument("--method", choices=["kmeans", "skmeans", "temi"], default="kmeans",
+    p.add_argument("--method", choices=METHODS, default="kmeans",
                    help="kmeans (metric from --kmeans-metric), skmeans (= --kmeans-metric spherical) or temi")
     add_kmeans_metric(p)
     p.add_argument("--clusters", "-C", type=int, required=True, help="number of clusters C")

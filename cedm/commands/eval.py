@@ -119,8 +119,9 @@ def run(args) -> int:
 
     from cedm import io
     from cedm.commands.train import _set_threads
-    from cedm.evaluate import (DINOV2_SKIPPED, FID_SKIPPED, condition_head, default_eval_dir, evaluate_model,
-                               guidance_plan)
+    from cedm.clusters.assign import condition_head
+    from cedm.evaluate import default_eval_dir, evaluate_model, guidance_plan
+    from cedm.fd import DINOV2_SKIPPED, FID_SKIPPED
     from cedm.sampling.guidance import parse_interval
     from cedm.model.edm import read_model_info
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cedm.commands import add_device, add_home
+from cedm.device import PRECISIONS
 from cedm.errors import CedmError
 from cedm.sampling.samplers import SAMPLERS
 
@@ -53,7 +54,7 @@ def add_arguments(p) -> None:
                    help="output folder (default <home>/samples/<model>/<settings>; never the model folder)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: all cores; 1 is often faster on a busy machine)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--dtype", default="auto", choices=PRECISIONS,
                    help="network precision (auto: bf16 where the hardware has it natively, CUDA or AMX CPUs, else "
                         "fp32; fp32: the same images, up to float rounding, on any machine)")
     add_device(p)

@@ -5,7 +5,7 @@ Multi-GPU / multi-machine: launch the same command through torchrun, e.g.
 """
 from __future__ import annotations
 
-from cedm.commands import add_device, add_workspace
+from cedm.commands import add_config_arguments, add_device, add_workspace, config_from_args
 
 HELP = "train a cluster-conditioned diffusion model (C-EDM) on a workspace"
 
@@ -15,32 +15,9 @@ def add_arguments(p) -> None:
     p.add_argument("--condition", default="none",
                    help="kmeans:C, temi:C, labels:NAME (a labeling of this workspace), self:K (the model clusters "
                         "its own features while it trains; seed 002) or none (unconditional)")
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"],
-                   help="network size: small (CPU demo), paper (DDPM++ CIFAR, ~58M parameters), tiny (smoke tests)")
-    p.add_argument("--kimg", type=float, default=1000.0, help="training duration in thousands of images")
-    p.add_argument("--batch", type=int, default=64, help="global batch size (all processes together)")
-    p.add_argument("--batch-gpu", type=int, default=None, help="per-process micro-batch (gradient accumulation)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (after the ramp-up)")
-    p.add_argument("--lr-rampup", type=float, default=None, help="learning-rate ramp-up in kimg (default kimg/10)")
-    p.add_argument("--ema", type=float, default=500.0, help="EMA half-life in kimg")
-    p.add_argument("--p-uncond", type=float, default=None,
-                   help="label dropout for classifier-free guidance (0: no guidance possible at sampling; "
-                        "default 0.1, 0.15 for self:K as in seed 002)")
-    p.add_argument("--no-xflip", action="store_true", help="disable random horizontal flips")
-    p.add_argument("--dropout", type=float, default=None, help="network dropout (default: the preset's)")
-    p.add_argument("--augment", type=float, default=0.0, metavar="P",
-                   help="EDM's non-leaking augmentation with probability P (paper: 0.12 CIFAR, 0.15 FFHQ; 0 = off): "
-                        "flips, scaling, rotation, anisotropy, translation, told to the network as a 9-d condition "
-                        "that is zero at sampling")
-    p.add_argument("--grad-clip", type=float, default=1.0,
-                   help="max gradient norm (default 1.0; 0 = off, as the official EDM code)")
-    p.add_argument("--resolution", type=int, default=None,
-                   help="model resolution (default: the workspace's, at most 64); images are resized on the fly")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 autocast on a GPU that supports it, fp32 on CPU")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-kimg", type=float, default=50.0, help="checkpoint (and model update) cadence")
-    p.add_argument("--sample-kimg", type=float, default=100.0, help="sample grid cadence (0: never)")
+    from cedm.model.train import TrainConfig
+
+    add_config_arguments(p, TrainConfig)  # --preset, --kimg, --batch, --lr, --ema, ... with TrainConfig's defaults
     p.add_argument("--backbone", default=None,
                    help="features the kmeans/temi condition is computed from (default: the features default; "
                         "efficientnet_lite0 works offline)")
@@ -59,9 +36,6 @@ def add_arguments(p) -> None:
     p.add_argument("--p-drop-class", type=float, default=0.0,
                    help="spatial: also drop the cluster alone with this probability (cluster-free layout guidance)")
     p.add_argument("--out", default=None, help="model name under <workspace>/models (default <condition>-<preset>)")
-    p.add_argument("--init", default=None, metavar="MODEL",
-                   help="start from a trained model's weights (a model folder or a model name, e.g. a shipped "
-                        "unconditional model); same preset and resolution; fine-tuning converges far faster")
     p.add_argument("--resume", action="store_true", help="continue the newest checkpoint of --out")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: all cores; 1 is often faster on a busy machine)")
@@ -75,15 +49,9 @@ def run(args) -> int:
 
     ws = open_workspace(args.home, args.workspace)
     _set_threads(args.threads)
-    config = TrainConfig(preset=args.preset, resolution=args.resolution, kimg=args.kimg, batch=args.batch,
-                         batch_gpu=args.batch_gpu, lr=args.lr, lr_rampup_kimg=args.lr_rampup,
-                         ema_halflife_kimg=args.ema, p_uncond=_p_uncond(args), xflip=not args.no_xflip,
-                         dropout=args.dropout, seed=args.seed, precision=args.precision,
-                         augment=args.augment, grad_clip=args.grad_clip,
-                         checkpoint_kimg=args.checkpoint_kimg, sample_kimg=args.sample_kimg,
-                         init=args.init)
-    out = train_workspace(ws, args.condition, backbone=args.backbone, name=args.out, preset=args.preset, config=config,
-                          resume=args.resume, device=args.device, spatial=args.spatial,
+    config = config_from_args(TrainConfig, args, **_p_uncond(args))
+    out = train_workspace(ws, args.condition, backbone=args.backbone, name=args.out, preset=config.preset,
+                          config=config, resume=args.resume, device=args.device, spatial=args.spatial,
                           spatial_options={"p_drop_map": args.p_drop_map, "p_drop_class": args.p_drop_class,
                                            "backbone": args.spatial_backbone},
                           self_guidance=_self_guidance(args))
@@ -113,11 +81,12 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def _p_uncond(args) -> float:
-    if args.p_uncond is not None:
-        return args.p_uncond
+def _p_uncond(args) -> dict:
+    """self:K trains with seed 002's label dropout unless --p-uncond is given."""
     from cedm.model.self_guidance import P_DROP, parse_spec
-    return P_DROP if parse_spec(args.condition) is not None else 0.1
+    if args.p_uncond is None and parse_spec(args.condition) is not None:
+        return {"p_uncond": P_DROP}
+    return {}
 
 
 def _self_guidance(args) -> dict | None:

@@ -91,25 +91,15 @@ def has_archive_suffix(path: str) -> bool:
     return path.lower().endswith(ARCHIVE_SUFFIXES)
 
 
+# leading magic bytes of each container format (tar's "ustar" sits at offset 257)
+MAGIC = ((b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"), (b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"),
+         (b"\xfd7zXZ\x00", "xz"), (b"7z\xbc\xaf\x27\x1c", "7z"), (b"Rar!", "rar"), (b"\x28\xb5\x2f\xfd", "zstd"))
+
+
 def sniff_archive(head: bytes) -> str | None:
     """The container format of some leading bytes (at least 262 for tar), or None."""
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return "zip"
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"BZh"):
-        return "bzip2"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
-        return "7z"
-    if head.startswith(b"Rar!"):
-        return "rar"
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return "zstd"
-    if head[257:262] == b"ustar":
-        return "tar"
-    return None
+    found = next((kind for magic, kind in MAGIC if head.startswith(magic)), None)
+    return found or ("tar" if head[257:262] == b"ustar" else None)
 
 
 class _Budget:

@@ -15,7 +15,6 @@ Callers always get float32: L2-normalised rows by default, which is what cluster
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import queue
@@ -27,6 +26,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from cedm import io
+from cedm.cache import LRU
 from cedm.errors import CedmError
 from cedm.features.backbones import (DEFAULT_BACKBONE, Backbone, build_backbone, get_spec,
                                      weights_identity)
@@ -225,9 +225,7 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
 
 
 # --- single query images ------------------------------------------------------------------------------
-_MODELS: collections.OrderedDict = collections.OrderedDict()
-_MODELS_MAX = 2
-_MODELS_LOCK = threading.Lock()
+_MODELS = LRU(2)  # built backbones per (name, weights, device)
 
 
 def cached_backbone(backbone: str = DEFAULT_BACKBONE, weights=None, device=None,
@@ -237,16 +235,7 @@ def cached_backbone(backbone: str = DEFAULT_BACKBONE, weights=None, device=None,
 
     dev = resolve_device(device) if not hasattr(device, "type") else device
     key = (backbone, weights_identity(backbone, weights, pretrained), str(dev))
-    with _MODELS_LOCK:
-        if key in _MODELS:
-            _MODELS.move_to_end(key)
-            return _MODELS[key]
-    model = build_backbone(backbone, weights, pretrained, dev)
-    with _MODELS_LOCK:
-        _MODELS[key] = model
-        while len(_MODELS) > _MODELS_MAX:
-            _MODELS.popitem(last=False)
-    return model
+    return _MODELS.get(key, lambda: build_backbone(backbone, weights, pretrained, dev))
 
 
 def extract_one(image, backbone: str = DEFAULT_BACKBONE, weights=None, device=None, normalized: bool = True,

@@ -5,19 +5,16 @@ per features artifact and kept in memory for the next query (artifacts never cha
 """
 from __future__ import annotations
 
-import collections
-import threading
 
 import numpy as np
 
 from cedm import io
+from cedm.cache import LRU
 from cedm.errors import CedmError
 from cedm.features.backbones import DEFAULT_BACKBONE
 from cedm.features.extract import FEATURES_FILE, features_artifact, l2_normalize
 
-_INDEXES: collections.OrderedDict = collections.OrderedDict()
-_INDEXES_MAX = 2  # an index holds N x D float32: keep only the last few
-_LOCK = threading.Lock()
+_INDEXES = LRU(2)  # an index holds N x D float32: keep only the last few
 
 
 def feature_index(ws, backbone: str = DEFAULT_BACKBONE, weights=None, progress=None):
@@ -25,19 +22,14 @@ def feature_index(ws, backbone: str = DEFAULT_BACKBONE, weights=None, progress=N
     import faiss
 
     folder = features_artifact(ws, backbone, weights, progress=progress)
-    key = str(folder.resolve())
-    with _LOCK:
-        if key in _INDEXES:
-            _INDEXES.move_to_end(key)
-            return _INDEXES[key]
-    x = l2_normalize(io.load_npy(folder / FEATURES_FILE))
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    with _LOCK:
-        _INDEXES[key] = index
-        while len(_INDEXES) > _INDEXES_MAX:
-            _INDEXES.popitem(last=False)
-    return index
+
+    def make():
+        x = l2_normalize(io.load_npy(folder / FEATURES_FILE))
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+        return index
+
+    return _INDEXES.get(str(folder.resolve()), make)
 
 
 def nearest_neighbours(ws, backbone: str = DEFAULT_BACKBONE, query_features=None, k: int = 8, weights=None,

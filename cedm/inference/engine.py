@@ -7,10 +7,9 @@ into one batch of up to ``max_batch`` images. Image i of a request with seed S s
 rounding in float32; in bf16 up to a few uint8 levels, as the batch shape changes the rounding).
 
 Fast path per network evaluation: inference mode, classifier-free guidance as ONE call of batch 2B
-(cedm.sampling.guidance), bf16 autocast where the hardware has it (CUDA, AMX CPUs), and on CUDA channels-last +
-``torch.compile`` (CUDA graphs), padded
-to power-of-two batch "buckets" so each shape is compiled once. :func:`reference_sample` is the plain
-reference it must agree with: two network calls per evaluation, float32, no inference mode.
+(cedm.sampling.guidance), and the network in the engine's dtype and compiled form (cedm.inference.network).
+``cedm.inference.reference.reference_sample`` is the plain reference it must agree with: two network calls per
+evaluation, float32, no inference mode.
 
 Failures stay local: a request whose preparation fails (bad cluster id, a model that cannot guide) or whose
 progress callback raises fails alone; a merged batch that fails is retried request by request, so only the
@@ -21,8 +20,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import contextlib
-import copy
 import logging
 import threading
 import weakref
@@ -32,8 +29,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from cedm.device import cpu_has_native_bf16
+from cedm.cache import LRU
 from cedm.errors import CedmError
+from cedm.inference.network import FastNet, resolve_compile, resolve_dtype
 from cedm.model.edm import read_model_info
 from cedm.sampling.generate import choose_conditions, to_uint8
 from cedm.sampling.core import (StackedRandomGenerator, check_request, labels_tensor, make_settings,
@@ -80,135 +78,6 @@ def derived_seed(image_seed: int, candidate: int) -> int:
     if candidate == 0:
         return int(image_seed)
     return int(np.random.SeedSequence([int(image_seed), int(candidate)]).generate_state(1, np.uint64)[0] >> 1)
-
-
-# --- the network with the engine's speed settings ---------------------------------------------------
-CPU_CHUNK_ROWS = 32  # rows per network call on CPU: a 128-row fp32 call falls out of cache (1.2-1.5x slower per row)
-
-
-class _UNetCall(torch.nn.Module):
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x, t, labels):
-        return self.unet(x, t, class_labels=labels, return_dict=False)[0]
-
-
-class _FrozenUNet(torch.nn.Module):
-    """A TorchScript-frozen UNet that CEDM.forward can call like the diffusers one."""
-
-    def __init__(self, frozen, config, dtype):
-        super().__init__()
-        self.frozen, self.config, self._dtype = frozen, config, dtype
-        self.class_embedding = torch.nn.Identity()  # CEDM.forward parks its (training-only) extra embedding here
-
-    @property
-    def dtype(self):
-        return self._dtype
-
-    def forward(self, x, t, class_labels=None, return_dict=False):
-        return (self.frozen(x, t, class_labels),)
-
-
-def frozen_model(model, dtype=None):
-    """A copy of a CEDM whose UNet is traced and frozen by TorchScript (weights folded in, oneDNN-ready, the
-    Python module overhead gone: 1.3-1.4x faster per call at small batches on CPU), with its weights in
-    ``dtype`` (bf16: no per-call weight casts, unlike autocast). Returns None when tracing fails or the frozen
-    network disagrees with the eager one."""
-    import warnings
-
-    net_dtype = dtype or torch.float32
-    R = model.resolution
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            unet = copy.deepcopy(model.unet).to(net_dtype).eval()
-            x = torch.randn(3, int(model.unet.config.in_channels), R, R,
-                            generator=torch.Generator().manual_seed(0)).to(net_dtype)
-            t = torch.linspace(-1.5, 1.0, 3).to(net_dtype)
-            labels = torch.tensor([0, model.uncond_index, 0], dtype=torch.long)
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(
-                _UNetCall(unet).eval(), (x, t, labels), check_trace=False)))
-            want = unet(x, t, class_labels=labels, return_dict=False)[0].float()
-            got = frozen(x[:2], t[:2], labels[:2]).float()  # another batch size than traced
-            tol = 1e-3 if net_dtype == torch.float32 else 0.1
-            if not torch.allclose(got, want[:2], atol=tol * max(1.0, float(want.abs().max()))):
-                log.warning("frozen network disagrees with the eager one; using eager")
-                return None
-    except Exception as e:  # an unusual network TorchScript cannot trace: eager still works
-        log.warning("could not freeze the network (%s); using eager", e)
-        return None
-    m = copy.copy(model)  # shares everything but the UNet
-    m._modules = dict(model._modules)
-    m._modules["unet"] = _FrozenUNet(frozen, unet.config, net_dtype)
-    return m
-
-
-# --- the network with the engine's speed settings ---------------------------------------------------
-class FastNet:
-    """``model(x, sigma, labels)`` with the engine's speed settings, plus an evaluation counter.
-
-    CUDA: autocast, channels-last, ``torch.compile`` (CUDA graphs) on power-of-two buckets. CPU: a
-    TorchScript-frozen copy of the UNet in the engine's dtype (bf16 weights instead of autocast), and calls of
-    at most CPU_CHUNK_ROWS rows (profiled in bench/sampling.py and bench/README.md)."""
-
-    def __init__(self, model, device: torch.device, dtype, compile_mode, max_rows: int, freeze: bool | None = None):
-        self.model, self.device, self.dtype = model, device, dtype
-        self.n_conditions, self.uncond_index, self.info = model.n_conditions, model.uncond_index, model.info
-        self.channels_last = device.type == "cuda"  # cuDNN convs are fastest in NHWC; on CPU it did not pay
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.compiled = bool(compile_mode)
-        if self.compiled:
-            # one graph per bucket shape, and every loaded model shares the UNet's forward code object: above
-            # dynamo's recompile limit (8) torch silently falls back to eager for new shapes
-            import torch._dynamo.config as dynamo_config
-            limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-            setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 64))
-        self.fn = torch.compile(model, dynamic=False, mode=compile_mode) if self.compiled else model
-        self.autocast = dtype is not None
-        self.chunk = None
-        if device.type == "cpu" and not self.compiled:
-            self.chunk = CPU_CHUNK_ROWS
-            frozen = frozen_model(model, dtype) if (freeze is None or freeze) else None
-            if frozen is not None:
-                self.fn, self.autocast = frozen, False  # the frozen weights are already in the dtype
-        self.frozen = self.fn is not model and not self.compiled
-        self.max_rows = int(max_rows)
-        self.evaluations = 0
-
-    def bucket(self, n: int) -> int:
-        """Compiled shapes: batch padded to the next power of two (at most log2(max_rows) + 1 compiles)."""
-        return min(1 << max(n - 1, 0).bit_length(), max(self.max_rows, n))
-
-    def __call__(self, x, sigma, labels):
-        self.evaluations += 1
-        n = x.shape[0]
-        if self.chunk is not None and n > self.chunk:
-            return torch.cat([self._call(x[i:i + self.chunk], sigma, labels[i:i + self.chunk])
-                              for i in range(0, n, self.chunk)])
-        return self._call(x, sigma, labels)
-
-    def _call(self, x, sigma, labels):
-        n = x.shape[0]
-        if self.compiled:
-            pad = self.bucket(n) - n
-            if pad:
-                x = torch.cat([x, x[:1].expand(pad, -1, -1, -1)])
-                labels = torch.cat([labels, labels[:1].expand(pad)])
-            if self.device.type == "cuda":
-                torch.compiler.cudagraph_mark_step_begin()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        fn, autocast = self.fn, self.autocast
-        if self.frozen and torch.is_grad_enabled():  # a guidance kind that differentiates through the network
-            fn, autocast = self.model, self.dtype is not None  # (the frozen graph is inference-only)
-        ctx = torch.autocast(self.device.type, dtype=self.dtype) if autocast else contextlib.nullcontext()
-        with ctx:
-            out = fn(x, sigma, labels)
-        # a CUDA graph's output buffer is overwritten by its next replay: keep our own copy
-        return out[:n].float().clone() if self.compiled else out.float()
 
 
 class _Loaded:
@@ -280,42 +149,15 @@ class _Request:
 
 
 # --- the engine ----------------------------------------------------------------------------------------
-def _resolve_dtype(dtype, device: torch.device):
-    if dtype in (None, "auto"):
-        # bf16 autocast wherever the hardware computes it natively: CUDA, and CPUs with AMX/AVX512-BF16 (there
-        # 1.6-2.5x faster than float32 at 16+ images, bench/sampling.py). Outputs move by <= ~0.03 of [-1, 1]
-        # (a few uint8 levels); dtype='fp32' gives float-exact agreement with the reference.
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
-    names = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if isinstance(dtype, str):
-        if dtype not in names:
-            raise CedmError(f"unknown dtype {dtype!r}: use auto, fp32, bf16 or fp16")
-        return names[dtype]
-    return None if dtype == torch.float32 else dtype
-
-
-def _resolve_compile(compile, device: torch.device):
-    """None: compile on CUDA only (on a 2-core CPU, inductor takes minutes per shape); True: the default mode
-    for the device ('reduce-overhead' = CUDA graphs on CUDA); a string: that torch.compile mode."""
-    if compile is None:
-        compile = device.type == "cuda"
-    if compile is True:
-        return "reduce-overhead" if device.type == "cuda" else "default"
-    return compile or None
-
-
 class InferenceEngine:
     """Owns loaded models (bounded LRU cache), the device and a worker thread that batches requests.
 
     ``device``: 'auto' (CUDA when present) / 'cpu' / 'cuda[:N]'. ``threads``: torch CPU threads (default: the
     cores this process may use). ``max_batch``: images per network batch (guidance doubles the rows of the
     call). ``max_queue``: unfinished requests beyond which ``submit`` raises :class:`EngineBusy`.
-    ``max_models``: models kept loaded. ``compile``: see _resolve_compile. ``dtype``: autocast dtype ('auto'
+    ``max_models``: models kept loaded. ``compile``: see resolve_compile. ``dtype``: autocast dtype ('auto'
     = bf16 where the hardware has it natively (CUDA, AMX CPUs; CEDM_CPU_BF16=0 turns the CPU's off), else
-    float32; 'fp32' for results float-close to :func:`reference_sample` and identical whatever a request is
+    float32; 'fp32' for results float-close to :func:`cedm.inference.reference_sample` and identical whatever a request is
     batched with). ``warmup``: model folders to load (and compile) in the background
     at start. ``freeze``: on CPU, run a TorchScript-frozen copy of the network (default; False: eager).
     """
@@ -336,8 +178,8 @@ class InferenceEngine:
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.threads = torch.get_num_threads()
-        self.dtype = _resolve_dtype(dtype, self.device)
-        self.compile_mode = _resolve_compile(compile, self.device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.compile_mode = resolve_compile(compile, self.device)
         self.freeze = freeze
         self.max_batch, self.max_queue, self.max_models = int(max_batch), int(max_queue), int(max_models)
         self.max_request_images = int(max_request_images)
@@ -345,10 +187,7 @@ class InferenceEngine:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.stats = collections.Counter()
-        self._models: collections.OrderedDict = collections.OrderedDict()
-        self._scorers: collections.OrderedDict = collections.OrderedDict()
-        self._infos: collections.OrderedDict = collections.OrderedDict()
-        self._models_lock = threading.RLock()
+        self._models, self._scorers, self._infos = LRU(self.max_models), LRU(self.max_models), LRU(64)
         self._cond = threading.Condition()
         self._pending: list[_Request] = []   # requests with rows not yet handed to a batch, oldest first
         self._jobs: collections.deque = collections.deque()
@@ -437,33 +276,18 @@ class InferenceEngine:
         info = self.model_info(model_dir, ema)
         if int(info.get("n_conditions", 0)) == 0:
             return None
-        with self._models_lock:
-            if key in self._scorers:
-                self._scorers.move_to_end(key)
-                return self._scorers[key]
-            scorer = load_scorer(model_dir, info, self.device)
-            self._scorers[key] = scorer
-            while len(self._scorers) > self.max_models:
-                self._scorers.popitem(last=False)
-            return scorer
+        return self._scorers.get(key, lambda: load_scorer(model_dir, info, self.device))
 
     def model_info(self, model_dir, ema: bool = True) -> dict:
         """cedm.json of a model folder (cached by path + mtime)."""
-        key = model_key(model_dir, ema)
-        with self._models_lock:
-            if key not in self._infos:
-                self._infos[key] = read_model_info(model_dir)
-                while len(self._infos) > 64:
-                    self._infos.popitem(last=False)
-            return self._infos[key]
+        return self._infos.get(model_key(model_dir, ema), lambda: read_model_info(model_dir))
 
     def model(self, model_dir, ema: bool = True):
         """The loaded CEDM (from the cache; loaded on first use)."""
         return self._load(model_key(model_dir, ema), Path(model_dir)).model
 
     def cached_models(self) -> list[tuple]:
-        with self._models_lock:
-            return list(self._models)
+        return self._models.keys()
 
     def warmup(self, model_dir, batch_sizes: Sequence[int] | None = None, ema: bool = True) -> Ticket:
         """Load a model in the worker thread and, when compiled, run every bucket shape once."""
@@ -513,18 +337,13 @@ class InferenceEngine:
     def _load(self, key: tuple, model_dir: Path) -> _Loaded:
         from cedm.model.edm import load_model
 
-        with self._models_lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
+        def make():
             model = load_model(model_dir, self.device, ema=key[2])
-            lm = _Loaded(key, model, FastNet(model, self.device, self.dtype, self.compile_mode, 2 * self.max_batch,
-                                              self.freeze))
-            self._models[key] = lm
-            while len(self._models) > self.max_models:
-                self._models.popitem(last=False)
             self.stats["model_loads"] += 1
-            return lm
+            return _Loaded(key, model, FastNet(model, self.device, self.dtype, self.compile_mode,
+                                               2 * self.max_batch, self.freeze))
+
+        return self._models.get(key, make)
 
     # --- bookkeeping ----------------------------------------------------------------------------------
     def _settle(self, req: _Request, value=None, error: BaseException | None = None) -> None:
@@ -741,34 +560,6 @@ class InferenceEngine:
         if r.progress is not None and r.last_step != r.steps:
             r.progress(r.steps, r.steps)
         return (x.clone() if r.output == "float" else to_uint8(x)), records
-
-
-# --- the plain reference --------------------------------------------------------------------------------
-def reference_sample(model, n: int, clusters=None, from_q: bool = True, uncond: bool = False,
-                     guidance=1.0, steps: int = 18, sampler: str = "heun", seed: int = 0,
-                     churn: float = 0.0, guidance_interval=None) -> torch.Tensor:
-    """The plain way, for checking the engine: float32, no inference mode, no compile, and guidance as two
-    separate network calls per evaluation (the official C-EDM code). Same per-image noise, conditions and
-    sampling core as the engine; returns float32 (n, 3, R, R) in [-1, 1]."""
-    settings = make_settings(sampler, steps, guidance, guidance_interval, churn, model.info)
-    n, seed, _ = check_request(n, seed)
-    conds = choose_conditions(model, n, clusters, from_q, uncond, seed)
-    settings = settings.for_model(model, conds[0] is not None)
-    g = settings.guidance
-    dev = next(model.parameters()).device
-    labels = labels_tensor(model, conds, dev)
-    none = torch.full_like(labels, model.uncond_index)
-
-    def denoise(x, sigma):
-        d_cond = model(x, sigma, labels)
-        if g.scale == 1.0 or not g.active(sigma):
-            return d_cond
-        d_uncond = model(x, sigma, none)
-        return d_uncond + g.scale * (d_cond - d_uncond)
-
-    x = sample_batch(denoise, StackedRandomGenerator(range(seed, seed + n)), (3, model.resolution,
-                     model.resolution), settings, device=dev, inference=False)
-    return x.float().cpu()
 
 
 # --- the process-wide engine ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ baseline. The samples are self-annotated by the same annotator as the layouts (t
 segments: its centroids) and compared with cedm.annotate.metrics.layout_iou at the model resolution. The real
 images of those rows, brought to the model resolution and annotated the same way, give the ceiling (what the
 annotator recovers from a real image at that resolution). The same samples give FD_EffNetLite0 against all
-real images (cedm.evaluate's cached real features).
+real images (cedm.fd's cached real features).
 """
 from __future__ import annotations
 
@@ -94,11 +94,11 @@ def evaluate_layouts(model_dirs, ws, spatial: str, backbone: str | None = None, 
 
     metric_net = None
     if fd:
-        from cedm.evaluate import backbone_net
+        from cedm.fd import backbone_net
         metric_net = backbone_net(device=dev)
 
     def fd_of(images, r) -> float | None:
-        from cedm.evaluate import extract, frechet_distance, real_features
+        from cedm.fd import extract, frechet_distance, real_features
         if metric_net is None:
             return None
         feats = real_features(ws, metric_net, r, progress=progress)
@@ -139,7 +139,7 @@ def evaluate_layouts(model_dirs, ws, spatial: str, backbone: str | None = None, 
                         "sampler": sampler, "steps": steps, "layout_iou": float(iou.mean()),
                         "layout_iou_sd": float(iou.std()), "FD_EffNetLite0": fd_of(images, r),
                         "seconds": time.perf_counter() - t0, "per_image": [round(float(v), 4) for v in iou]})
-    from cedm.evaluate import real_images
+    from cedm.fd import real_images
     for r in sorted(resolutions):  # the ceiling: the real images of the rows at the model resolution
         _, targets = layouts_at(kind, layouts, S, ws.resolution, r)
         reals = real_images(ws, r)[rows]

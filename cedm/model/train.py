@@ -35,36 +35,52 @@ import torch
 import torch.nn.functional as F
 
 from cedm import __version__, io
+from cedm.device import PRECISIONS
 from cedm.errors import CedmError
 from cedm.model.edm import CEDM, PRESETS, copy_model, edm_loss, save_model
 
 _CKPT_RE = re.compile(r"^checkpoint-(\d{9})\.json$")
 
 
+def _opt(default, help: str, **cli):
+    """A config field with its command-line help (``cedm.commands.add_config_arguments`` makes the flag)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
-    preset: str = "small"
-    resolution: int | None = None  # model resolution; None: the data's, capped at 64
-    kimg: float = 1000.0  # training duration in thousands of images
-    batch: int = 64  # global batch (all ranks together)
-    batch_gpu: int | None = None  # per-rank micro-batch for gradient accumulation; None: no accumulation
-    lr: float = 1e-3
-    lr_rampup_kimg: float | None = None  # None: min(10000, kimg / 10)
-    ema_halflife_kimg: float = 500.0
-    ema_rampup_ratio: float | None = 0.05  # EMA half-life at most this fraction of the images seen so far
-    p_uncond: float = 0.1  # label dropout: probability of training a conditional image as unconditional
-    xflip: bool = True
-    grad_clip: float = 1.0  # max gradient norm; 0 disables (the official EDM code does not clip)
-    augment: float = 0.0  # EDM's non-leaking augmentation probability (paper: 0.12-0.15); 0 = off
-    dropout: float | None = None  # None: the preset's
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16
-    checkpoint_kimg: float = 50.0
-    sample_kimg: float | None = 100.0  # sample grid cadence; None: only at the end; 0: never
-    n_sample: int = 16
-    keep_checkpoints: int = 2
-    log_every: int = 10  # steps between log lines
-    init: str | None = None  # start from this trained model's weights (a model folder; see init_weights)
+    """Training settings; ``cedm train`` makes one flag per field from these defaults and help texts."""
+    preset: str = _opt("small", "network size: small (CPU demo), paper (DDPM++ CIFAR, ~58M parameters), tiny "
+                                "(smoke tests)", choices=PRESETS)
+    resolution: int | None = _opt(None, "model resolution (default: the workspace's, at most 64); images are "
+                                        "resized on the fly")
+    kimg: float = _opt(1000.0, "training duration in thousands of images")
+    batch: int = _opt(64, "global batch size (all processes together)")
+    batch_gpu: int | None = _opt(None, "per-process micro-batch (gradient accumulation; default: none)")
+    lr: float = _opt(1e-3, "Adam learning rate (after the ramp-up)")
+    lr_rampup_kimg: float | None = _opt(None, "learning-rate ramp-up in kimg (default min(10000, kimg/10))",
+                                        flag="--lr-rampup")
+    ema_halflife_kimg: float = _opt(500.0, "EMA half-life in kimg", flag="--ema")
+    ema_rampup_ratio: float | None = _opt(0.05, "EMA half-life at most this fraction of the images seen so far")
+    p_uncond: float = _opt(0.1, "label dropout for classifier-free guidance (0: no guidance possible at "
+                                "sampling; self:K uses 0.15 as in seed 002)")
+    xflip: bool = _opt(True, "random horizontal flips")
+    grad_clip: float = _opt(1.0, "max gradient norm (0 = off, as the official EDM code)")
+    augment: float = _opt(0.0, "EDM's non-leaking augmentation with probability P (paper: 0.12 CIFAR, 0.15 FFHQ; "
+                               "0 = off): flips, scaling, rotation, anisotropy, translation, told to the network "
+                               "as a 9-d condition that is zero at sampling", metavar="P")
+    dropout: float | None = _opt(None, "network dropout (default: the preset's)")
+    seed: int = _opt(0, "training seed (initialisation and data order)")
+    precision: str = _opt("auto", "auto: bf16 autocast on a GPU that supports it, fp32 on CPU",
+                          choices=PRECISIONS)
+    checkpoint_kimg: float = _opt(50.0, "checkpoint (and model update) cadence in kimg")
+    sample_kimg: float | None = _opt(100.0, "sample grid cadence in kimg (0: never)")
+    n_sample: int = _opt(16, "images per sample grid")
+    keep_checkpoints: int = _opt(2, "checkpoints kept")
+    log_every: int = _opt(10, "steps between log lines")
+    init: str | None = _opt(None, "start from a trained model's weights (a model folder or a model name, e.g. a "
+                                  "shipped unconditional model); same preset and resolution; fine-tuning "
+                                  "converges far faster", metavar="MODEL")
 
     # Fields that must not change when a run is resumed (the schedule and the data stream depend on them).
     FIXED = ("preset", "resolution", "batch", "lr", "lr_rampup_kimg", "ema_halflife_kimg", "ema_rampup_ratio",
@@ -84,8 +100,8 @@ class TrainConfig:
             raise CedmError(f"p_uncond must be in [0, 1), got {c.p_uncond}")
         if not 0 <= c.augment <= 1:
             raise CedmError(f"augment must be a probability in [0, 1], got {c.augment}")
-        if c.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise CedmError(f"precision must be auto, fp32, bf16 or fp16, got {c.precision!r}")
+        if c.precision not in PRECISIONS:
+            raise CedmError(f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
         return c
 
     def to_dict(self) -> dict:
@@ -670,15 +686,13 @@ def resolve_condition(ws, spec: str, backbone: str | None = None):
     spec = (spec or "none").strip()
     if spec == "none":
         return None, 0, [], {"spec": "none", "source": "none"}
-    try:
-        from cedm.clusters import labelings
-    except ImportError as e:
-        raise CedmError(f"condition {spec!r} needs the clustering module (cedm.clusters.labelings): {e}") from e
+    from cedm.clusters import labelings
+
     lab = labelings.resolve(ws, spec, backbone=backbone)
     labels = np.asarray(lab.labels, dtype=np.int64)
     q = [float(v) for v in np.asarray(lab.q, dtype=np.float64)]
-    C = int(getattr(lab, "n_conditions", None) or len(q))
-    desc = {"spec": spec, "source": getattr(lab, "source", spec.split(":", 1)[0])}
+    C = len(q)
+    desc = {"spec": spec, "source": spec.split(":", 1)[0]}
     if spec.split(":", 1)[0] in labelings.METHODS:  # clusters depend on the features they were made from
         desc["backbone"] = labelings.resolve_backbone(backbone)
     for key in ("class_names", "original_ids", "artifact", "params"):

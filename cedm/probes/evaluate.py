@@ -1,4 +1,4 @@
-"""Measuring probe-guided sampling like any model (cedm.evaluate): FD_EffNetLite0 against the workspace's real
+"""Measuring probe-guided sampling like any model (cedm.fd): FD_EffNetLite0 against the workspace's real
 images, and agreement = the share of samples that the probe labeling's OWN assigner (its k-means centroids or
 TEMI head on the labeling backbone's features) puts in the class they were guided toward. Never the probe
 that guided them: that would grade the guidance with its own classifier.
@@ -13,7 +13,7 @@ import numpy as np
 
 from cedm import __version__, io
 from cedm.errors import CedmError
-from cedm.evaluate import labeling_head  # noqa: F401 (one answer to "which clustering", re-exported)
+from cedm.clusters.assign import labeling_head, sample_confidence
 
 
 def evaluate_probe(model_dir, probe_dir, ws, n: int = 500, seed: int = 0, weights: Sequence[float] = (1.0,),
@@ -24,13 +24,7 @@ def evaluate_probe(model_dir, probe_dir, ws, n: int = 500, seed: int = 0, weight
     stream C-EDM conditions use) and measure FD_EffNetLite0 and agreement. Results go to
     ``<out_dir>/probe-<settings>.json`` (default ``<model>/eval``)."""
     from cedm.device import resolve_device
-    from cedm.evaluate import (
-        backbone_net,
-        extract,
-        frechet_distance,
-        real_features,
-        sample_confidence,
-    )
+    from cedm.fd import backbone_net, extract, frechet_distance, real_features
     from cedm.features.backbones import OFFLINE_BACKBONE
     from cedm.model.edm import load_model
     from cedm.probes.kind import probe_for

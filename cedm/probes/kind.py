@@ -13,8 +13,6 @@ probe's probability of each finished row's class, for best-of) and ``describe`` 
 """
 from __future__ import annotations
 
-import collections
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cedm.cache import LRU
 from cedm.errors import CedmError
 from cedm.sampling.guidance import GUIDANCE, Guidance, GuidanceKind, register_guidance
 
 KIND = "probe"
-_CACHE: collections.OrderedDict = collections.OrderedDict()
-_LOCK = threading.Lock()
+_PROBES = LRU(8)  # loaded probes per (folder, mtime, model)
 
 
 def probe_spec(probe_dir, w: float = 1.0, cfg: float = 1.0, condition: int | None = None,
@@ -52,17 +50,7 @@ def probe_for(model, probe_dir):
         mtime = (folder / "probe.json").stat().st_mtime_ns
     except OSError:
         raise CedmError(f"{probe_dir} is not a probe folder (no probe.json)") from None
-    key = (str(folder), mtime, id(model))
-    with _LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    probe = load_probe(folder, model)
-    with _LOCK:
-        _CACHE[key] = probe
-        while len(_CACHE) > 8:
-            _CACHE.popitem(last=False)
-    return probe
+    return _PROBES.get((str(folder), mtime, id(model)), lambda: load_probe(folder, model))
 
 
 def _model_of(net):

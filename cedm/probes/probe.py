@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from cedm import io
+from cedm.clusters import assign
 from cedm.errors import CedmError
 from cedm.probes.features import DEFAULT_BLOCKS, denoiser_features, feature_dim
 
@@ -112,10 +113,6 @@ def weights_hash(model) -> str:
         h.update(name.encode())
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def labels_hash(labels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(labels, np.int64)).tobytes()).hexdigest()[:16]
 
 
 class Probe:
@@ -464,7 +461,7 @@ def probe_labels(ws, spec: str, progress=None, **resolve_kw) -> ProbeLabels:
 
 
 def probe_params(model, labels: ProbeLabels, settings: ProbeSettings) -> dict:
-    return {"model": weights_hash(model), "labeling": labels.spec, "labels_sha": labels_hash(labels.labels),
+    return {"model": weights_hash(model), "labeling": labels.spec, "labels_sha": assign.labels_hash(labels.labels),
             "settings": settings.key()}
 
 

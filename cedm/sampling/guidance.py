@@ -102,7 +102,7 @@ def parse_interval(value) -> tuple[float, float] | None:
         raise CedmError(f"guidance interval must be two noise levels LO,HI, got {value!r}")
     lo, hi = parts
     if not 0 <= lo < hi:
-        raise CedmError(f"guidance interval needs 0 <= LO < HI, got {lo:g},{hi:g}")
+        raise CedmError(f"guidance interval needs LO below HI, both at least 0 (0 <= LO < HI), got {lo:g},{hi:g}")
     return None if lo == 0 and hi == math.inf else (lo, hi)
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import html
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,15 +63,6 @@ class AppContext:
 
 def _session(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
-
-
-def require(module: str, feature: str):
-    """Import a library module lazily, so the app starts (and says so) before every part exists."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise CedmError(f"{feature} is not available yet in this version of cedm "
-                        f"(missing module {e.name or module})") from e
 
 
 def hide_paths(text: str) -> str:

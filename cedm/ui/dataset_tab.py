@@ -131,7 +131,8 @@ def _stage_files(files: list[Path], visitor_home: Path) -> Path:
 def import_upload(ctx: AppContext, files, name: str, resolution, labels_csv, request: gr.Request,
                   progress: gr.Progress | None) -> dict:
     """Import an upload into a new workspace in the visitor's area; returns the import report."""
-    importers = common.require("cedm.dataset.importers", "Importing datasets")
+    from cedm.dataset import importers
+
     paths = [Path(f if isinstance(f, str) else getattr(f, "name", f)) for f in (files or [])]
     try:
         return _import_paths(ctx, importers, paths, name, resolution, labels_csv, request, progress)

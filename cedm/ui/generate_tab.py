@@ -18,7 +18,11 @@ import threading
 import gradio as gr
 
 from cedm.errors import CedmError
+from cedm.inference import INTERACTIVE_DEFAULTS
+from cedm.model.info import default_guidance_interval
 from cedm.model.registry import ModelEntry, find_model, guidance_note, list_models
+from cedm.sampling import samplers
+from cedm.sampling.guidance import parse_interval
 from cedm.ui import cluster_views as cv
 from cedm.ui.common import AppContext, generation_condition, guarded
 from cedm.ui.sessions import session_owner
@@ -27,7 +31,7 @@ log = logging.getLogger("cedm.ui")
 
 CLUSTER, QUERY, FROM_Q, NONE = "a cluster", "the query image's cluster", "drawn from q(c)", "none (unconditional)"
 CONDITIONS = [CLUSTER, QUERY, FROM_Q, NONE]
-SAMPLERS = ["dpmpp2m", "heun", "euler"]
+SAMPLERS = sorted(samplers.SAMPLERS, key=lambda s: s != INTERACTIVE_DEFAULTS["sampler"])  # the registry, ours first
 MAX_IMAGES = 16
 DEFAULT_GUIDANCE = 2.0
 SWEEP = (0.0, 1.0, 2.0, 4.0, 6.0)
@@ -88,6 +92,21 @@ def request_of(entry: ModelEntry, mode: str, cluster, guidance, query_value=None
     return {"clusters": None, "from_q": True, "guidance": guidance}
 
 
+def interval_of(text):
+    """The guidance-interval box: blank = the model's default (None), 'full' = every noise level, or 'LO, HI'
+    (brackets allowed), checked by cedm.sampling.guidance.parse_interval."""
+    text = "" if text is None else str(text).strip()
+    if not text:
+        return None
+    return parse_interval(text.strip("[]() ")) or "full"
+
+
+def interval_hint(entry: ModelEntry) -> str:
+    """What a blank interval box means for this model."""
+    iv = default_guidance_interval(entry.info)
+    return "blank: this model's default, " + ("every noise level" if iv is None else f"sigma in [{iv[0]:g}, {iv[1]:g}]")
+
+
 def cluster_id(value) -> int:
     """A cluster id from the API: a whole number, or the dropdown's label ('cluster 3 · name · q 5%')."""
     m = re.match(r"^\s*(?:cluster\s+)?(\d{1,9})(?:\.0*)?(?:\s*·.*)?\s*$", str(value))
@@ -121,7 +140,7 @@ def first_batch(engine, entry: ModelEntry) -> list:
         if key not in _FIRST:
             w = DEFAULT_GUIDANCE if guidance_note(entry) is None else 1.0
             cond = request_of(entry, FROM_Q if entry.n_conditions else NONE, None, w)
-            images, recs = engine.generate(str(entry.path), FIRST_N, seed=0, steps=12, sampler="dpmpp2m", **cond)
+            images, recs = engine.generate(str(entry.path), FIRST_N, seed=0, **INTERACTIVE_DEFAULTS, **cond)
             _FIRST[key] = captioned(engine, entry, images, recs)
         return _FIRST[key]
 
@@ -277,9 +296,13 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
             guidance = gr.Slider(0, 6, value=DEFAULT_GUIDANCE, step=0.25, label="guidance w",
                                  elem_id="cedm-gen-guidance")
             guidance_info = gr.Markdown(elem_id="cedm-gen-guidance-note")
+            with gr.Accordion("Guidance interval", open=False):
+                interval = gr.Textbox(label="guide only for sigma in [lo, hi]", placeholder="e.g. 0.3, 5 or full",
+                                      info=interval_hint(first[0]) if first else None, elem_id="cedm-gen-interval")
             with gr.Row():
-                sampler = gr.Dropdown(SAMPLERS, value="dpmpp2m", label="sampler", min_width=100)
-                steps = gr.Number(12, precision=0, minimum=1, maximum=200, label="steps", min_width=80)
+                sampler = gr.Dropdown(SAMPLERS, value=INTERACTIVE_DEFAULTS["sampler"], label="sampler",
+                                      min_width=100)
+                steps = gr.Number(INTERACTIVE_DEFAULTS["steps"], precision=0, minimum=1, maximum=200, label="steps", min_width=80)
             with gr.Row():
                 seed = gr.Number(0, precision=0, minimum=0, label="seed", min_width=80)
                 n = gr.Slider(1, MAX_IMAGES, value=8, step=1, label="images")
@@ -303,11 +326,14 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
 
     @guarded
     def generate(model: str, condition: str, cluster, guidance: float, steps: int, sampler: str, seed: int,
-                 n: int, workspace: str, query_value, request: gr.Request, progress=gr.Progress()):
-        """Sample n images (seeds seed..seed+n-1) under a condition and guidance w; returns (gallery, records)."""
+                 n: int, workspace: str, query_value, interval: str | None = None, request: gr.Request = None,
+                 progress=gr.Progress()):
+        """Sample n images (seeds seed..seed+n-1) under a condition and guidance w, guiding only for sigma in
+        ``interval`` ('LO, HI'; 'full'; blank: the model's default); returns (gallery, records)."""
         entry = entry_of(model, workspace, request)
         steps, seed, n = check_numbers(steps, seed, n)
-        cond = request_of(entry, condition, cluster, guidance, query_value)
+        cond = dict(request_of(entry, condition, cluster, guidance, query_value),
+                    guidance_interval=interval_of(interval))
         engine = get_engine()
         (images, recs), = run_jobs(engine, entry, [dict(n=n, seed=seed, **cond)], steps, sampler, runs,
                                    session_of(request), progress)
@@ -315,13 +341,14 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
 
     @guarded
     def compare_same_noise(model_name, condition_mode, cluster_id, guidance_w, n_steps, sampler_name, seed_value,
-                           n_images, workspace_name, query_value, request: gr.Request, progress=gr.Progress()):
+                           n_images, workspace_name, query_value, interval, request: gr.Request,
+                           progress=gr.Progress()):
         entry = entry_of(model_name, workspace_name, request)
         require_both_branches(entry, "this comparison")
         n_steps, seed_value, n_images = check_numbers(n_steps, seed_value, n_images)
         n_images = min(n_images, SAME_NOISE_MAX)  # one row each, every column visible with its caption
-        cond = request_of(entry, CLUSTER if condition_mode in (NONE, FROM_Q) else condition_mode, cluster_id,
-                          guidance_w, query_value)
+        cond = dict(request_of(entry, CLUSTER if condition_mode in (NONE, FROM_Q) else condition_mode, cluster_id,
+                               guidance_w, query_value), guidance_interval=interval_of(interval))
         engine = get_engine()
         jobs = [dict(n=n_images, seed=seed_value, uncond=True), dict(n=n_images, seed=seed_value, **cond)]
         results = run_jobs(engine, entry, jobs, n_steps, sampler_name, runs, session_of(request), progress)
@@ -333,7 +360,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
 
     @guarded
     def guidance_sweep(model_name, condition_mode, cluster_id, guidance_w, n_steps, sampler_name, seed_value,
-                       n_images, workspace_name, query_value, request: gr.Request, progress=gr.Progress()):
+                       n_images, workspace_name, query_value, interval, request: gr.Request, progress=gr.Progress()):
         entry = entry_of(model_name, workspace_name, request)
         require_both_branches(entry, "a guidance sweep")
         n_steps, seed_value, _ = check_numbers(n_steps, seed_value, 1)
@@ -341,7 +368,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         jobs = []
         for w in SWEEP:
             cond = request_of(entry, mode_, cluster_id, w, query_value)
-            jobs.append(dict(n=1, seed=seed_value, **cond))
+            jobs.append(dict(n=1, seed=seed_value, guidance_interval=interval_of(interval), **cond))
         engine = get_engine()
         results = run_jobs(engine, entry, jobs, n_steps, sampler_name, runs, session_of(request), progress)
         items, all_recs = [], []
@@ -383,7 +410,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
                             interactive=bool(choices)),
                 gr.Radio(value=CLUSTER if entry.n_conditions else NONE, interactive=bool(entry.n_conditions)),
                 gr.Slider(value=w, interactive=note is None),
-                f"_{note}_" if note else "")
+                f"_{note}_" if note else "", gr.Textbox(info=interval_hint(entry)))
 
     @guarded
     def on_workspace(workspace_name, current, request: gr.Request):
@@ -401,7 +428,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
 
     @guarded
     def generate_for_query(value, model_name, guidance_w, n_steps, sampler_name, seed_value, n_images, workspace_name,
-                           request: gr.Request, progress=gr.Progress()):
+                           interval, request: gr.Request, progress=gr.Progress()):
         """"Generate from this cluster" (Query tab): sample the query's cluster with the selected model when it
         is conditioned on that clustering, else with the first model that is."""
         cond = generation_condition(value)
@@ -417,7 +444,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
         entry = next((e for e in fits if e.name == model_name), fits[0])
         steps_, seed_, n_ = check_numbers(n_steps, seed_value, n_images)
         w = float(guidance_w) if guidance_note(entry) is None else 1.0
-        c = request_of(entry, QUERY, None, w, value)
+        c = dict(request_of(entry, QUERY, None, w, value), guidance_interval=interval_of(interval))
         engine = get_engine()
         (images, recs), = run_jobs(engine, entry, [dict(n=n_, seed=seed_, **c)], steps_, sampler_name, runs,
                                    session_of(request), progress)
@@ -433,7 +460,7 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
             log.exception("first batch failed")
             return [], None
 
-    inputs = [model, mode, cluster, guidance, steps, sampler, seed, n, workspace, condition]
+    inputs = [model, mode, cluster, guidance, steps, sampler, seed, n, workspace, condition, interval]
     go.click(generate, inputs, [gallery, records], api_name="generate", concurrency_limit=4)
     # back to 4 columns after a same-noise grid (a browser-side update, so /generate stays a plain gallery)
     go.click(lambda: gr.Gallery(columns=4), None, gallery, api_visibility="private", show_progress="hidden",
@@ -441,14 +468,15 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
     same_noise.click(compare_same_noise, inputs, [gallery, records], api_visibility="private", concurrency_limit=4)
     sweep.click(guidance_sweep, inputs, [gallery, records], api_visibility="private", concurrency_limit=4)
     cancel.click(stop, None, None, api_visibility="private", concurrency_limit=None)
-    model.change(on_model, [model, workspace], [cluster, mode, guidance, guidance_info], api_visibility="private",
-                 show_progress="hidden")
+    model.change(on_model, [model, workspace], [cluster, mode, guidance, guidance_info, interval],
+                 api_visibility="private", show_progress="hidden")
     workspace.change(on_workspace, [workspace, model], [model], api_visibility="private", show_progress="hidden")
     condition.change(on_query, [condition], [mode, query_note], api_visibility="private", show_progress="hidden"
-                     ).then(generate_for_query, [condition, model, guidance, steps, sampler, seed, n, workspace],
+                     ).then(generate_for_query,
+                            [condition, model, guidance, steps, sampler, seed, n, workspace, interval],
                             [gallery, records, query_note], api_visibility="private", concurrency_limit=4,
                             show_progress_on=[gallery])
-    tab = GenerateTab(on_model=on_model, model=model, init_outputs=[cluster, mode, guidance, guidance_info],
+    tab = GenerateTab(on_model=on_model, model=model, init_outputs=[cluster, mode, guidance, guidance_info, interval],
                       on_open=on_open, open_outputs=[gallery, records], on_workspace=on_workspace)
     tab.controls = dict(cluster=cluster, guidance=guidance, steps=steps, sampler=sampler, seed=seed, n=n)  # layout_tab
     tab.entry_of = entry_of

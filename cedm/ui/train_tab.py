@@ -19,12 +19,13 @@ from typing import Callable
 import gradio as gr
 
 from cedm.errors import CedmError
+from cedm.model.edm import PRESETS
 from cedm.progress import format_seconds
 from cedm.ui import common
 from cedm.ui.common import AppContext, guarded
 
-PRESETS_CPU = ["tiny", "small"]
-PRESETS_GPU = ["tiny", "small", "paper"]
+PRESETS_GPU = list(PRESETS)
+PRESETS_CPU = [p for p in PRESETS if p != "paper"]  # the paper network trains for days on a CPU
 RESOLUTIONS = [16, 32, 64]
 MAX_KIMG_CPU = 100.0     # small preset at ~80 img/s on 2 cores: about 20 minutes
 MAX_KIMG_GPU = 2000.0
