@@ -43,6 +43,12 @@ def add_arguments(p) -> None:
                    help="with --probe: keep the best of K candidates by the probe's probability")
     p.add_argument("--condition", type=int, default=None, help="with --probe on a C-EDM: its own condition")
     p.add_argument("--cfg", type=float, default=1.0, help="with --probe and --condition: classifier-free weight")
+    p.add_argument("--layout-iou", default=None, metavar="box|segments:S",
+                   help="layout fidelity (seed 003): mean IoU of each model's samples under N of the workspace's own "
+                        "self-annotations (non-spatial models: same clusters and seeds, the baseline) and their "
+                        "FD_EffNetLite0; one --guidance value (see docs/spatial.md)")
+    p.add_argument("--layout-backbone", default=None, metavar="NAME",
+                   help="with --layout-iou: the annotator (default: the spatial model's own)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write all results to this JSON file")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch and BLAS (default: all cores; 1 is often faster on a busy machine)")
@@ -130,6 +136,8 @@ def run(args) -> int:
     models = _resolve_models(args)
     if args.probe is not None:
         return _run_probe(args, models, guidance)
+    if args.layout_iou is not None:
+        return _run_layout(args, models, guidance)
     for model_dir, _ in models:  # refuse impossible settings before hours of sampling
         guidance_plan(model_dir, guidance)
     # Unconditional models are scored by the classifier of the first conditioned model that has one.
@@ -204,4 +212,30 @@ def _run_probe(args, models, weights) -> int:
           "(not the probe); probe_p: the probe's mean probability of that class.")
     if args.json:
         io.write_json(args.json, out)
+    return 0
+
+
+def _run_layout(args, models, guidance) -> int:
+    """--layout-iou: cedm.model.spatial_eval on one workspace (the models' own, or --workspace)."""
+    from cedm import io
+    from cedm.model.spatial_eval import evaluate_layouts, format_layout_table
+    from cedm.progress import tqdm_progress
+
+    if len(guidance) != 1:
+        raise CedmError("--layout-iou takes one --guidance value")
+    if len({ws.content_hash for _, ws in models}) != 1:
+        raise CedmError("--layout-iou compares models on one workspace's layouts: pass --workspace")
+    with tqdm_progress("layout IoU") as progress:
+        out = evaluate_layouts([m for m, _ in models], models[0][1], args.layout_iou, args.layout_backbone,
+                               n=args.n, seed=args.seed, guidance=guidance[0], sampler=args.sampler,
+                               steps=args.steps, batch_size=args.batch, device=args.device, progress=progress)
+    print(format_layout_table(out["results"]))
+    for m in out["notes"]:
+        print(f"note: {m}")
+    print("layout IoU: the layout (a row's self-annotation) vs the self-annotation of the image sampled from it, "
+          "same annotator, at the model resolution (box IoU; segments: mean IoU over the classes present). "
+          "Baseline: a model without layout input, same cluster and seed. Ceiling: the real images of those rows.")
+    if args.json:
+        io.write_json(args.json, out)
+        print(f"results: {args.json}")
     return 0
