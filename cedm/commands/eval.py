@@ -27,7 +27,8 @@ def add_arguments(p) -> None:
     p.add_argument("--sampler", default="heun", choices=list(SAMPLERS))
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for the per-setting JSON (default <home>/eval/<model name>; never the model folder)")
-    p.add_argument("--steps", type=int, default=18, help="sampler steps (Heun: 2 x steps - 1 evaluations)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (Heun: 2 x steps - 1 evaluations); default: the official configurations' (18 up to 32 px, 40 from 64 px)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i in every setting and model")
     p.add_argument("--batch", type=int, default=64, help="images per network batch when sampling")
     p.add_argument("--inception-weights", default=None, metavar="PATH",
@@ -118,12 +119,12 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from cedm import io
-    from cedm.commands.train import _set_threads
     from cedm.clusters.assign import condition_head
+    from cedm.commands.train import _set_threads
     from cedm.evaluate import default_eval_dir, evaluate_model, guidance_plan
     from cedm.fd import DINOV2_SKIPPED, FID_SKIPPED
+    from cedm.model.edm import read_model_info, steps_for
     from cedm.sampling.guidance import parse_interval
-    from cedm.model.edm import read_model_info
 
     guidance = _parse_guidance(args.guidance)
     interval = parse_interval(args.guidance_interval)
@@ -155,7 +156,8 @@ def run(args) -> int:
         for model_dir, ws in models:
             conditioned = read_model_info(model_dir).get("n_conditions", 0) > 0
             out = evaluate_model(model_dir, ws, n=args.n, seed=args.seed, guidance=guidance,
-                                 from_q=not args.uniform, sampler=args.sampler, steps=args.steps,
+                                 from_q=not args.uniform, sampler=args.sampler,
+                                 steps=steps_for(model_dir, args.steps),
                                  batch_size=args.batch, inception_weights=args.inception_weights,
                                  dinov2_weights=args.dinov2_weights, extra_metrics=not args.offline_only,
                                  head_from=None if conditioned else head_from, progress=progress,
@@ -182,6 +184,7 @@ def _run_probe(args, models, weights) -> int:
     from tqdm import tqdm
 
     from cedm import io
+    from cedm.model.edm import steps_for
     from cedm.probes.evaluate import evaluate_probe
 
     if len(models) != 1:
@@ -197,7 +200,8 @@ def _run_probe(args, models, weights) -> int:
 
     try:
         out = evaluate_probe(model_dir, args.probe, ws, n=args.n, seed=args.seed, weights=weights,
-                             best_of=args.best_of, sampler=args.sampler, steps=args.steps, batch_size=args.batch,
+                             best_of=args.best_of, sampler=args.sampler, batch_size=args.batch,
+                             steps=steps_for(model_dir, args.steps),
                              condition=args.condition, cfg=args.cfg, progress=progress, device=args.device)
     finally:
         bar.close()
@@ -218,6 +222,7 @@ def _run_probe(args, models, weights) -> int:
 def _run_layout(args, models, guidance) -> int:
     """--layout-iou: cedm.model.spatial_eval on one workspace (the models' own, or --workspace)."""
     from cedm import io
+    from cedm.model.edm import steps_for
     from cedm.model.spatial_eval import evaluate_layouts, format_layout_table
     from cedm.progress import tqdm_progress
 
@@ -228,7 +233,8 @@ def _run_layout(args, models, guidance) -> int:
     with tqdm_progress("layout IoU") as progress:
         out = evaluate_layouts([m for m, _ in models], models[0][1], args.layout_iou, args.layout_backbone,
                                n=args.n, seed=args.seed, guidance=guidance[0], sampler=args.sampler,
-                               steps=args.steps, batch_size=args.batch, device=args.device, progress=progress)
+                               steps=steps_for(models[0][0], args.steps),
+                               batch_size=args.batch, device=args.device, progress=progress)
     print(format_layout_table(out["results"]))
     for m in out["notes"]:
         print(f"note: {m}")
