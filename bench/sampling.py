@@ -14,6 +14,7 @@ table gives medians. ``uint8 diff``: the largest difference of engine and peer i
 must be <= 1). On CUDA the rows are bf16 and fp32 too, at batch 1, 16, 64, 256.
 
     python bench/sampling.py [--model checkpoints/demo-kmeans20] [--threads 1] [--batches 1,16,64] [--reps 5]
+    python bench/sampling.py --guidance-cost [--batches 16] [--reps 3]   # what each guidance kind costs per image
 """
 import argparse
 import json
@@ -94,6 +95,59 @@ def bench_load(eng, mdir, n_cond, clients=16, n=4):
     return out
 
 
+def guidance_cost(args) -> None:
+    """Seconds per image of each guidance kind on the demo, same images, seeds, sampler and steps, one process,
+    interleaved: the unconditional model unguided; the C-EDM with classifier-free guidance (two network rows per
+    image and step); the unconditional model with probe guidance (a backward pass through the denoiser and the
+    probe's feature pass per evaluation); best of 4 by the probe (four unguided draws, the probe scores them)."""
+    from cedm.model.edm import load_model
+    from cedm.probes.probe import ProbeSettings, get_probe
+    from cedm.probes.sample import generate_with_probe
+    from cedm.sampling.generate import generate
+    from cedm.workspace import open_demo
+
+    torch.set_num_threads(args.threads or 1)
+    B = int((args.batches or "16").split(",")[0])
+    uncond_dir, cedm_dir = ROOT / "checkpoints" / "demo-uncond", Path(args.model)
+    uncond, cedm = load_model(uncond_dir), load_model(cedm_dir)
+    t = time.perf_counter()
+    probe, _, trained = get_probe(open_demo(), uncond, "skmeans:20", ProbeSettings(), model_dir=uncond_dir)
+    probe_s = probe.info["report"]["seconds"]
+    print(f"probe ready in {time.perf_counter() - t:.0f} s (trained in {probe_s:.0f} s)", flush=True)
+    kw = dict(steps=STEPS, sampler=SAMPLER, seed=0, batch_size=B)
+    kinds = {
+        "unconditional, unguided": lambda: generate(uncond, B, **kw),
+        f"C-EDM, classifier-free w = {W:g}": lambda: generate(cedm, B, guidance=W, **kw),
+        "probe guidance w = 1": lambda: generate_with_probe(uncond, probe, B, None, 1.0, **kw),
+        "best of 4 by the probe": lambda: generate_with_probe(uncond, probe, B, None, 0.0, best_of=4, **kw),
+    }
+    times = {k: [] for k in kinds}
+    for k, fn in kinds.items():  # warm-up
+        fn()
+    for rep in range(args.reps):
+        for k in (list(kinds) if rep % 2 == 0 else list(kinds)[::-1]):
+            t = time.perf_counter()
+            kinds[k]()
+            times[k].append(time.perf_counter() - t)
+        print(f"rep {rep + 1}/{args.reps} done, load {os.getloadavg()[0]:.1f}", flush=True)
+    cfg = statistics.median(times[f"C-EDM, classifier-free w = {W:g}"])
+    rows = [{"guidance": k, "seconds_per_image": round(statistics.median(v) / B, 4),
+             "vs_classifier_free": round(statistics.median(v) / cfg, 2), "runs": [round(x, 3) for x in v]}
+            for k, v in times.items()]
+    print(f"\n| guidance ({B} images, {SAMPLER} {STEPS} steps) | s / image | vs classifier-free |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['guidance']} | {r['seconds_per_image']} | {r['vs_classifier_free']}x |")
+    out = Path(args.out)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                                           "torch": torch.__version__, "load_avg_end": os.getloadavg()},
+                               "settings": {"batch": B, "sampler": SAMPLER, "steps": STEPS, "reps": args.reps,
+                                            "threads": torch.get_num_threads(), "probe_training_s": probe_s,
+                                            "statistic": "median"},
+                               "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(ROOT / "checkpoints" / "demo-kmeans20"))
@@ -108,7 +162,14 @@ def main():
     ap.add_argument("--no-interval", action="store_true", help="skip the engine-with-guidance-interval column")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
     ap.add_argument("--load", action="store_true", help="also the 16-client load test")
+    ap.add_argument("--guidance-cost", action="store_true",
+                    help="instead: seconds per image of each guidance kind (unguided, classifier-free, probe, "
+                         "best of 4) at the first --batches size (default 16); writes --out")
     args = ap.parse_args()
+    if args.guidance_cost:
+        if args.out == str(ROOT / "bench" / "results" / "sampling.json"):
+            args.out = str(ROOT / "bench" / "results" / "guidance_cost.json")
+        return guidance_cost(args)
     from diffusers import UNet2DModel
 
     from cedm.device import resolve_device

@@ -147,3 +147,21 @@ def test_resolution_aware_defaults_follow_the_official_configs():
     assert unet_config("paper", 64, 10)["dropout"] == 0.05   # FFHQ-64 / AFHQ-64
     assert unet_config("paper", 64, 10, dropout=0.2)["dropout"] == 0.2
     assert (default_sampler_steps(32), default_sampler_steps(64)) == (18, 40)
+
+
+def test_sample_and_eval_take_the_models_official_step_count_unless_given(tmp_path):
+    """`cedm sample` / `cedm eval` without --steps: 18 for a 32 px model, 40 for a 64 px one; --steps wins."""
+    import json
+    import shutil
+
+    from cedm.model.edm import steps_for
+    from cedm.workspace import REPO_ROOT
+
+    shipped = REPO_ROOT / "checkpoints" / "demo-uncond"
+    assert steps_for(shipped) == 18 and steps_for(shipped, 7) == 7
+    big = tmp_path / "m64"
+    big.mkdir()
+    info = json.loads((shipped / "cedm.json").read_text())
+    (big / "cedm.json").write_text(json.dumps({**info, "resolution": 64}))
+    shutil.copytree(shipped / "unet_ema", big / "unet_ema")
+    assert steps_for(big) == 40

@@ -47,6 +47,15 @@ def _dark_inside(images, box):
     return d[:, y0:y1, x0:x1].sum((1, 2)) / np.maximum(d.sum((1, 2)), 1e-9)
 
 
+def _dark_box(images):
+    """An exact annotator for dark squares on white: the dark pixels' bounding box."""
+    out = []
+    for im in images:
+        ys, xs = np.nonzero(im.mean(-1) < 128)
+        out.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 8, 8])
+    return np.array(out)
+
+
 def _spy_on(model) -> list:
     """Record (labels, map) of every network call of ``model``."""
     seen = []
@@ -199,16 +208,9 @@ def test_workspace_train_and_sample_with_self_annotations(home, tmp_path):
 def test_layout_fidelity_ranks_the_spatial_model_first(trained):
     from cedm.model.spatial import layout_fidelity
 
-    def dark_box(images):  # an exact annotator for dark squares on white
-        out = []
-        for im in images:
-            ys, xs = np.nonzero(im.mean(-1) < 128)
-            out.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 8, 8])
-        return np.array(out)
-
     _, boxes = _squares(8, seed=5)
     models = {"spatial": load_model(trained[0]), "image": load_model(trained[1])}
-    res = layout_fidelity(models, "box", boxes, [0] * 8, dark_box, steps=8, sampler="dpmpp2m", seed=0)
+    res = layout_fidelity(models, "box", boxes, [0] * 8, _dark_box, steps=8, sampler="dpmpp2m", seed=0)
     assert len(res["spatial"]["per_image"]) == 8
     assert res["spatial"]["iou"] > res["image"]["iou"] + 0.15, res
 
@@ -248,3 +250,106 @@ def test_guidance_on_the_layout_alone_or_the_cluster_within_it(trained, tmp_path
         generate_with_layout(no_branch, maps, 1, clusters=0, guidance=Guidance(2.0, kind="layout"), steps=2)
     with pytest.raises(CedmError, match="needs a layout"):
         generate(sp, 1, clusters=0, guidance=Guidance(2.0, kind="layout"), steps=2)
+
+
+def test_a_spatial_model_starts_from_an_image_level_one(trained, tmp_path):
+    """--init of a spatial model from an image-level model of the same preset: every weight carried, the map's
+    input channels start at zero, so the new model denoises exactly like the old one whatever the layout."""
+    from cedm.model.edm import CEDM
+    from cedm.model.train import init_weights
+
+    src = load_model(trained[1])
+    net = CEDM.from_preset("tiny", 8, 1, spatial_channels=3).eval()
+    found = init_weights(net, trained[1])
+    assert found["zero_input_channels"] == 3 and found["class_rows"] == "all"
+    w = net.unet.conv_in.weight
+    assert not w[:, 3:].any() and torch.equal(w[:, :3], src.unet.conv_in.weight)
+    x, sigma, labels = torch.randn(2, 3, 8, 8), torch.tensor(0.7), torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        want = src(x, sigma, labels)
+        for maps in (None, torch.randn(2, 3, 8, 8)):
+            assert torch.allclose(net(x, sigma, labels, spatial=maps), want, atol=1e-5)
+    with pytest.raises(CedmError, match="network differs"):  # fewer input channels than the source: refused
+        init_weights(CEDM.from_preset("tiny", 8, 1), trained[0])
+
+
+def test_eval_reports_layout_iou_over_the_workspace_layouts(home, tmp_path):
+    """cedm eval --layout-iou: a spatial model and an image-level baseline sampled under the same workspace
+    self-boxes; the real images of those rows, annotated the same way at the same resolution, give IoU 1."""
+    from cedm.workspace import create_from_array
+
+    rng = np.random.default_rng(2)
+    imgs = np.full((10, 16, 16, 3), 255, np.uint8)
+    for i in range(10):
+        x, y = rng.integers(0, 9, 2)
+        imgs[i, y:y + 7, x:x + 7] = rng.integers(0, 200, 3)
+    create_from_array(home, "ev", imgs)
+    common = ["--condition", "kmeans:2", "--backbone", "efficientnet_lite0", "--preset", "tiny", "--kimg", "0.008",
+              "--batch", "4", "--sample-kimg", "0", "--device", "cpu"]
+    assert main(["train", "ev", *common, "--spatial", "box", "--p-drop-class", "0.2", "--out", "box"]) == 0
+    assert main(["train", "ev", *common, "--out", "img"]) == 0
+    out = tmp_path / "layout.json"
+    assert main(["eval", "box", "img", "--workspace", "ev", "--layout-iou", "box", "--n", "4", "--steps", "2",
+                 "--sampler", "euler", "--guidance", "2", "--device", "cpu", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["rows"] == [0, 3, 6, 9]
+    box, img, real = res["results"]
+    assert (box["model_name"], box["spatial_model"], img["model_name"], img["spatial_model"]) == \
+        ("box", True, "img", False)
+    for r in (box, img):
+        assert len(r["per_image"]) == 4 and 0 <= r["layout_iou"] <= 1 and r["FD_EffNetLite0"] > 0
+        assert r["guidance"] == 2 and r["annotator"] == "efficientnet_lite0"
+    assert real["layout_iou"] == 1.0 and real["per_image"] == [1.0] * 4  # same annotator, same images
+    # refused: a layout kind the spatial model does not take; several guidance values
+    assert main(["eval", "box", "--workspace", "ev", "--layout-iou", "segments:2", "--n", "2",
+                 "--device", "cpu"]) == 2
+    assert main(["eval", "box", "--workspace", "ev", "--layout-iou", "box", "--guidance", "1,2", "--n", "2",
+                 "--device", "cpu"]) == 2
+    assert main(["eval", "img", "--workspace", "ev", "--layout-iou", "box", "--n", "2", "--device", "cpu"]) == 2
+    # segments: the workspace's own centroids annotate the samples; the real images again give mIoU 1
+    assert main(["train", "ev", *common, "--spatial", "segments:2", "--out", "seg"]) == 0
+    assert main(["eval", "seg", "--workspace", "ev", "--layout-iou", "segments:2", "--n", "2", "--steps", "2",
+                 "--sampler", "euler", "--device", "cpu", "--json", str(out)]) == 0
+    seg, real = json.loads(out.read_text())["results"]
+    assert seg["spatial_model"] and seg["layout"] == "segments:2" and 0 <= seg["layout_iou"] <= 1
+    assert real["per_image"] == [1.0, 1.0]
+
+
+def test_same_noise_comparison_of_the_three_guidance_kinds(trained):
+    """compare_guidance: the rows image-level / layout only / layout + cluster share seeds; the layout rows put
+    the square in the box far more than the image-level row (exact annotator: the dark pixels' bounding box)."""
+    from cedm.model.spatial import COMPARISON, compare_guidance, layout_of_maps
+
+    sp = load_model(trained[0])
+    maps = encode_boxes([[4, 4, 8, 8]], 8, 8)
+    assert layout_of_maps(maps).tolist() == [[4, 4, 8, 8]]
+    calls = []
+    rows = compare_guidance(sp, maps, 0, n=8, guidance=2.0, annotate=_dark_box, steps=6, sampler="dpmpp2m", seed=3,
+                            progress=lambda d, t, desc: calls.append((d, t)))
+    assert [r["name"] for r in rows] == [name for name, _ in COMPARISON]
+    assert all(len(r["iou"]) == 8 and r["images"].shape == (8, 8, 8, 3) for r in rows)
+    assert [r["records"][0]["seed"] for r in rows] == [3, 3, 3]
+    assert rows[1]["records"][0]["condition"] is None and rows[2]["records"][0]["condition"] == 0
+    image_level, layout_only, both = (_dark_inside(r["images"], (4, 4, 8, 8)).mean() for r in rows)
+    assert min(layout_only, both) > image_level + 0.2, (image_level, layout_only, both)
+    assert calls[-1][0] == calls[-1][1]  # progress reaches the end of the three rows
+    no_branch = load_model(trained[0])
+    no_branch.info["spatial"]["p_drop_class"] = 0.0
+    rows = compare_guidance(no_branch, maps, 0, n=2, guidance=2.0, steps=2, sampler="euler")
+    assert rows[1]["images"] is None and "p-drop-class" in rows[1]["note"] and rows[2]["iou"] is None
+    with pytest.raises(CedmError, match="one layout map"):
+        compare_guidance(sp, maps.repeat(2, 1, 1, 1), 0, n=2, steps=2)
+
+
+def test_painted_colours_become_segment_ids():
+    from cedm.annotate.overlay import colour_segments, ids_from_colours
+
+    ids = np.array([[0, 1, 2], [2, 2, 0]], np.uint8)
+    pic = colour_segments(ids, 3)[0].astype(np.int16)
+    noisy = np.clip(pic + np.random.default_rng(0).integers(-12, 13, pic.shape), 0, 255).astype(np.uint8)
+    assert np.array_equal(ids_from_colours(noisy, 3), ids)
+    rgba = np.concatenate([pic.astype(np.uint8), np.full(ids.shape + (1,), 255, np.uint8)], -1)
+    rgba[0, 1, 3] = 0  # transparent: background
+    assert ids_from_colours(rgba, 3)[0, 1] == 0
+    with pytest.raises(CedmError, match="painted layout"):
+        ids_from_colours(np.zeros((3, 3)), 3)

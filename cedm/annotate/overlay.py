@@ -53,3 +53,18 @@ def blend_segments(images, masks, n_segments: int, alpha: float = 0.5) -> np.nda
     if col.shape != imgs.shape:
         raise CedmError(f"segment maps of shape {col.shape[:3]} do not match images {imgs.shape[:3]}")
     return np.round((1 - alpha) * imgs + alpha * col).astype(np.uint8)
+
+
+def ids_from_colours(picture, n_segments: int) -> np.ndarray:
+    """uint8 (H, W) segment ids of a painted picture (H, W, 3 or 4): each pixel takes the id of the nearest
+    colour of ``segment_palette(n_segments)`` (the inverse of ``colour_segments``; transparent pixels -> 0)."""
+    p = np.asarray(picture)
+    if p.ndim != 3 or p.shape[2] not in (3, 4) or not np.issubdtype(p.dtype, np.number):
+        raise CedmError(f"a painted layout must be an (H, W, 3) or (H, W, 4) picture, got {p.dtype} {p.shape}")
+    rgb = p[..., :3].astype(np.int32)
+    pal = segment_palette(n_segments).astype(np.int32)
+    d = ((rgb[:, :, None, :] - pal[None, None]) ** 2).sum(-1)
+    ids = d.argmin(-1).astype(np.uint8)
+    if p.shape[2] == 4:
+        ids[p[..., 3] == 0] = 0
+    return ids

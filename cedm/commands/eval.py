@@ -28,7 +28,8 @@ def add_arguments(p) -> None:
     p.add_argument("--sampler", default="heun", choices=list(SAMPLERS))
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for the per-setting JSON (default <home>/eval/<model name>; never the model folder)")
-    p.add_argument("--steps", type=int, default=18, help="sampler steps (Heun: 2 x steps - 1 evaluations)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (Heun: 2 x steps - 1 evaluations); default: the official configurations' (18 up to 32 px, 40 from 64 px)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i in every setting and model")
     p.add_argument("--batch", type=int, default=64, help="images per network batch when sampling")
     p.add_argument("--inception-weights", default=None, metavar="PATH",
@@ -44,6 +45,12 @@ def add_arguments(p) -> None:
                    help="with --probe: keep the best of K candidates by the probe's probability")
     p.add_argument("--condition", type=int, default=None, help="with --probe on a C-EDM: its own condition")
     p.add_argument("--cfg", type=float, default=1.0, help="with --probe and --condition: classifier-free weight")
+    p.add_argument("--layout-iou", default=None, metavar="box|segments:S",
+                   help="layout fidelity (seed 003): mean IoU of each model's samples under N of the workspace's own "
+                        "self-annotations (non-spatial models: same clusters and seeds, the baseline) and their "
+                        "FD_EffNetLite0; one --guidance value (see docs/spatial.md)")
+    p.add_argument("--layout-backbone", default=None, metavar="NAME",
+                   help="with --layout-iou: the annotator (default: the spatial model's own)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write all results to this JSON file")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch and BLAS (default: all cores; 1 is often faster on a busy machine)")
@@ -111,12 +118,12 @@ def format_table(results: list[dict]) -> str:
 
 def run(args) -> int:
     from cedm import io
-    from cedm.commands.train import _set_threads
     from cedm.clusters.assign import condition_head
+    from cedm.commands.train import _set_threads
     from cedm.evaluate import default_eval_dir, evaluate_model, guidance_plan
     from cedm.fd import DINOV2_SKIPPED, FID_SKIPPED
+    from cedm.model.edm import read_model_info, steps_for
     from cedm.sampling.guidance import parse_interval
-    from cedm.model.edm import read_model_info
 
     guidance = _parse_guidance(args.guidance)
     interval = parse_interval(args.guidance_interval)
@@ -129,6 +136,8 @@ def run(args) -> int:
     models = _resolve_models(args)
     if args.probe is not None:
         return _run_probe(args, models, guidance)
+    if args.layout_iou is not None:
+        return _run_layout(args, models, guidance)
     for model_dir, _ in models:  # refuse impossible settings before hours of sampling
         guidance_plan(model_dir, guidance)
     # Unconditional models are scored by the classifier of the first conditioned model that has one.
@@ -138,7 +147,8 @@ def run(args) -> int:
         for model_dir, ws in models:
             conditioned = read_model_info(model_dir).get("n_conditions", 0) > 0
             out = evaluate_model(model_dir, ws, n=args.n, seed=args.seed, guidance=guidance,
-                                 from_q=not args.uniform, sampler=args.sampler, steps=args.steps,
+                                 from_q=not args.uniform, sampler=args.sampler,
+                                 steps=steps_for(model_dir, args.steps),
                                  batch_size=args.batch, inception_weights=args.inception_weights,
                                  dinov2_weights=args.dinov2_weights, extra_metrics=not args.offline_only,
                                  head_from=None if conditioned else head_from, progress=progress,
@@ -161,6 +171,7 @@ def run(args) -> int:
 
 def _run_probe(args, models, weights) -> int:
     from cedm import io
+    from cedm.model.edm import steps_for
     from cedm.probes.evaluate import evaluate_probe
 
     if len(models) != 1:
@@ -168,7 +179,8 @@ def _run_probe(args, models, weights) -> int:
     (model_dir, ws), = models
     with tqdm_progress("eval") as progress:
         out = evaluate_probe(model_dir, args.probe, ws, n=args.n, seed=args.seed, weights=weights,
-                             best_of=args.best_of, sampler=args.sampler, steps=args.steps, batch_size=args.batch,
+                             best_of=args.best_of, sampler=args.sampler, batch_size=args.batch,
+                             steps=steps_for(model_dir, args.steps),
                              condition=args.condition, cfg=args.cfg, progress=progress, device=args.device)
     print("model  labeling  w_probe  best_of  n  FD_EffNetLite0  agree  probe_p  s/img")
     for r in out["results"]:
@@ -181,4 +193,32 @@ def _run_probe(args, models, weights) -> int:
           "(not the probe); probe_p: the probe's mean probability of that class.")
     if args.json:
         io.write_json(args.json, out)
+    return 0
+
+
+def _run_layout(args, models, guidance) -> int:
+    """--layout-iou: cedm.model.spatial_eval on one workspace (the models' own, or --workspace)."""
+    from cedm import io
+    from cedm.model.edm import steps_for
+    from cedm.model.spatial_eval import evaluate_layouts, format_layout_table
+    from cedm.progress import tqdm_progress
+
+    if len(guidance) != 1:
+        raise CedmError("--layout-iou takes one --guidance value")
+    if len({ws.content_hash for _, ws in models}) != 1:
+        raise CedmError("--layout-iou compares models on one workspace's layouts: pass --workspace")
+    with tqdm_progress("layout IoU") as progress:
+        out = evaluate_layouts([m for m, _ in models], models[0][1], args.layout_iou, args.layout_backbone,
+                               n=args.n, seed=args.seed, guidance=guidance[0], sampler=args.sampler,
+                               steps=steps_for(models[0][0], args.steps),
+                               batch_size=args.batch, device=args.device, progress=progress)
+    print(format_layout_table(out["results"]))
+    for m in out["notes"]:
+        print(f"note: {m}")
+    print("layout IoU: the layout (a row's self-annotation) vs the self-annotation of the image sampled from it, "
+          "same annotator, at the model resolution (box IoU; segments: mean IoU over the classes present). "
+          "Baseline: a model without layout input, same cluster and seed. Ceiling: the real images of those rows.")
+    if args.json:
+        io.write_json(args.json, out)
+        print(f"results: {args.json}")
     return 0

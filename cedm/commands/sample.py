@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
     which.add_argument("--uncond", action="store_true", help="no condition (the learned unconditional branch)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="w: 0 unconditional, 1 conditional (default), >1 stronger guidance")
-    p.add_argument("--steps", type=int, default=18, help="sampler steps (Heun: 2 x steps - 1 evaluations)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (Heun: 2 x steps - 1 evaluations); default: the official configurations' (18 up to 32 px, 40 from 64 px)")
     p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                    help="guide only for noise levels LO <= sigma <= HI (Kynkäänniemi et al. 2024); outside it "
                         "only the conditional half of the batch runs (default: every sigma)")
@@ -109,6 +110,9 @@ def run(args) -> int:
     with InferenceEngine(device=args.device, threads=args.threads, max_batch=args.batch,
                          dtype=args.dtype) as engine:
         info = engine.model_info(model_dir, ema=not args.raw)
+        from cedm.model.edm import steps_for
+
+        args.steps = steps_for(model_dir, args.steps)
         mode = ("uncond" if args.uncond or not info.get("n_conditions") else f"c{args.cluster}"
                 if args.cluster is not None else "list" if args.clusters else "uniform" if args.uniform else "q")
         best = (f"-best{args.best_of}" if args.best_of > 1 else "") + ("-layout" if args.layout else "")

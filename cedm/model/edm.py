@@ -45,6 +45,11 @@ def default_sampler_steps(resolution: int) -> int:
     return 18 if int(resolution) <= 32 else 40
 
 
+def steps_for(model_dir, steps: int | None = None) -> int:
+    """``steps`` when given, else the official configurations' for the model's resolution."""
+    return int(steps) if steps is not None else default_sampler_steps(int(read_model_info(model_dir)["resolution"]))
+
+
 def unet_config(preset: str, resolution: int, n_conditions: int, dropout: float | None = None) -> dict:
     """The diffusers ``UNet2DModel`` config for a named size preset.
 

@@ -303,8 +303,9 @@ def _read_layout_file(p: Path, n_segments, read_mask) -> np.ndarray:
         return square_resize(to_rgb(im), max(8, min(512, *im.size)))
 
 
-def annotate_for_model(model, image: np.ndarray, model_dir=None, device=None) -> np.ndarray:
-    """The self-annotation of one uint8 (H, W, 3) image by the model's annotator, at the model resolution."""
+def model_annotator(model, model_dir=None, device=None):
+    """The model's own annotator as ``annotate(images uint8 (N, H, W, 3)) -> annotations at the model
+    resolution`` (boxes int (N, 4) or segment ids uint8 (N, r, r)): images are square-resized to r first."""
     from PIL import Image
 
     from cedm.annotate.boxes import BoxAnnotator
@@ -313,15 +314,47 @@ def annotate_for_model(model, image: np.ndarray, model_dir=None, device=None) ->
 
     sp = model_spatial(model)
     r = int(model.resolution)
+    if sp["kind"] == "box":
+        annot = BoxAnnotator(sp["backbone"], device=device)
+    else:
+        if model_dir is None or not (Path(model_dir) / CENTROIDS_FILE).is_file():
+            raise CedmError("this segments model has no spatial_centroids.npy next to it: give a mask PNG instead")
+        cent = io.load_npy(Path(model_dir) / CENTROIDS_FILE)
+        annot = SegmentAnnotator(cent, sp["backbone"], device=device, refine=sp.get("refine") != "none")
+
+    def annotate(images) -> np.ndarray:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise CedmError(f"expected uint8 RGB images (N, H, W, 3), got {images.dtype} {images.shape}")
+        if images.shape[1:3] != (r, r):
+            images = np.stack([square_resize(Image.fromarray(im), r) for im in images])
+        return annot(images)
+
+    return annotate
+
+
+def annotate_for_model(model, image: np.ndarray, model_dir=None, device=None) -> np.ndarray:
+    """The self-annotation of one uint8 (H, W, 3) image by the model's annotator, at the model resolution."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise CedmError(f"expected a uint8 RGB image, got {image.dtype} {image.shape}")
-    img = square_resize(Image.fromarray(image), r)[None]
-    if sp["kind"] == "box":
-        return BoxAnnotator(sp["backbone"], device=device)(img)[0]
-    if model_dir is None or not (Path(model_dir) / CENTROIDS_FILE).is_file():
-        raise CedmError("this segments model has no spatial_centroids.npy next to it: give a mask PNG instead")
-    cent = io.load_npy(Path(model_dir) / CENTROIDS_FILE)
-    return SegmentAnnotator(cent, sp["backbone"], device=device, refine=sp.get("refine") != "none")(img)[0]
+    return model_annotator(model, model_dir, device)(image[None])[0]
+
+
+def layout_of_maps(maps) -> np.ndarray:
+    """What layout_iou compares, from encoded maps (B, ch, r, r): boxes int (B, 4) (the bounding box of the
+    positive pixels of a box map) or segment ids uint8 (B, r, r) (the arg-max of a segment map)."""
+    m = torch.as_tensor(maps).detach().cpu()
+    if m.ndim != 4 or not m.shape[1]:
+        raise CedmError(f"layout maps must be (B, channels, r, r), got {tuple(m.shape)}")
+    if m.shape[1] > 1:
+        return m.argmax(1).numpy().astype(np.uint8)
+    out = []
+    for one in m[:, 0].numpy() > 0:
+        ys, xs = np.nonzero(one)
+        if not len(xs):
+            raise CedmError("an empty box map has no box")
+        out.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return np.asarray(out, np.int64)
 
 
 def generate_with_layout(model, layout_map: torch.Tensor, n: int, **kw):
@@ -337,6 +370,19 @@ def generate_with_layout(model, layout_map: torch.Tensor, n: int, **kw):
     return generate(wrapped, n, **kw)
 
 
+def guide_kw(guide_on: str, kw: dict) -> dict:
+    """generate()'s keyword arguments for guiding on ``guide_on`` (both, layout or cluster)."""
+    if guide_on not in GUIDE_ON:
+        raise CedmError(f"guide_on must be one of {', '.join(GUIDE_ON)}, got {guide_on!r}")
+    kw = dict(kw)
+    if guide_on != "both":
+        from cedm.sampling.guidance import Guidance
+        kw["guidance"] = Guidance(kw.get("guidance", 1.0), kw.pop("guidance_interval", None), kind=guide_on)
+        if guide_on == "layout":  # the cluster is not used: any conditional request will do
+            kw.update(clusters=0, uncond=False)
+    return kw
+
+
 def sample_with_layout(model_dir, layout, n: int, device=None, ema: bool = True, guide_on: str = "both", **kw):
     """Load a spatial model folder and sample ``n`` images under ``layout`` (see :func:`layout_maps`);
     ``guide_on``: both (cfg: (map, c) vs (no map, none)), layout ((map, none) vs (no map, none)) or cluster
@@ -347,14 +393,7 @@ def sample_with_layout(model_dir, layout, n: int, device=None, ema: bool = True,
     dev = resolve_device(device) if not hasattr(device, "type") else device
     model = load_model(model_dir, device=dev, ema=ema)
     maps, desc = layout_maps(model, layout, model_dir, dev)
-    if guide_on not in GUIDE_ON:
-        raise CedmError(f"guide_on must be one of {', '.join(GUIDE_ON)}, got {guide_on!r}")
-    if guide_on != "both":
-        from cedm.sampling.guidance import Guidance
-        kw["guidance"] = Guidance(kw.get("guidance", 1.0), kw.pop("guidance_interval", None), kind=guide_on)
-        if guide_on == "layout":  # the cluster is not used: any conditional request will do
-            kw.update(clusters=0, uncond=False)
-    images, records = generate_with_layout(model, maps.to(dev), n, **kw)
+    images, records = generate_with_layout(model, maps.to(dev), n, **guide_kw(guide_on, kw))
     extra = {"guide_on": guide_on, **({"condition": None} if guide_on == "layout" else {})}
     return images, [{**r, **desc, **extra} for r in records]
 
@@ -389,6 +428,50 @@ def layout_fidelity(models: dict, kind: str, layouts, clusters, annotate, n_segm
         iou = layout_iou(layouts, annotate(images), kind)
         out[name] = {"iou": float(np.mean(iou)), "per_image": [round(float(v), 4) for v in iou]}
     return out
+
+
+COMPARISON = (("image-level", None), ("layout only", "layout"), ("layout + cluster", "both"))
+
+
+def compare_guidance(model, maps: torch.Tensor, cluster: int, n: int = 4, guidance: float = 2.0, annotate=None,
+                     progress=None, **generate_kw) -> list[dict]:
+    """The same-noise comparison of a spatial model under one layout map (1, ch, r, r): the same seeds sampled
+    with image-level guidance (no layout: the zero map, cluster vs none), layout-only guidance ((map, none) vs
+    (no map, none); needs p_drop_class > 0, else left out with a note) and layout + cluster ((map, c) vs
+    (no map, none)). ``annotate(images)``: the annotator for the layout IoU of every sample (e.g.
+    :func:`model_annotator`; None: no IoU). Returns one row per kind: {"name", "images", "records", "iou"
+    (per image, or None), "mean_iou", "note"}."""
+    from cedm.annotate.metrics import layout_iou
+    from cedm.sampling.generate import generate
+
+    sp = model_spatial(model)
+    if maps.ndim != 4 or maps.shape[0] != 1:
+        raise CedmError(f"the comparison takes one layout map (1, channels, r, r), got {tuple(maps.shape)}")
+    target = layout_of_maps(maps)
+    rows = []
+    for k, (name, guide_on) in enumerate(COMPARISON):
+        step = None
+        if progress is not None:
+            def step(i, t, d="", k=k, name=name):
+                progress(k * t + i, len(COMPARISON) * t, f"{name}: {d}")
+        kw = dict(generate_kw, clusters=int(cluster), guidance=float(guidance), progress=step)
+        if guide_on == "layout" and float(sp.get("p_drop_class", 0.0)) <= 0:
+            rows.append({"name": name, "images": None, "records": [], "iou": None, "mean_iou": None,
+                         "note": "needs a model trained with --p-drop-class > 0"})
+            continue
+        if guide_on is None:
+            images, records = generate(model, n, **kw)
+        else:
+            images, records = generate_with_layout(model, maps, n, **guide_kw(guide_on, kw))
+        iou = None
+        if annotate is not None:
+            iou = [round(float(v), 4) for v in layout_iou(np.repeat(target, n, 0), annotate(images), sp["kind"])]
+        records = [{**r, "comparison": name, "guide_on": guide_on or "image-level",
+                    **({"condition": None} if guide_on == "layout" else {}),
+                    **({"layout_iou": iou[i]} if iou is not None else {})} for i, r in enumerate(records)]
+        rows.append({"name": name, "images": images, "records": records, "iou": iou,
+                     "mean_iou": None if iou is None else float(np.mean(iou)), "note": ""})
+    return rows
 
 
 # --- guiding on the layout alone, or on the cluster within the layout ---------------------------------------

@@ -527,7 +527,9 @@ def init_weights(net: CEDM, model_dir) -> dict:
     (preset and resolution); their conditions may differ. Every weight is carried except the class embedding:
     its "no condition" row is carried, and each condition row starts as that row (so a C-EDM made from an
     unconditional model starts out as that model for every cluster); when the condition counts match, the
-    whole embedding is carried. Returns {"carried": n, "class_rows": "all" | "uncond"}."""
+    whole embedding is carried. A spatial model may start from an image-level one: the input convolution's
+    weights of the map channels start at zero, so it starts out as that model whatever the map. Returns
+    {"carried": n, "class_rows": "all" | "uncond"[, "zero_input_channels": k]}."""
     from cedm.model.edm import load_model
 
     src = load_model(model_dir, device="cpu", ema=True)
@@ -536,6 +538,11 @@ def init_weights(net: CEDM, model_dir) -> dict:
                 if not k.startswith("_") and k not in ("num_class_embeds", "dropout")}
 
     a, b = arch(src.unet.config), arch(net.unet.config)
+    extra_in = int(b.get("in_channels", 3)) - int(a.get("in_channels", 3))
+    if extra_in > 0 and {**a, "in_channels": b["in_channels"]} == b:
+        a["in_channels"] = b["in_channels"]  # a spatial model from an image-level one: its map channels start at 0
+    else:
+        extra_in = 0
     if a != b:
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         raise CedmError(f"cannot start from {model_dir}: its network differs from this one ({', '.join(diff)}); "
@@ -548,8 +555,12 @@ def init_weights(net: CEDM, model_dir) -> dict:
         emb = state[key][src.uncond_index].to(own[key].dtype)
         state[key] = emb.expand_as(own[key]).clone()
         rows = "uncond"
+    if extra_in:
+        w = torch.zeros_like(own["conv_in.weight"])
+        w[:, :w.shape[1] - extra_in] = state["conv_in.weight"]
+        state["conv_in.weight"] = w
     net.unet.load_state_dict(state)
-    return {"carried": len(state), "class_rows": rows}
+    return {"carried": len(state), "class_rows": rows, **({"zero_input_channels": extra_in} if extra_in else {})}
 
 
 _SPEED: dict = {}

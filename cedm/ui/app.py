@@ -14,8 +14,8 @@ import logging
 import gradio as gr
 
 from cedm import workspace as wsp
-from cedm.ui import clusters_tab, dataset_tab, export_tab, generate_tab, labels_tab, models_tab, probe_tab, \
-    query_tab, settings, train_tab
+from cedm.ui import clusters_tab, dataset_tab, export_tab, generate_tab, labels_tab, layout_tab, models_tab, \
+    probe_tab, query_tab, settings, train_tab
 from cedm.ui.common import MAX_FILE_SIZE, AppContext, generation_condition
 from cedm.ui.sessions import DEFAULT_MAX_AGE_S, LocalArea, Sessions, is_public
 
@@ -51,6 +51,9 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
                 train = train_tab.build(ctx, data.workspace, clusters.clustering, clusters.backbone)
             with gr.Tab("Generate", id="generate"):
                 gen = generate_tab.build(ctx, data.workspace, condition, shipped_dirs=model_dirs)
+                layout = layout_tab.build_generate(ctx, data.workspace, gen)
+            with gr.Tab("Layouts", id="layouts"):  # self-boxes / self-segments over the images (seed 003)
+                annotations = layout_tab.build_annotations(ctx, data.workspace)
             with gr.Tab("Adapt", id="adapt") as adapt:  # "more like these": a probe on a trained model (seed 004)
                 probe_load = probe_tab.build(ctx, data.workspace, shipped_dirs=model_dirs)
             # a selection saved in the Clusters tab (or a clustering made there) is offered when the tab opens
@@ -69,6 +72,11 @@ def build_app(home=None, session_max_age_s: float = DEFAULT_MAX_AGE_S, model_dir
         demo.load(probe_load[0], [data.workspace], probe_load[1], api_visibility="private")
         demo.load(gen.on_model, [gen.model, data.workspace], gen.init_outputs, api_visibility="private")
         demo.load(gen.on_open, [gen.model, data.workspace], gen.open_outputs, api_visibility="private")
+        demo.load(layout.on_model, layout.inputs, layout.outputs, api_visibility="private", show_progress="hidden")
+        demo.load(annotations.refresh, annotations.refresh_inputs, annotations.refresh_outputs,
+                  api_visibility="private", show_progress="hidden")
+        annotations.picked.change(layout.take_row, [annotations.picked], [layout.source, layout.row],
+                                  api_visibility="private", show_progress="hidden")
         # "Generate from this cluster" (Query tab) opens the Generate tab with that cluster as the condition
         condition.change(lambda v: gr.Tabs(selected="generate") if generation_condition(v) else gr.Tabs(),
                          [condition], [tabs], api_visibility="private")

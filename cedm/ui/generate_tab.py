@@ -476,8 +476,11 @@ def build(ctx: AppContext, workspace: gr.Dropdown, condition: gr.State, shipped_
                             [condition, model, guidance, steps, sampler, seed, n, workspace, interval],
                             [gallery, records, query_note], api_visibility="private", concurrency_limit=4,
                             show_progress_on=[gallery])
-    return GenerateTab(on_model=on_model, model=model, init_outputs=[cluster, mode, guidance, guidance_info, interval],
-                       on_open=on_open, open_outputs=[gallery, records], on_workspace=on_workspace)
+    tab = GenerateTab(on_model=on_model, model=model, init_outputs=[cluster, mode, guidance, guidance_info, interval],
+                      on_open=on_open, open_outputs=[gallery, records], on_workspace=on_workspace)
+    tab.controls = dict(cluster=cluster, guidance=guidance, steps=steps, sampler=sampler, seed=seed, n=n)  # layout_tab
+    tab.entry_of = entry_of
+    return tab
 
 
 class GenerateTab:

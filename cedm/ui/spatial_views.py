@@ -62,9 +62,24 @@ def overlay_items(ws, rows, value: str) -> list[tuple[np.ndarray, str]]:
     return [(drawn[pos[int(r)]], captions[pos[int(r)]]) for r in rows]
 
 
-def query_overlay(ws, image: np.ndarray, value: str) -> np.ndarray:
-    """A query image (uint8 (R, R, 3), at the workspace resolution) with its self-annotation drawn over it."""
+def _at(image, resolution: int) -> np.ndarray:
+    """uint8 (R, R, 3) of a PIL or numpy image of any size and mode (centre square, resized)."""
+    from PIL import Image
+
+    from cedm.dataset.imaging import square_resize
+
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (resolution, resolution, 3):
+        return image
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image).astype(np.uint8))
+    return square_resize(img, resolution)
+
+
+def query_overlay(ws, image, value: str) -> np.ndarray:
+    """A query image (any size; shown at the workspace resolution) with its self-annotation drawn over it."""
     spatial, backbone, _ = _folder(ws, value)
+    if image is None:
+        raise CedmError("upload or paste an image first")
+    image = _at(image, ws.resolution)
     annot = store.load_annotator(ws, spatial, backbone)
     out = annot(image[None])
     if spatial == "box":
@@ -82,3 +97,34 @@ def layout_picture(maps, size: int | None = None) -> np.ndarray:
     if size and size != pic.shape[0]:
         pic = np.kron(pic, np.ones((max(1, size // pic.shape[0]),) * 2 + (1,), np.uint8)).astype(np.uint8)
     return pic
+
+
+def page_rows(ws, page: int, per_page: int = 24) -> tuple[np.ndarray, str]:
+    """The rows of one gallery page and a 'page p of P' line."""
+    n_pages = max(1, -(-ws.n // per_page))
+    p = min(max(int(page or 1), 1), n_pages)
+    return np.arange((p - 1) * per_page, min(p * per_page, ws.n)), f"page {p} of {n_pages} · {ws.n} images"
+
+
+def missing_hint(ws, spatial: str, backbone: str) -> str:
+    """How to get an annotation that is not cached yet (the CLI command; the app's button does the same)."""
+    flag = "--boxes" if spatial == "box" else f"--segments {spatial.split(':')[1]}"
+    return f"`cedm annotate {ws.name} {flag} --backbone {backbone}`"
+
+
+def comparison_items(rows: list[dict]) -> tuple[list[tuple[np.ndarray, str]], str, int]:
+    """Gallery items of a same-noise comparison (cedm.model.spatial.compare_guidance: one row per guidance
+    kind, same seeds in every row), each captioned with its layout IoU; a summary table; the column count."""
+    items, lines, cols = [], ["| guidance | mean layout IoU | per sample |", "|---|---|---|"], 1
+    for r in rows:
+        if r["images"] is None:
+            lines.append(f"| {r['name']} | - | {r['note']} |")
+            continue
+        cols = max(cols, len(r["images"]))
+        ious = r["iou"] or [None] * len(r["images"])
+        items += [(img, f"{r['name']} · IoU {v:.2f}" if v is not None else r["name"])
+                  for img, v in zip(r["images"], ious)]
+        per = ", ".join(f"{v:.2f}" for v in r["iou"]) if r["iou"] else "-"
+        lines.append(f"| {r['name']} | {r['mean_iou']:.3f} | {per} |" if r["mean_iou"] is not None
+                     else f"| {r['name']} | - | - |")
+    return items, "\n".join(lines), cols
