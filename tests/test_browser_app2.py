@@ -141,6 +141,24 @@ def test_more_like_these_from_a_saved_selection_clears_the_last_result(adapt_app
     assert errors == []
 
 
+def _set_slider(page, elem: str, value: str) -> None:
+    """Type a slider's value and wait until the slider itself holds it (under load the typed value was once
+    not taken before the click that used it: the run sampled the default 200): type it again then."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.locator(f"{elem} input[type=number]")
+    check = f"() => document.querySelector('{elem} input[type=range]').value === '{value}'"
+    for _ in range(3):
+        box.fill(value)
+        box.press("Enter")
+        try:
+            page.wait_for_function(check, timeout=15_000)
+            return
+        except PlaywrightTimeout:
+            print(f"{elem} did not take {value}: typing it again")
+    page.wait_for_function(check)
+
+
 def test_evaluation_shows_its_progress_then_the_table(adapt_app, browser_page):
     """Models tab -> Evaluate: real-image features, sampling and sample features show their stages in the
     evaluation's progress component before the FD table arrives; nothing else gets a progress bar."""
@@ -151,9 +169,7 @@ def test_evaluation_shows_its_progress_then_the_table(adapt_app, browser_page):
     page.wait_for_function(
         "() => (document.querySelector('#cedm-models-model input') || {}).value?.startsWith('tiny-c4')")
     page.get_by_text("Evaluate the model on the open workspace").click()
-    box = page.locator("#cedm-eval-n input[type=number]")
-    box.fill("20")
-    box.press("Enter")
+    _set_slider(page, "#cedm-eval-n", "20")
     _run_watched(page, "#cedm-eval-go", "#cedm-progress-eval", "#cedm-eval-result", "eval", "FD_EffNetLite0")
     row = page.locator("#cedm-eval-result tr", has_text="tiny-c4").inner_text()
     assert re.search(r"tiny-c4\s+2\s+20\s+\d+\.\d", row), row  # guidance 2, 20 samples, an FD
