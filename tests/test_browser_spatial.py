@@ -72,6 +72,14 @@ def _choose_model(page, name: str) -> None:
     page.get_by_role("option", name=re.compile(name)).click()
 
 
+def _generate_tab(page, url: str, model: str) -> None:
+    """The Generate tab, loaded, with ``model`` chosen."""
+    page.goto(url)
+    page.get_by_role("tab", name="Generate").click()
+    _wait_loaded(page)
+    _choose_model(page, model)
+
+
 def test_a_drawn_box_reaches_the_sampler_and_the_comparison_shows_ious(spatial_app, page_, monkeypatch):
     from cedm.model import spatial
 
@@ -85,10 +93,7 @@ def test_a_drawn_box_reaches_the_sampler_and_the_comparison_shows_ious(spatial_a
     monkeypatch.setattr(spatial, "generate_with_layout", spy)
     url, _, _ = spatial_app
     page, errors = page_
-    page.goto(url)
-    page.get_by_role("tab", name="Generate").click()
-    _wait_loaded(page)
-    _choose_model(page, "tiny-image")
+    _generate_tab(page, url, "tiny-image")
     page.locator("#cedm-layout-compare").wait_for(state="hidden")  # an image-level model takes no layout
     _choose_model(page, "tiny-box")
     page.locator("#cedm-layout-compare").wait_for()  # the layout group shows for a spatial model
@@ -167,10 +172,7 @@ def test_an_uploaded_mask_reaches_the_layout_of_a_segments_model(spatial_app, pa
     Image.fromarray(ids).save(tmp_path / "layout.png")
     url, _, _ = spatial_app
     page, errors = page_
-    page.goto(url)
-    page.get_by_role("tab", name="Generate").click()
-    _wait_loaded(page)
-    _choose_model(page, "tiny-seg")
+    _generate_tab(page, url, "tiny-seg")
     page.locator("#cedm-layout-compare").wait_for()
     page.get_by_label("a mask PNG (pixel = segment id)").check()
     page.locator("#cedm-layout-mask input[type=file]").set_input_files(str(tmp_path / "layout.png"))

@@ -170,20 +170,30 @@ def test_sample_cli_takes_a_layout(trained, tmp_path):
                  "--out", str(tmp_path / "x")]) == 2  # an image-level model takes no layout
 
 
+# a few seconds of `cedm train` on a tiny workspace: two k-means clusters of the offline backbone's features
+TINY_TRAIN = ["--condition", "kmeans:2", "--backbone", "efficientnet_lite0", "--preset", "tiny", "--kimg", "0.008",
+              "--batch", "4", "--sample-kimg", "0", "--device", "cpu"]
+
+
+def _squares_workspace(home, name: str, n: int, seed: int) -> np.ndarray:
+    """A workspace of n 16 px white images, each with one 7 px square of a random dark colour at a random place."""
+    from cedm.workspace import create_from_array
+
+    rng = np.random.default_rng(seed)
+    imgs = np.full((n, 16, 16, 3), 255, np.uint8)
+    for i in range(n):
+        x, y = rng.integers(0, 9, 2)
+        imgs[i, y:y + 7, x:x + 7] = rng.integers(0, 200, 3)
+    create_from_array(home, name, imgs)
+    return imgs
+
+
 def test_workspace_train_and_sample_with_self_annotations(home, tmp_path):
     """cedm train --spatial on a workspace's own self-annotations, then cedm sample --layout with an image (its
     self-annotation, by the model's annotator) and with a mask PNG; the config records the spatial kind."""
-    from cedm.workspace import create_from_array
-
-    rng = np.random.default_rng(1)
-    imgs = np.full((8, 16, 16, 3), 255, np.uint8)
-    for i in range(8):
-        x, y = rng.integers(0, 9, 2)
-        imgs[i, y:y + 7, x:x + 7] = rng.integers(0, 200, 3)
-    create_from_array(home, "sq", imgs)
+    imgs = _squares_workspace(home, "sq", 8, seed=1)
     Image.fromarray(imgs[0]).save(tmp_path / "query.png")
-    common = ["--condition", "kmeans:2", "--backbone", "efficientnet_lite0", "--preset", "tiny", "--kimg", "0.008",
-              "--batch", "4", "--sample-kimg", "0", "--device", "cpu"]
+    common = TINY_TRAIN
     for spatial, channels in (("box", 1), ("segments:2", 2)):
         assert main(["train", "sq", "--spatial", spatial, *common]) == 0
         model_dir = home / "workspaces" / "sq" / "models" / f"kmeans-2-{spatial.replace(':', '-')}-tiny"
@@ -276,16 +286,8 @@ def test_a_spatial_model_starts_from_an_image_level_one(trained, tmp_path):
 def test_eval_reports_layout_iou_over_the_workspace_layouts(home, tmp_path):
     """cedm eval --layout-iou: a spatial model and an image-level baseline sampled under the same workspace
     self-boxes; the real images of those rows, annotated the same way at the same resolution, give IoU 1."""
-    from cedm.workspace import create_from_array
-
-    rng = np.random.default_rng(2)
-    imgs = np.full((10, 16, 16, 3), 255, np.uint8)
-    for i in range(10):
-        x, y = rng.integers(0, 9, 2)
-        imgs[i, y:y + 7, x:x + 7] = rng.integers(0, 200, 3)
-    create_from_array(home, "ev", imgs)
-    common = ["--condition", "kmeans:2", "--backbone", "efficientnet_lite0", "--preset", "tiny", "--kimg", "0.008",
-              "--batch", "4", "--sample-kimg", "0", "--device", "cpu"]
+    _squares_workspace(home, "ev", 10, seed=2)
+    common = TINY_TRAIN
     assert main(["train", "ev", *common, "--spatial", "box", "--p-drop-class", "0.2", "--out", "box"]) == 0
     assert main(["train", "ev", *common, "--out", "img"]) == 0
     out = tmp_path / "layout.json"
