@@ -123,6 +123,19 @@ def test_demo_writes_go_to_overlay(home):
         wsp.delete_workspace(home, "demo")
 
 
+def test_demo_ships_its_full_bound_search(home):
+    """The shipped utilization curve is the whole search with the faithful CPU schedule (doubling, a grid,
+    bisection), and its C_max follows from the shipped points by the documented rule."""
+    from cedm.clusters.bound import c_max_of, cached_curve, saved_results
+
+    ws = wsp.open_workspace(None, "demo")
+    saved = saved_results(ws, "bound", backbone="efficientnet_lite0")
+    assert [(r["c_max"], r["complete"]) for r in saved] == [(47, True)]
+    curve = cached_curve(ws, backbone="efficientnet_lite0")
+    assert {10, 20, 40, 47, 48, 80, 160} <= {c for c, _ in curve}
+    assert c_max_of(curve) == 47
+
+
 def test_demo_attribution():
     text = (DEMO / "ATTRIBUTION.md").read_text(encoding="utf-8")
     for needle in ("Microsoft", "MIT License", "@lobehub/fluent-emoji-3d@1.1.0", "Unicode License", "Emoji 15.0"):
