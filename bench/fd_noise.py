@@ -59,7 +59,7 @@ def main():
     with InferenceEngine(device="cpu", threads=args.threads, dtype=args.dtype, max_batch=64) as eng:
         for seed in seeds:  # seed-major: every finished seed set gives a paired difference
             for setting in settings:
-                f = cache / f"{mdir.name}_{setting.replace(',', '-')}_w{args.w}_s{args.steps}_n{args.n}_{seed}.npy"
+                f = cache / f"{mdir.name}_{args.dtype}_{setting.replace(',', '-')}_w{args.w}_s{args.steps}_n{args.n}_{seed}.npy"
                 if not f.is_file():
                     t = time.perf_counter()
                     interval = "full" if setting == "full" else parse_interval(setting)
@@ -74,7 +74,7 @@ def main():
     boot_seeds = seeds if args.boot_seeds is None else [int(s) for s in args.boot_seeds.split(",")]
     for (setting, seed) in fd:
         if args.boot and seed in boot_seeds:
-            feats = np.load(cache / f"{mdir.name}_{setting.replace(',', '-')}_w{args.w}_s{args.steps}_n{args.n}_{seed}.npy")
+            feats = np.load(cache / f"{mdir.name}_{args.dtype}_{setting.replace(',', '-')}_w{args.w}_s{args.steps}_n{args.n}_{seed}.npy")
             vals = [frechet_distance(feats[rng.integers(0, len(feats), len(feats))], real) for _ in range(args.boot)]
             boot[(setting, seed)] = float(np.std(vals, ddof=1))
     rows = [{"setting": s, "seed": sd, "n": args.n, "FD_EffNetLite0": round(v, 2),

@@ -99,8 +99,8 @@ class ConditionHead:
 
 
 def labels_hash(labels: np.ndarray) -> str:
-    """The fingerprint of training labels (a model's ``provenance.data.labels_sha``, as
-    cedm.model.train.data_fingerprint writes it for its int64 labels; a probe's ``labels_sha``)."""
+    """The fingerprint of training labels: a model's ``provenance.data.labels_sha`` (written by
+    cedm.model.train.data_fingerprint) and a probe's ``labels_sha``."""
     return hashlib.sha256(np.ascontiguousarray(np.asarray(labels, np.int64)).tobytes()).hexdigest()[:16]
 
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from cedm import __version__, io
+from cedm.clusters.assign import labels_hash
 from cedm.device import PRECISIONS
 from cedm.errors import CedmError
 from cedm.model.edm import CEDM, PRESETS, copy_model, edm_loss, save_model
@@ -166,7 +167,7 @@ def _check_data(images, labels, n_conditions: int):
 
 
 def data_fingerprint(images: np.ndarray, labels: np.ndarray | None) -> dict:
-    h = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()[:16] if labels is not None else None
+    h = labels_hash(labels) if labels is not None else None
     first = hashlib.sha256(np.ascontiguousarray(images[: min(len(images), 64)]).tobytes()).hexdigest()[:16]
     return {"n": int(len(images)), "shape": list(images.shape[1:]), "labels_sha": h, "head_sha": first}
 
