@@ -89,20 +89,22 @@ def curve(args):
 
     from cedm.clusters.bound import ALPHA, c_max_from_curve
     from cedm.clusters.labelings import cluster_workspace, find_clusters
-    from cedm.clusters.temi import PAPER_SCHEDULE
+    from cedm.clusters.temi import CPU_SCHEDULE, PAPER_SCHEDULE
     from cedm.workspace import open_workspace
 
     torch.set_num_threads(args.threads)
     ws = open_workspace(None, "demo")
-    kw = {} if args.schedule == "cpu" else {**PAPER_SCHEDULE, "heads": args.paper_heads}
+    dev = args.device  # either schedule on either device: a GPU runs both for a same-device comparison
+    kw = ({} if dev == "cpu" else dict(CPU_SCHEDULE)) if args.schedule == "cpu" else \
+        {**PAPER_SCHEDULE, "heads": args.paper_heads}
     out = Path(args.out).with_name(f"clustering_curve_{args.schedule}"
                                    + ("" if args.schedule == "cpu" else f"_{args.paper_heads}h") + ".json")
-    rec = {"schedule": args.schedule, "settings": kw, "backbone": args.backbone, "threads": args.threads,
+    rec = {"schedule": args.schedule, "settings": kw, "backbone": args.backbone, "threads": args.threads, "device": dev,
            "machine": platform.processor() or platform.machine(), "points": []}
     for c in args.cs:
-        cached = find_clusters(ws, "temi", c, backbone=args.backbone, device="cpu", **kw) is not None
+        cached = find_clusters(ws, "temi", c, backbone=args.backbone, device=dev, **kw) is not None
         t0 = time.perf_counter()
-        res = cluster_workspace(ws, "temi", c, backbone=args.backbone, device="cpu", **kw)
+        res = cluster_workspace(ws, "temi", c, backbone=args.backbone, device=dev, **kw)
         secs = res.info.get("seconds", time.perf_counter() - t0)
         rec["points"].append({"c": c, "r_c": res.utilization, "n_used": res.n_used, "seconds": secs,
                               "cached": cached, "ami_gt": metrics.ami(res.assignments, ws.ground_truth.labels)})

@@ -10,10 +10,12 @@ threads: equal work. *engine interval*: the same with guidance only inside the m
 
 Rows: batch 1, 16, 64 in fp32 and bf16 (CPU), repeated ``--reps`` times, interleaved (engine, peer, engine
 interval for every cell in turn, order alternating) so that a shared machine's load hits all alike; the
-table gives medians. ``uint8 diff``: the largest difference of engine and peer images in uint8 levels (fp32:
+table gives medians. ``--separate``: every measurement in a fresh process that holds only that side (as a user
+runs one or the other; in one process the two sides' OpenMP thread teams share the cores), still interleaved. ``uint8 diff``: the largest difference of engine and peer images in uint8 levels (fp32:
 must be <= 1). On CUDA the rows are bf16 and fp32 too, at batch 1, 16, 64, 256.
 
     python bench/sampling.py [--model checkpoints/demo-kmeans20] [--threads 1] [--batches 1,16,64] [--reps 5]
+    python bench/sampling.py --threads 2 --separate --no-interval --reps 5     # one process per measurement
     python bench/sampling.py --guidance-cost [--batches 16] [--reps 3]   # what each guidance kind costs per image
 """
 import argparse
@@ -26,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +151,56 @@ def guidance_cost(args) -> None:
     print(f"wrote {out}")
 
 
+def runner(mdir, C, variants, dtypes, max_batch, device, threads, interval):
+    """run(B, dtype, what) -> (seconds, float images) for the variants asked, and a close()."""
+    unet = None
+    if "peer" in variants:
+        from diffusers import UNet2DModel
+        unet = UNet2DModel.from_pretrained(mdir / "unet_ema", use_safetensors=True).to(device).eval()
+    engines = {(d, s): InferenceEngine(device=device, threads=threads, dtype=d, max_batch=max_batch, streams=s)
+               for d in dtypes for s in ([True] if set(variants) & {"engine", "interval"} else [])
+               + ([False] if "one_stream" in variants else [])}
+
+    def run(B, d, what):
+        dt = torch.bfloat16 if d == "bf16" else None
+        t = time.perf_counter()
+        if what == "peer":
+            out = peer_sample(unet, torch.tensor([i % C for i in range(B)]), W, STEPS, 0, dt, device)
+        else:
+            extra = {"guidance_interval": interval} if what == "interval" else {}
+            out = engines[(d, what != "one_stream")].generate(
+                mdir, output="float", n=B, clusters=[i % C for i in range(B)], guidance=W, steps=STEPS,
+                sampler=SAMPLER, seed=0, **extra)[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t, out
+
+    def close():
+        for e in engines.values():
+            e.close()
+
+    return run, close
+
+
+def separate_runner(args, threads):
+    """run(B, dtype, what) in a fresh process each time: the child's median over its runs, and its last output."""
+    import subprocess
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory()
+
+    def run(B, d, what):
+        out = Path(tmp.name) / f"{what}_{B}_{d}.npy"
+        cmd = [sys.executable, __file__, "--child", what, str(B), d, "--child-out", str(out), "--model", args.model,
+               "--threads", str(threads or 0), "--device", args.device, "--reps", "3"]
+        cmd += ["--no-interval"] if args.no_interval else (["--interval", args.interval] if args.interval else [])
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        ts = json.loads(res.stdout.strip().splitlines()[-1])["times"]
+        return statistics.median(ts), torch.from_numpy(np.load(out))
+
+    return run, tmp.cleanup
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(ROOT / "checkpoints" / "demo-kmeans20"))
@@ -160,6 +213,11 @@ def main():
     ap.add_argument("--interval", default=None, metavar="LO,HI",
                     help="guidance interval of the engine-interval column (default: the model's default)")
     ap.add_argument("--no-interval", action="store_true", help="skip the engine-with-guidance-interval column")
+    ap.add_argument("--one-stream", action="store_true",
+                    help="also the engine without parallel CPU streams (what that lever buys at 2+ threads)")
+    ap.add_argument("--separate", action="store_true", help="each measurement in its own process (see the docstring)")
+    ap.add_argument("--child", nargs=3, metavar=("WHAT", "BATCH", "DTYPE"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
     ap.add_argument("--load", action="store_true", help="also the 16-client load test")
     ap.add_argument("--guidance-cost", action="store_true",
@@ -170,8 +228,6 @@ def main():
         if args.out == str(ROOT / "bench" / "results" / "sampling.json"):
             args.out = str(ROOT / "bench" / "results" / "guidance_cost.json")
         return guidance_cost(args)
-    from diffusers import UNet2DModel
-
     from cedm.device import resolve_device
     from cedm.model.info import default_guidance_interval
     from cedm.sampling.guidance import parse_interval
@@ -188,41 +244,45 @@ def main():
     C = int(info["n_conditions"])
     interval = None if args.no_interval else (parse_interval(args.interval) if args.interval else
                                               default_guidance_interval(info))
-    unet = UNet2DModel.from_pretrained(mdir / "unet_ema", use_safetensors=True).to(device).eval()
-    engines = {d: InferenceEngine(device=device, threads=threads, dtype=d, max_batch=max(batches)) for d in dtypes}
+    variants = ["engine", "peer"] + ([] if interval is None else ["interval"]) + (["one_stream"] if args.one_stream
+                                                                                 else [])
+    if args.child:  # one side only, in this fresh process: warm once, time --reps runs, save the last output
+        what, B, d = args.child[0], int(args.child[1]), args.child[2]
+        run, close = runner(mdir, C, [what], [d], B, device, threads, interval)
+        run(B, d, what)
+        ts, out = [], None
+        for _ in range(args.reps):
+            t, out = run(B, d, what)
+            ts.append(t)
+        close()
+        np.save(args.child_out, out.numpy())
+        print(json.dumps({"times": ts}))
+        return
     cells = [(B, d) for d in dtypes for B in batches]
-    times = {(B, d, k): [] for B, d in cells for k in ("engine", "peer", "interval")}
-    diffs = {}
-
-    def kw(B):
-        return dict(n=B, clusters=[i % C for i in range(B)], guidance=W, steps=STEPS, sampler=SAMPLER, seed=0)
-
-    def run(B, d, what):
-        dt = torch.bfloat16 if d == "bf16" else None
-        t = time.perf_counter()
-        if what == "peer":
-            out = peer_sample(unet, torch.tensor([i % C for i in range(B)]), W, STEPS, 0, dt, device)
-        else:
-            extra = {"guidance_interval": interval} if what == "interval" else {}
-            out = engines[d].generate(mdir, output="float", **kw(B), **extra)[0]
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t, out
-
+    times = {(B, d, k): [] for B, d in cells for k in ("engine", "peer", "interval", "one_stream")}
+    if args.separate:
+        run, close = separate_runner(args, threads)
+    else:
+        run, close = runner(mdir, C, variants, dtypes, max(batches), device, threads, interval)
     load_start = os.getloadavg()
-    for B, d in cells:  # warm every path once, and compare the outputs
-        outs = {w: run(B, d, w)[1] for w in ("engine", "peer") + (() if interval is None else ("interval",))}
-        diffs[(B, d)] = float((to_uint8(outs["engine"]) - to_uint8(outs["peer"])).abs().max())
+    if not args.separate:  # warm every path once (a child process warms itself)
+        for B, d in cells:
+            for what in variants:
+                run(B, d, what)
+    outs = {}
     for rep in range(args.reps):
         for B, d in cells:
-            order = ["engine", "peer"] + ([] if interval is None else ["interval"])
-            for what in (order if rep % 2 == 0 else order[::-1]):
-                times[(B, d, what)].append(run(B, d, what)[0])
+            for what in (variants if rep % 2 == 0 else variants[::-1]):
+                t, out = run(B, d, what)
+                times[(B, d, what)].append(t)
+                outs.setdefault((B, d, what), out)
         print(f"rep {rep + 1}/{args.reps} done, load {os.getloadavg()[0]:.1f}", flush=True)
+    diffs = {(B, d): float((to_uint8(outs[(B, d, "engine")]) - to_uint8(outs[(B, d, "peer")])).abs().max())
+             for B, d in cells}
     rows = []
     for B, d in cells:
         med = {k: statistics.median(times[(B, d, k)]) if times[(B, d, k)] else None
-               for k in ("engine", "peer", "interval")}
+               for k in ("engine", "peer", "interval", "one_stream")}
         row = {"batch": B, "dtype": d, "peer_s": round(med["peer"], 3), "engine_s": round(med["engine"], 3),
                "speedup": round(med["peer"] / med["engine"], 2), "uint8_diff": diffs[(B, d)],
                "peer_runs": [round(t, 3) for t in times[(B, d, "peer")]],
@@ -230,21 +290,26 @@ def main():
         if med["interval"] is not None:
             row.update(interval_s=round(med["interval"], 3), interval_speedup=round(med["peer"] / med["interval"], 2),
                        interval_runs=[round(t, 3) for t in times[(B, d, "interval")]])
+        if med["one_stream"] is not None:
+            row.update(one_stream_s=round(med["one_stream"], 3), one_stream_speedup=round(med["peer"] / med["one_stream"], 2),
+                       one_stream_runs=[round(t, 3) for t in times[(B, d, "one_stream")]])
         rows.append(row)
-    extra = {"load": bench_load(engines[dtypes[0]], mdir, C)} if args.load else {}
-    for e in engines.values():
-        e.close()
+    extra = {"load": bench_load(InferenceEngine(device=device, threads=threads, max_batch=64), mdir, C)} \
+        if args.load else {}
+    close()
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "cpu_count": os.cpu_count(), "torch": torch.__version__,
                            "gpu": torch.cuda.get_device_name(device) if cuda else None,
                            "load_avg_start": load_start, "load_avg_end": os.getloadavg()},
                "settings": {"model": mdir.name, "sampler": SAMPLER, "steps": STEPS, "guidance": W,
                             "guidance_interval": interval, "threads": torch.get_num_threads(), "reps": args.reps,
-                            "statistic": "median"},
+                            "statistic": "median", "separate_processes": args.separate},
                "rows": rows, "extra": extra}
     keys = ["batch", "dtype", "peer_s", "engine_s", "speedup", "uint8_diff"]
     if interval is not None:
         keys += ["interval_s", "interval_speedup"]
+    if args.one_stream:
+        keys += ["one_stream_s", "one_stream_speedup"]
     print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(str(r[k]) for k in keys) + " |")

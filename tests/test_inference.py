@@ -67,6 +67,32 @@ def test_fast_path_matches_plain_reference(engine, model_dir):
     assert [r["condition"] for r in rec] == [1, 2] and rec[0]["evaluations"] == 5
 
 
+def test_large_cpu_calls_run_in_parallel_streams_with_the_same_result(model_dir, monkeypatch):
+    """On CPU with 2+ threads a call of >= 32 rows is split over the stream threads (one core each); the images
+    are those of the plain reference, and a 1-thread engine has no streams."""
+    from cedm.inference import network
+    from cedm.model.edm import load_model
+
+    seen = []
+    real = network.FastNet._call
+
+    def record(self, x, sigma, labels):
+        seen.append((threading.current_thread().name, x.shape[0]))
+        return real(self, x, sigma, labels)
+
+    monkeypatch.setattr(network.FastNet, "_call", record)
+    kw = dict(n=20, guidance=2.0, steps=3, sampler="heun", seed=5)  # 40 rows per guided call
+    with InferenceEngine(device="cpu", threads=2, dtype="fp32") as eng:
+        x, _ = eng.generate(model_dir, output="float", **kw)
+    assert (x - _ref(load_model(model_dir), **kw)).abs().max() < 1e-3
+    streamed = [n for name, n in seen if name.startswith("cedm-stream")]
+    assert streamed and set(streamed) == {20} and len(streamed) == len(seen)  # every call: two halves of 20
+    seen.clear()
+    with InferenceEngine(device="cpu", threads=1, dtype="fp32") as eng:
+        eng.generate(model_dir, **kw)
+    assert seen and not any(name.startswith("cedm-stream") for name, _ in seen)
+
+
 def test_default_precision_is_bf16_where_the_cpu_has_it(model_dir, monkeypatch):
     from cedm.device import cpu_has_native_bf16
     from cedm.model.edm import load_model

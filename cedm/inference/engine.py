@@ -31,7 +31,7 @@ import torch
 
 from cedm.cache import LRU
 from cedm.errors import CedmError
-from cedm.inference.network import FastNet, resolve_compile, resolve_dtype
+from cedm.inference.network import FastNet, resolve_compile, resolve_dtype, stream_pool
 from cedm.model.edm import read_model_info
 from cedm.sampling.generate import choose_conditions, to_uint8
 from cedm.sampling.core import (StackedRandomGenerator, check_request, labels_tensor, make_settings,
@@ -160,11 +160,12 @@ class InferenceEngine:
     float32; 'fp32' for results float-close to :func:`cedm.inference.reference_sample` and identical whatever a request is
     batched with). ``warmup``: model folders to load (and compile) in the background
     at start. ``freeze``: on CPU, run a TorchScript-frozen copy of the network (default; False: eager).
+    ``streams``: on CPU with 2+ threads, split large network calls over parallel streams (cedm.inference.network).
     """
 
     def __init__(self, device=None, threads: int | None = None, max_batch: int = 64, max_queue: int = 64,
                  max_models: int = 2, compile=None, dtype=None, max_request_images: int = 4096,
-                 warmup: Sequence = (), freeze: bool | None = None):
+                 warmup: Sequence = (), freeze: bool | None = None, streams: bool = True):
         from cedm.device import resolve_device
 
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -178,6 +179,7 @@ class InferenceEngine:
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.threads = torch.get_num_threads()
+        self._streams = stream_pool(self.threads) if streams and self.device.type == "cpu" else None
         self.dtype = resolve_dtype(dtype, self.device)
         self.compile_mode = resolve_compile(compile, self.device)
         self.freeze = freeze
@@ -326,6 +328,8 @@ class InferenceEngine:
         for _, t in jobs:
             t._finish(error=EngineClosed("the inference engine was closed"))
         self._worker.join(timeout)
+        if self._streams is not None:
+            self._streams.shutdown(wait=False)
 
     def __enter__(self):
         return self
@@ -341,7 +345,7 @@ class InferenceEngine:
             model = load_model(model_dir, self.device, ema=key[2])
             self.stats["model_loads"] += 1
             return _Loaded(key, model, FastNet(model, self.device, self.dtype, self.compile_mode,
-                                               2 * self.max_batch, self.freeze))
+                                               2 * self.max_batch, self.freeze, self._streams))
 
         return self._models.get(key, make)
 

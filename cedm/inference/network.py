@@ -1,6 +1,7 @@
 """The network as the inference engine calls it: its dtype (bf16 where the hardware computes it natively),
-a TorchScript-frozen copy on CPU, ``torch.compile`` with power-of-two batch buckets on CUDA, and CPU calls of at
-most ``CPU_CHUNK_ROWS`` rows (bench/sampling.py measured each lever)."""
+a TorchScript-frozen copy on CPU, ``torch.compile`` with power-of-two batch buckets on CUDA, CPU calls of at
+most ``CPU_CHUNK_ROWS`` rows, and large CPU calls split over ``CPU_STREAMS`` parallel streams (bench/sampling.py
+measured each lever)."""
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +16,24 @@ from cedm.errors import CedmError
 log = logging.getLogger(__name__)
 
 CPU_CHUNK_ROWS = 32  # rows per network call on CPU: a 128-row fp32 call falls out of cache (1.2-1.5x slower per row)
+# A 32x32 UNet's convolutions are too small for oneDNN to keep two cores busy inside one call (2 threads: 1.55-1.65x
+# one thread on 16-32 rows), while two independent calls, one core each, scale 1.65-2.0x. So on CPU a call of at
+# least 2 * CPU_STREAM_MIN_ROWS rows is cut in CPU_STREAMS parts run at once, each with threads / CPU_STREAMS
+# torch threads (measured 1.22-1.26x at 32-64 rows on 2 cores, 0.85-0.9x at 2-4 rows: hence the minimum).
+CPU_STREAMS = 2
+CPU_STREAM_MIN_ROWS = 16
+
+
+def stream_pool(threads: int):
+    """The worker threads of the CPU streams (None below 2 threads): each runs torch with threads / CPU_STREAMS
+    intra-op threads (torch's thread count is per thread under OpenMP)."""
+    if threads < CPU_STREAMS:
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    per = max(1, threads // CPU_STREAMS)
+    return ThreadPoolExecutor(CPU_STREAMS, thread_name_prefix="cedm-stream",
+                              initializer=lambda: torch.set_num_threads(per))
 
 
 class _UNetCall(torch.nn.Module):
@@ -81,10 +100,12 @@ class FastNet:
     """``model(x, sigma, labels)`` with the engine's speed settings, plus an evaluation counter.
 
     CUDA: autocast, channels-last, ``torch.compile`` (CUDA graphs) on power-of-two buckets. CPU: a
-    TorchScript-frozen copy of the UNet in the engine's dtype (bf16 weights instead of autocast), and calls of
-    at most CPU_CHUNK_ROWS rows (profiled in bench/sampling.py and bench/README.md)."""
+    TorchScript-frozen copy of the UNet in the engine's dtype (bf16 weights instead of autocast), calls of at
+    most CPU_CHUNK_ROWS rows, and large calls split over the engine's ``pool`` of CPU streams when no gradient
+    is taken (profiled in bench/sampling.py and bench/README.md)."""
 
-    def __init__(self, model, device: torch.device, dtype, compile_mode, max_rows: int, freeze: bool | None = None):
+    def __init__(self, model, device: torch.device, dtype, compile_mode, max_rows: int, freeze: bool | None = None,
+                 pool=None):
         self.model, self.device, self.dtype = model, device, dtype
         self.n_conditions, self.uncond_index, self.info = model.n_conditions, model.uncond_index, model.info
         self.channels_last = device.type == "cuda"  # cuDNN convs are fastest in NHWC; on CPU it did not pay
@@ -106,6 +127,7 @@ class FastNet:
             if frozen is not None:
                 self.fn, self.autocast = frozen, False  # the frozen weights are already in the dtype
         self.frozen = self.fn is not model and not self.compiled
+        self.pool = pool if self.chunk is not None else None
         self.max_rows = int(max_rows)
         self.evaluations = 0
 
@@ -115,6 +137,19 @@ class FastNet:
 
     def __call__(self, x, sigma, labels):
         self.evaluations += 1
+        n = x.shape[0]
+        if self.pool is not None and n >= CPU_STREAMS * CPU_STREAM_MIN_ROWS and not torch.is_grad_enabled():
+            inference = torch.is_inference_mode_enabled()  # (thread-local: the streams take the caller's mode)
+            futures = [self.pool.submit(self._stream, inference, xs, sigma, ls)  # sigma: one level for the call
+                       for xs, ls in zip(x.tensor_split(CPU_STREAMS), labels.tensor_split(CPU_STREAMS))]
+            return torch.cat([f.result() for f in futures])
+        return self._chunks(x, sigma, labels)
+
+    def _stream(self, inference: bool, x, sigma, labels):
+        with torch.inference_mode() if inference else torch.no_grad():
+            return self._chunks(x, sigma, labels)
+
+    def _chunks(self, x, sigma, labels):
         n = x.shape[0]
         if self.chunk is not None and n > self.chunk:
             return torch.cat([self._call(x[i:i + self.chunk], sigma, labels[i:i + self.chunk])
