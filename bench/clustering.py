@@ -2,6 +2,7 @@
 
     python bench/clustering.py [--quick] [--device cpu|cuda] [--sizes 3400 50000] [--clusters 100 500]
     python bench/clustering.py --curve --schedule cpu|paper [--paper-heads 50] [--cs 20 40 50 60 80 100]
+    python bench/clustering.py --curve --heads-study 10 --cs 50 80   # does choosing among 2 heads move r_C?
 
 Features: N points around 100 random directions (so NMI to the generating blob is a sanity check).
 - k-means: faiss spherical k-means (ours, nredo=1 here) vs scikit-learn KMeans (one init, same iterations).
@@ -82,6 +83,17 @@ def kmeans_rows(x, y, n, c, quick, rows, results):
     results["runs"].append(rec)
 
 
+def heads_study(info: dict, c: int) -> dict:
+    """From one H-head TEMI run: every head's r_C and loss, and the r_C that choosing by loss among each disjoint
+    pair of heads gives (what a 2-head run is) next to choosing among all H (what more heads buy)."""
+    used, loss = info["head_n_used"], info["head_losses"]
+    pairs = [min((i, i + 1), key=lambda h: loss[h]) for i in range(0, len(used) - 1, 2)]
+    r_pairs = [round(used[h] / c, 4) for h in pairs]
+    best = used[info["best_head"]] / c
+    return {"head_r_c": [round(u / c, 4) for u in used], "head_losses": loss, "pairs_r_c": r_pairs,
+            "pairs_max_abs_diff": round(max(abs(r - best) for r in r_pairs), 4)}
+
+
 def curve(args):
     """r_C of TEMI on the demo's features at each C, for one schedule (cached in the demo's overlay, so the
     bound search and the app reuse every point). Writes bench/results/clustering_curve_<schedule>.json."""
@@ -97,7 +109,10 @@ def curve(args):
     dev = args.device  # either schedule on either device: a GPU runs both for a same-device comparison
     kw = ({} if dev == "cpu" else dict(CPU_SCHEDULE)) if args.schedule == "cpu" else \
         {**PAPER_SCHEDULE, "heads": args.paper_heads}
-    out = Path(args.out).with_name(f"clustering_curve_{args.schedule}"
+    if args.heads_study:  # the CPU default's recipe with H heads: best of H against best of each disjoint pair
+        kw = {**CPU_SCHEDULE, "heads": args.heads_study}
+    out = Path(args.out).with_name(f"clustering_heads_{args.heads_study}.json" if args.heads_study else
+                                   f"clustering_curve_{args.schedule}"
                                    + ("" if args.schedule == "cpu" else f"_{args.paper_heads}h") + ".json")
     rec = {"schedule": args.schedule, "settings": kw, "backbone": args.backbone, "threads": args.threads, "device": dev,
            "machine": platform.processor() or platform.machine(), "points": []}
@@ -109,6 +124,11 @@ def curve(args):
         rec["points"].append({"c": c, "r_c": res.utilization, "n_used": res.n_used, "seconds": secs,
                               "cached": cached, "ami_gt": metrics.ami(res.assignments, ws.ground_truth.labels)})
         print(f"C = {c:4d}  r_C = {res.utilization:.3f}  {secs:.0f} s{' (cached)' if cached else ''}", flush=True)
+        if args.heads_study:
+            rec["points"][-1].update(heads_study(res.info, c))
+            p = rec["points"][-1]
+            print(f"    best of {args.heads_study}: {p['r_c']:.3f}; best of each pair: {p['pairs_r_c']} "
+                  f"(max |pair - best of all| {p['pairs_max_abs_diff']:.3f})", flush=True)
         curve_pts = [(p["c"], p["r_c"]) for p in rec["points"]]
         rec["c_max_on_points"] = c_max_from_curve(curve_pts, ALPHA)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +141,8 @@ def main():
     ap.add_argument("--curve", action="store_true", help="r_C curve on the demo features for --schedule")
     ap.add_argument("--schedule", choices=["cpu", "paper"], default="cpu")
     ap.add_argument("--paper-heads", type=int, default=50, help="--schedule paper: heads (paper: 50)")
+    ap.add_argument("--heads-study", type=int, default=0, metavar="H",
+                    help="--curve with the CPU default's recipe and H heads: r_C of best-of-H vs best of each pair")
     ap.add_argument("--cs", type=int, nargs="+", default=[20, 40, 50, 60, 80, 100])
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--threads", type=int, default=1)

@@ -151,6 +151,10 @@ def test_temi_recovers_clusters_and_utilization_drops_far_above():
     assert np.allclose(res.confidence, res.probs.max(1)) and (res.assignments == res.probs.argmax(1)).all()
     far = temi(x, 300, **FAST)  # 30x the true count: many clusters stay empty
     assert far.utilization < 0.85
+    # every head's own C_u is reported; the chosen head's is the result's
+    used = far.info["head_n_used"]
+    assert len(used) == FAST.get("heads", 2) and used[far.info["best_head"]] == far.n_used
+    assert all(1 <= u <= 300 for u in used)
 
 
 def test_temi_is_deterministic_and_head_round_trips(tmp_path):

@@ -330,6 +330,7 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
             progress(epoch + 1, epochs, "TEMI epochs")
     head_losses = (epoch_losses / steps_per_epoch).cpu().numpy()
     best = int(np.argmin(head_losses))
+    head_used = heads_n_used(teacher, x)
     head = teacher.select(best).cpu()
     probs = predict_proba(head, x_np, cfg.teacher_temp)
     assignments = probs.argmax(1).astype(np.int64)
@@ -338,8 +339,20 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
                          params=asdict(cfg),
                          info={"seconds": time.perf_counter() - t0, "knn_seconds": t_knn,
                                "best_head": best, "head_losses": head_losses.tolist(),
+                               "head_n_used": head_used,
                                "steps": total_steps, "epochs_run": epochs, "lr": base_lr,
                                "device": str(dev)})
+
+
+def heads_n_used(heads: MultiHead, x: torch.Tensor, batch: int = 8192) -> list[int]:
+    """C_u of every head (clusters that get at least one of the prepared rows ``x``): what each head alone would
+    give as r_C, so one many-head run also shows how much choosing among fewer heads moves the bound."""
+    used = torch.zeros(heads.heads, heads.config["n_clusters"], dtype=torch.bool, device=x.device)
+    with torch.no_grad():
+        for s in range(0, len(x), batch):
+            ids = heads(x[s:s + batch]).argmax(-1)  # (H, b)
+            used.scatter_(1, ids, True)
+    return used.sum(1).tolist()
 
 
 # --- using a trained head ------------------------------------------------------------------------
