@@ -35,7 +35,7 @@ if [[ $what == uncond || $what == all ]]; then
 fi
 if [[ $what == eval || $what == all ]]; then
   python -m cedm eval "sg-effnet$KIMG" "sg-offline$KIMG" "sg-online$KIMG" "sg-uncond$KIMG" checkpoints/demo-kmeans20 \
-      checkpoints/demo-uncond --workspace demo --n "$N" --guidance 1,2 --steps 12 --sampler dpmpp2m \
+      checkpoints/demo-uncond --workspace demo --n "$N" --guidance 1,2 --steps 12 --sampler dpmpp2m --offline-only \
       --json "$CEDM_HOME/logs/self_guidance_fd.json" --threads "${EVAL_THREADS:-1}"
   python - "$KIMG" <<'PY'
 import sys
