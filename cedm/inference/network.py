@@ -62,8 +62,8 @@ class _FrozenUNet(torch.nn.Module):
 
 
 def frozen_model(model, dtype=None):
-    """A copy of a CEDM whose UNet is traced and frozen by TorchScript (weights folded in, oneDNN-ready, the
-    Python module overhead gone: 1.3-1.4x faster per call at small batches on CPU), with its weights in
+    """A copy of a CEDM whose UNet is traced and frozen by TorchScript (weights folded in, the Python module
+    overhead gone: 1.3-1.4x faster per call at small batches on CPU; bf16 also in oneDNN's layout), with its weights in
     ``dtype`` (bf16: no per-call weight casts, unlike autocast). Returns None when tracing fails or the frozen
     network disagrees with the eager one."""
     import warnings
