@@ -107,8 +107,7 @@ def curve(args):
     torch.set_num_threads(args.threads)
     ws = open_workspace(None, "demo")
     dev = args.device  # either schedule on either device: a GPU runs both for a same-device comparison
-    kw = ({} if dev == "cpu" else dict(CPU_SCHEDULE)) if args.schedule == "cpu" else \
-        {**PAPER_SCHEDULE, "heads": args.paper_heads}
+    kw = dict(CPU_SCHEDULE) if args.schedule == "cpu" else {**PAPER_SCHEDULE, "heads": args.paper_heads}
     if args.heads_study:  # the CPU default's recipe with H heads: best of H against best of each disjoint pair
         kw = {**CPU_SCHEDULE, "heads": args.heads_study}
     out = Path(args.out).with_name(f"clustering_heads_{args.heads_study}.json" if args.heads_study else

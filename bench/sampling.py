@@ -287,16 +287,16 @@ def main():
                "speedup": round(med["peer"] / med["engine"], 2), "uint8_diff": diffs[(B, d)],
                "peer_runs": [round(t, 3) for t in times[(B, d, "peer")]],
                "engine_runs": [round(t, 3) for t in times[(B, d, "engine")]]}
-        if med["interval"] is not None:
-            row.update(interval_s=round(med["interval"], 3), interval_speedup=round(med["peer"] / med["interval"], 2),
-                       interval_runs=[round(t, 3) for t in times[(B, d, "interval")]])
-        if med["one_stream"] is not None:
-            row.update(one_stream_s=round(med["one_stream"], 3), one_stream_speedup=round(med["peer"] / med["one_stream"], 2),
-                       one_stream_runs=[round(t, 3) for t in times[(B, d, "one_stream")]])
+        for k in ("interval", "one_stream"):  # the optional columns
+            if med[k] is not None:
+                row.update({f"{k}_s": round(med[k], 3), f"{k}_speedup": round(med["peer"] / med[k], 2),
+                            f"{k}_runs": [round(t, 3) for t in times[(B, d, k)]]})
         rows.append(row)
-    extra = {"load": bench_load(InferenceEngine(device=device, threads=threads, max_batch=64), mdir, C)} \
-        if args.load else {}
     close()
+    extra = {}
+    if args.load:
+        with InferenceEngine(device=device, threads=threads, max_batch=64) as eng:
+            extra["load"] = bench_load(eng, mdir, C)
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "cpu_count": os.cpu_count(), "torch": torch.__version__,
                            "gpu": torch.cuda.get_device_name(device) if cuda else None,

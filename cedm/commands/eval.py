@@ -201,7 +201,6 @@ def _run_layout(args, models, guidance) -> int:
     from cedm import io
     from cedm.model.edm import steps_for
     from cedm.model.spatial_eval import evaluate_layouts, format_layout_table
-    from cedm.progress import tqdm_progress
 
     if len(guidance) != 1:
         raise CedmError("--layout-iou takes one --guidance value")

@@ -86,6 +86,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from cedm.inference import InferenceEngine
+    from cedm.model.edm import steps_for
     from cedm.sampling.generate import save_samples
 
     model_dir = _model_dir(args)
@@ -110,8 +111,6 @@ def run(args) -> int:
     with InferenceEngine(device=args.device, threads=args.threads, max_batch=args.batch,
                          dtype=args.dtype) as engine:
         info = engine.model_info(model_dir, ema=not args.raw)
-        from cedm.model.edm import steps_for
-
         args.steps = steps_for(model_dir, args.steps)
         mode = ("uncond" if args.uncond or not info.get("n_conditions") else f"c{args.cluster}"
                 if args.cluster is not None else "list" if args.clusters else "uniform" if args.uniform else "q")
