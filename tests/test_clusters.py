@@ -171,6 +171,44 @@ def test_temi_is_deterministic_and_head_round_trips(tmp_path):
         load_head(tmp_path / "bad")
 
 
+class Stop(Exception):
+    pass
+
+
+def stop_after(epochs):
+    """A progress callback that cancels the run after ``epochs`` epochs (as the app's Cancel does)."""
+    def progress(done, total, desc):
+        if done >= epochs and "resumed" not in desc:
+            raise Stop
+    return progress
+
+
+def test_temi_resumes_bit_exact_after_a_cancel(tmp_path):
+    x, _ = blobs(0.1, per=20)
+    kw = dict(FAST, epochs=6)
+    full = temi(x, 10, **kw)
+    state = tmp_path / "state.safetensors"
+    with pytest.raises(Stop):  # cancelled after 2 of 6 epochs: the state at that epoch end is kept
+        temi(x, 10, checkpoint=state, checkpoint_every=1e9, progress=stop_after(2), **kw)
+    assert state.is_file()
+    seen = []
+    res = temi(x, 10, checkpoint=state, progress=lambda d, t, desc: seen.append(d), **kw)
+    assert res.info["resumed_at_epoch"] == 2 and seen[0] == 2 and seen[-1] == 6
+    assert np.array_equal(res.probs, full.probs) and (res.assignments == full.assignments).all()
+    assert res.info["head_losses"] == full.info["head_losses"]
+    # periodic saves (every epoch end here) resume the same way
+    with pytest.raises(Stop):
+        temi(x, 10, checkpoint=state, checkpoint_every=0, progress=stop_after(4), **kw)
+    assert np.array_equal(temi(x, 10, checkpoint=state, **kw).probs, full.probs)
+    # a state of other settings or other features is ignored (a fresh start), never mixed in
+    other = temi(x, 10, checkpoint=state, **dict(kw, seed=1))
+    assert other.info["resumed_at_epoch"] == 0
+    fresh = temi(x[::-1].copy(), 10, checkpoint=state, **kw)
+    assert fresh.info["resumed_at_epoch"] == 0
+    state.write_bytes(b"not a safetensors file")  # a damaged state: a fresh start too
+    assert np.array_equal(temi(x, 10, checkpoint=state, **kw).probs, full.probs)
+
+
 def test_official_schedule_lr_warmup_and_step_budget():
     from cedm.clusters.temi import CPU_SCHEDULE, PAPER_SCHEDULE, lr_at, resolve_settings, schedule_steps
     # the demo's size with the paper's batch: 6 steps per epoch (last partial batch dropped), 20 warm-up epochs
@@ -395,6 +433,16 @@ def test_cluster_workspace_cache_and_resolve(toy_ws):
     t2 = L.cluster_workspace(ws, "temi", 6, heads=2, epochs=2, hidden_dim=16, bottleneck_dim=8)
     assert np.array_equal(t2.probs, t.probs) and (assign(t2.head, blobs(0.05, k=4, per=10, d=32)[0])[0]
                                                   == t.assignments).all()
+    # a cancelled TEMI run leaves its state in the scratch folder; the same call resumes and clears it
+    kw = dict(heads=2, epochs=4, hidden_dim=16, bottleneck_dim=8)
+    with pytest.raises(Stop):
+        L.cluster_workspace(ws, "temi", 5, progress=stop_after(2), **kw)
+    assert L.find_clusters(ws, "temi", 5, **kw) is None  # nothing half-written as a result
+    scratch = ws._writable_root() / "scratch"
+    assert len(list(scratch.rglob("temi-state.safetensors"))) == 1
+    r = L.cluster_workspace(ws, "temi", 5, **kw)
+    assert r.info["resumed_at_epoch"] == 2 and r.artifact is not None
+    assert not list(scratch.rglob("temi-state.safetensors"))
     lab = L.resolve(ws, "temi:6", heads=2, epochs=2, hidden_dim=16, bottleneck_dim=8)
     assert lab.labels.max() + 1 == t.n_used == len(lab.original_ids)  # empty clusters renumbered away
     assert (lab.original_ids[lab.labels] == t.assignments).all() and lab.probs.shape == (40, t.n_used)

@@ -134,7 +134,10 @@ def cluster_workspace(ws, method: str, n_clusters: int, backbone=None, weights=N
         settings = params["temi"]
         nbrs = workspace_neighbors(ws, backbone, weights, settings["knn"], feats=feats,
                                    device=resolve_device(device))
-        res = temi(feats, n_clusters, neighbors=nbrs, device=device, progress=progress, **settings)
+        # the training state goes to the workspace's scratch folder: an interrupted run resumes from it
+        state = ws.scratch_dir(STAGE_CLUSTERS, params) / "temi-state.safetensors"
+        res = temi(feats, n_clusters, neighbors=nbrs, device=device, progress=progress, checkpoint=state,
+                   **settings)
     with ws.write_artifact(STAGE_CLUSTERS, params, info={"info": res.info, "n_used": res.n_used}) as d:
         io.save_npy(d / "assignments.npy", res.assignments)
         io.save_npy(d / "confidence.npy", res.confidence)
@@ -144,6 +147,7 @@ def cluster_workspace(ws, method: str, n_clusters: int, backbone=None, weights=N
             io.save_npy(d / "probs.npy", res.probs.astype(np.float32))
             from cedm.clusters.temi import save_head
             save_head(res.head, d / "head", temperature=res.params["teacher_temp"])
+    ws.clear_scratch(STAGE_CLUSTERS, params)
     res.params, res.artifact = params, ws.find_artifact(STAGE_CLUSTERS, params)
     return res
 

@@ -255,13 +255,79 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     return base_lr
 
 
+# --- resuming -----------------------------------------------------------------------------------
+CHECKPOINT_EVERY = 300.0  # seconds between training-state saves (at epoch ends; a cancel saves at once)
+
+
+def _run_fingerprint(cfg: TemiConfig, x_np: np.ndarray, neighbors: np.ndarray) -> str:
+    """What a saved training state must match to be resumed: the settings, the features and the neighbours."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    for a in (x_np, np.ascontiguousarray(neighbors, dtype=np.int64)):
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _save_state(path: Path, fingerprint: str, epoch: int, seconds: float, student, teacher, opt, prior,
+                gen: torch.Generator) -> None:
+    """Everything the loop needs to go on after ``epoch`` epochs, in one safetensors file written atomically."""
+    from safetensors.torch import save_file
+
+    from cedm import io
+
+    tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
+    tensors.update({f"teacher.{k}": v for k, v in teacher.state_dict().items()})
+    for i, state in opt.state_dict()["state"].items():
+        tensors.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in state.items()})
+    tensors["prior"], tensors["generator"] = prior, gen.get_state()
+    meta = {"fingerprint": fingerprint, "epoch": str(epoch), "seconds": repr(float(seconds))}
+    with io.atomic_file(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def _load_state(path: Path | None, fingerprint: str, student, teacher, opt, prior,
+                gen: torch.Generator) -> tuple[int, float]:
+    """Restore a state saved by _save_state for this very run: (epochs done, seconds spent); (0, 0.0) when
+    there is none, or it belongs to other settings or data (it is then ignored and later overwritten)."""
+    if path is None or not Path(path).is_file():
+        return 0, 0.0
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("fingerprint") != fingerprint:
+                return 0, 0.0
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception:  # a damaged file is no state: start afresh
+        return 0, 0.0
+    dev = prior.device
+    student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
+    teacher.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")})
+    sd = opt.state_dict()
+    sd["state"] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            sd["state"].setdefault(int(i), {})[name] = v if name == "step" else v.to(dev)
+    opt.load_state_dict(sd)
+    prior.copy_(tensors["prior"].to(dev))
+    gen.set_state(tensors["generator"])
+    return int(meta["epoch"]), float(meta["seconds"])
+
+
 def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, device=None, progress=None,
+         checkpoint: str | Path | None = None, checkpoint_every: float = CHECKPOINT_EVERY,
          **settings) -> ClusterResult:
     """Train TEMI heads on (N, D) backbone features and return the best head's clustering.
 
     ``settings`` are TemiConfig fields (heads, epochs, gamma, ...); the schedule defaults to the paper's on
     a GPU and to CPU_SCHEDULE otherwise. ``neighbors`` (N, m) can be passed to reuse mined kNN (neighbours
-    are always mined by cosine similarity)."""
+    are always mined by cosine similarity). ``checkpoint``: a file for the training state, saved at epoch ends
+    every ``checkpoint_every`` seconds and when ``progress`` raises (a cancel); a later call with the same
+    settings, features and neighbours resumes from it and gives the same result as an uninterrupted run."""
     from cedm.device import resolve_device
 
     dev = resolve_device(device)
@@ -298,7 +364,19 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
     total_steps = epochs * steps_per_epoch
     m = cfg.teacher_momentum
     epoch_losses = torch.zeros(cfg.heads, device=dev)
-    for epoch in range(epochs):
+    fingerprint = _run_fingerprint(cfg, x_np, neighbors) if checkpoint is not None else ""
+    start, spent = _load_state(checkpoint, fingerprint, student, teacher, opt, prior, gen)
+    if start >= epochs:  # saved after the last epoch: the epoch losses that choose the head are not kept
+        start, spent = 0, 0.0
+    if start and progress:
+        progress(start, epochs, "TEMI epochs (resumed)")
+    t_run, last_save = time.perf_counter(), time.perf_counter()
+
+    def save(done: int) -> None:
+        _save_state(Path(checkpoint), fingerprint, done, spent + time.perf_counter() - t_run, student, teacher,
+                    opt, prior, gen)
+
+    for epoch in range(start, epochs):
         perm = torch.randperm(n, generator=gen).to(dev)
         pick = torch.randint(nbrs.shape[1], (n,), generator=gen).to(dev)  # fresh neighbour per image
         partner = nbrs[torch.arange(n, device=dev), pick]
@@ -326,8 +404,17 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
             epoch_losses += head_losses.detach()
         if not torch.isfinite(epoch_losses).all():
             raise CedmError("TEMI training diverged (non-finite loss); try a lower learning rate")
+        last = epoch + 1 == epochs
+        if checkpoint is not None and not last and time.perf_counter() - last_save >= checkpoint_every:
+            save(epoch + 1)
+            last_save = time.perf_counter()
         if progress:
-            progress(epoch + 1, epochs, "TEMI epochs")
+            try:
+                progress(epoch + 1, epochs, "TEMI epochs")
+            except BaseException:  # cancelled: keep this epoch's state so the next call goes on from here
+                if checkpoint is not None and not last:
+                    save(epoch + 1)
+                raise
     head_losses = (epoch_losses / steps_per_epoch).cpu().numpy()
     best = int(np.argmin(head_losses))
     head_used = heads_n_used(teacher, x)
@@ -337,7 +424,8 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
     return ClusterResult(method="temi", n_clusters=cfg.n_clusters, assignments=assignments,
                          confidence=probs.max(1).astype(np.float32), probs=probs, head=head,
                          params=asdict(cfg),
-                         info={"seconds": time.perf_counter() - t0, "knn_seconds": t_knn,
+                         info={"seconds": spent + time.perf_counter() - t0, "knn_seconds": t_knn,
+                               "resumed_at_epoch": start,
                                "best_head": best, "head_losses": head_losses.tolist(),
                                "head_n_used": head_used,
                                "steps": total_steps, "epochs_run": epochs, "lr": base_lr,
