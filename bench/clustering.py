@@ -120,9 +120,12 @@ def curve(args):
         t0 = time.perf_counter()
         res = cluster_workspace(ws, "temi", c, backbone=args.backbone, device=dev, **kw)
         secs = res.info.get("seconds", time.perf_counter() - t0)
+        cpu = res.info.get("cpu_seconds")  # the run's CPU time (over resumes too): fair on a shared machine
         rec["points"].append({"c": c, "r_c": res.utilization, "n_used": res.n_used, "seconds": secs,
-                              "cached": cached, "ami_gt": metrics.ami(res.assignments, ws.ground_truth.labels)})
-        print(f"C = {c:4d}  r_C = {res.utilization:.3f}  {secs:.0f} s{' (cached)' if cached else ''}", flush=True)
+                              "cpu_seconds": cpu, "cached": cached,
+                              "ami_gt": metrics.ami(res.assignments, ws.ground_truth.labels)})
+        print(f"C = {c:4d}  r_C = {res.utilization:.3f}  {secs:.0f} s" + (f", CPU {cpu:.0f} s" if cpu else "")
+              + (" (cached)" if cached else ""), flush=True)
         if args.heads_study:
             rec["points"][-1].update(heads_study(res.info, c))
             p = rec["points"][-1]

@@ -196,6 +196,7 @@ def test_temi_resumes_bit_exact_after_a_cancel(tmp_path):
     assert res.info["resumed_at_epoch"] == 2 and seen[0] == 2 and seen[-1] == 6
     assert np.array_equal(res.probs, full.probs) and (res.assignments == full.assignments).all()
     assert res.info["head_losses"] == full.info["head_losses"]
+    assert res.info["cpu_seconds"] > 0 and res.info["seconds"] >= res.info["cpu_seconds"] * 0.5  # both calls' time
     # periodic saves (every epoch end here) resume the same way
     with pytest.raises(Stop):
         temi(x, 10, checkpoint=state, checkpoint_every=0, progress=stop_after(4), **kw)

@@ -270,7 +270,7 @@ def _run_fingerprint(cfg: TemiConfig, x_np: np.ndarray, neighbors: np.ndarray) -
     return h.hexdigest()
 
 
-def _save_state(path: Path, fingerprint: str, epoch: int, seconds: float, student, teacher, opt, prior,
+def _save_state(path: Path, fingerprint: str, epoch: int, spent: dict, student, teacher, opt, prior,
                 gen: torch.Generator) -> None:
     """Everything the loop needs to go on after ``epoch`` epochs, in one safetensors file written atomically."""
     from safetensors.torch import save_file
@@ -282,27 +282,29 @@ def _save_state(path: Path, fingerprint: str, epoch: int, seconds: float, studen
     for i, state in opt.state_dict()["state"].items():
         tensors.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in state.items()})
     tensors["prior"], tensors["generator"] = prior, gen.get_state()
-    meta = {"fingerprint": fingerprint, "epoch": str(epoch), "seconds": repr(float(seconds))}
+    meta = {"fingerprint": fingerprint, "epoch": str(epoch), **{k: repr(float(v)) for k, v in spent.items()}}
     with io.atomic_file(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
 def _load_state(path: Path | None, fingerprint: str, student, teacher, opt, prior,
-                gen: torch.Generator) -> tuple[int, float]:
-    """Restore a state saved by _save_state for this very run: (epochs done, seconds spent); (0, 0.0) when
-    there is none, or it belongs to other settings or data (it is then ignored and later overwritten)."""
+                gen: torch.Generator) -> tuple[int, dict]:
+    """Restore a state saved by _save_state for this very run: (epochs done, {"seconds", "cpu_seconds"} spent
+    so far); (0, zeros) when there is none, or it belongs to other settings or data (it is then ignored and
+    later overwritten)."""
+    none = (0, {"seconds": 0.0, "cpu_seconds": 0.0})
     if path is None or not Path(path).is_file():
-        return 0, 0.0
+        return none
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("fingerprint") != fingerprint:
-                return 0, 0.0
+                return none
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception:  # a damaged file is no state: start afresh
-        return 0, 0.0
+        return none
     dev = prior.device
     student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
     teacher.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")})
@@ -315,7 +317,7 @@ def _load_state(path: Path | None, fingerprint: str, student, teacher, opt, prio
     opt.load_state_dict(sd)
     prior.copy_(tensors["prior"].to(dev))
     gen.set_state(tensors["generator"])
-    return int(meta["epoch"]), float(meta["seconds"])
+    return int(meta["epoch"]), {k: float(meta.get(k, 0.0)) for k in none[1]}
 
 
 def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, device=None, progress=None,
@@ -341,7 +343,7 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
     if cfg.max_steps < 0:
         raise CedmError(f"TEMI max_steps must be >= 0 (0 = no cap), got {cfg.max_steps}")
     n = len(x_np)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     if neighbors is None:
         neighbors = mine_neighbors(x_np, cfg.knn, seed=cfg.seed, device=dev)
     elif len(neighbors) != n:
@@ -365,16 +367,17 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
     m = cfg.teacher_momentum
     epoch_losses = torch.zeros(cfg.heads, device=dev)
     fingerprint = _run_fingerprint(cfg, x_np, neighbors) if checkpoint is not None else ""
-    start, spent = _load_state(checkpoint, fingerprint, student, teacher, opt, prior, gen)
-    if start >= epochs:  # saved after the last epoch: the epoch losses that choose the head are not kept
-        start, spent = 0, 0.0
+    start, spent = _load_state(checkpoint, fingerprint, student, teacher, opt, prior, gen)  # never past the end
     if start and progress:
         progress(start, epochs, "TEMI epochs (resumed)")
-    t_run, last_save = time.perf_counter(), time.perf_counter()
+    last_save = time.perf_counter()
+
+    def so_far() -> dict:  # wall and CPU seconds of the whole run, over every call that worked on it
+        return {"seconds": spent["seconds"] + time.perf_counter() - t0,
+                "cpu_seconds": spent["cpu_seconds"] + time.process_time() - cpu0}
 
     def save(done: int) -> None:
-        _save_state(Path(checkpoint), fingerprint, done, spent + time.perf_counter() - t_run, student, teacher,
-                    opt, prior, gen)
+        _save_state(Path(checkpoint), fingerprint, done, so_far(), student, teacher, opt, prior, gen)
 
     for epoch in range(start, epochs):
         perm = torch.randperm(n, generator=gen).to(dev)
@@ -424,7 +427,7 @@ def temi(features, n_clusters: int, *, neighbors: np.ndarray | None = None, devi
     return ClusterResult(method="temi", n_clusters=cfg.n_clusters, assignments=assignments,
                          confidence=probs.max(1).astype(np.float32), probs=probs, head=head,
                          params=asdict(cfg),
-                         info={"seconds": spent + time.perf_counter() - t0, "knn_seconds": t_knn,
+                         info={**so_far(), "knn_seconds": t_knn,
                                "resumed_at_epoch": start,
                                "best_head": best, "head_losses": head_losses.tolist(),
                                "head_n_used": head_used,
