@@ -3,6 +3,7 @@
     python bench/clustering.py [--quick] [--device cpu|cuda] [--sizes 3400 50000] [--clusters 100 500]
     python bench/clustering.py --curve --schedule cpu|paper [--paper-heads 50] [--cs 20 40 50 60 80 100]
     python bench/clustering.py --curve --heads-study 10 --cs 50 80   # does choosing among 2 heads move r_C?
+    python bench/clustering.py --compare     # the two curves side by side: within 0.02? same C_max? run times
 
 Features: N points around 100 random directions (so NMI to the generating blob is a sanity check).
 - k-means: faiss spherical k-means (ours, nredo=1 here) vs scikit-learn KMeans (one init, same iterations).
@@ -138,9 +139,49 @@ def curve(args):
     print(f"wrote {out}")
 
 
+def compare(args, tol: float = 0.02):
+    """The CPU default against the paper schedule from the two --curve files: r_C at each C both have, the
+    difference (within ``tol``?), the C_max the bound's rule gives on each curve's points, and the run times.
+    Prints a markdown table; writes bench/results/clustering_curve_compare.json."""
+    from cedm.clusters.bound import ALPHA, c_max_from_curve
+
+    folder = Path(args.out).parent
+    files = {"cpu": folder / "clustering_curve_cpu.json", "paper": folder / f"clustering_curve_paper_{args.paper_heads}h.json"}
+    recs = {k: json.loads(f.read_text()) for k, f in files.items() if f.is_file()}
+    if len(recs) < 2:
+        sys.exit(f"need both curves: {', '.join(str(f) for f in files.values())}")
+    pts = {k: {p["c"]: p for p in r["points"]} for k, r in recs.items()}
+    cs = sorted(set(pts["cpu"]) & set(pts["paper"]))
+    rows = []
+    for c in cs:
+        a, b = pts["cpu"][c], pts["paper"][c]
+        rows.append({"c": c, "r_c_cpu": a["r_c"], "r_c_paper": b["r_c"], "diff": round(a["r_c"] - b["r_c"], 4),
+                     "within": abs(a["r_c"] - b["r_c"]) <= tol + 1e-9,
+                     "cpu_seconds_cpu": a.get("cpu_seconds"), "cpu_seconds_paper": b.get("cpu_seconds"),
+                     "seconds_cpu": a["seconds"], "seconds_paper": b["seconds"],
+                     "ami_cpu": a.get("ami_gt"), "ami_paper": b.get("ami_gt")})
+    c_max = {k: c_max_from_curve([(c, pts[k][c]["r_c"]) for c in cs], ALPHA) for k in pts}
+    out = {"tol": tol, "alpha": ALPHA, "cs": cs, "rows": rows, "c_max_on_points": c_max,
+           "all_within": all(r["within"] for r in rows), "same_c_max": c_max["cpu"] == c_max["paper"],
+           "settings": {k: r["settings"] for k, r in recs.items()}}
+    def fmt(r, k):  # CPU time where the run recorded it, else its wall time (marked)
+        cpu = r[f"cpu_seconds_{k}"]
+        return f"{cpu / 60:.0f} min" if cpu else f"{r[f'seconds_{k}'] / 60:.0f} min wall"
+    print("| C | r_C CPU default | r_C paper | CPU - paper | within 0.02 | time, CPU default | time, paper |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['c']} | {r['r_c_cpu']:.3f} | {r['r_c_paper']:.3f} | {r['diff']:+.3f} | {'yes' if r['within'] else 'no'} "
+              f"| {fmt(r, 'cpu')} | {fmt(r, 'paper')} |")
+    print(f"C_max on these points (alpha {ALPHA}): CPU default {c_max['cpu']}, paper {c_max['paper']}")
+    dest = folder / "clustering_curve_compare.json"
+    dest.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {dest}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--curve", action="store_true", help="r_C curve on the demo features for --schedule")
+    ap.add_argument("--compare", action="store_true", help="the two --curve files side by side (issue 19's check)")
     ap.add_argument("--schedule", choices=["cpu", "paper"], default="cpu")
     ap.add_argument("--paper-heads", type=int, default=50, help="--schedule paper: heads (paper: 50)")
     ap.add_argument("--heads-study", type=int, default=0, metavar="H",
@@ -157,6 +198,8 @@ def main():
                     help="run full TEMI when estimated below this many seconds (default 420 on CUDA, 120 on CPU)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "clustering.json"))
     args = ap.parse_args()
+    if args.compare:
+        return compare(args)
     if args.curve:
         return curve(args)
     dev = torch.device(args.device)
