@@ -6,8 +6,11 @@ Each subcommand lives in ``cedm/commands/<name>.py`` with ``HELP``, ``add_argume
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from cedm import __version__, hub  # cedm.hub first: it switches library telemetry off before anything loads
 from cedm.errors import CedmError
@@ -53,10 +56,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.allow_downloads:
         hub.set_allow_downloads(True)
     try:
-        return int(args._run(args) or 0)
+        with home_for_command(getattr(args, "home", None)):
+            return int(args._run(args) or 0)
     except CedmError as e:
         print(f"cedm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cedm {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def home_for_command(home):
+    """``--home`` is the default home for the whole command (what a name like ``denoiser:WS/MODEL``, or a
+    worker process, resolves against): $CEDM_HOME for its duration, restored afterwards."""
+    if not home:
+        yield
+        return
+    before = os.environ.get("CEDM_HOME")
+    os.environ["CEDM_HOME"] = str(Path(home).expanduser().resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CEDM_HOME", None)
+        else:
+            os.environ["CEDM_HOME"] = before

@@ -156,3 +156,41 @@ def test_offline_self_guidance_finetunes_a_model_on_its_own_clusters(ws):
     cond = model.info["condition"]
     assert cond["backbone"] == dn.backbone_name("blobs/tiny") and cond["spec"] == "kmeans:2"
     torch.testing.assert_close(model.unet.conv_in.weight, src.unet.conv_in.weight, atol=1e-6, rtol=0)
+
+
+def test_a_workspace_model_resolves_in_the_workspace_as_opened(ws, home, tmp_path, capsys):
+    """denoiser:WS/MODEL finds the model in the workspace being worked on (another home, a visitor's area), not
+    only in the default home; a `--home` command resolves it in that home; an annotator keeps its scope."""
+    import os
+
+    from cedm.annotate.store import load_annotator
+    from cedm.features.backbones import workspace_scope
+    from cedm.workspace import Workspace
+
+    other = tmp_path / "other-home"
+    images, labels = blob_images(12, seed=3)
+    w2 = create_from_array(other, "elsewhere", images)
+    torch.manual_seed(2)
+    save_model(w2.derived_dir("models") / "tiny", CEDM.from_preset("tiny", 16, 0).eval())
+    name = "denoiser:elsewhere/tiny,sigma=0.5,block=mid"
+    with pytest.raises(CedmError, match="no workspace 'elsewhere'"):
+        get_spec(name)  # outside any workspace call: the default home has no such workspace
+    feats = get_features(w2, name)
+    assert feats.shape == (12, 32) and find_features(w2, name) is not None
+    with workspace_scope(w2):
+        assert np.allclose(extract_one(images[4], name, normalized=False), get_features(w2, name, normalized=False)[4],
+                           atol=1e-3)
+    annot = load_annotator(w2, "box", name)
+    assert annot(images[:2]).shape == (2, 4)  # used after the call that made it
+    # a command with --home resolves the name in that home; $CEDM_HOME is restored afterwards
+    assert main(["features", "elsewhere", "--home", str(other), "--backbone", name]) == 0
+    assert os.environ["CEDM_HOME"] == str(home)
+    # a read-only view of `blobs` writing into a visitor's area: its models live in the area's overlay
+    area = tmp_path / "area" / "overlays" / "blobs"
+    view = Workspace(ws.root, read_only=True, overlay=area)
+    torch.manual_seed(3)
+    save_model(view.derived_dir("models") / "mine", CEDM.from_preset("tiny", 16, 0).eval())
+    with pytest.raises(CedmError, match="unknown model 'blobs/mine'"):
+        get_spec("denoiser:blobs/mine")  # the default home's `blobs` has no such model
+    assert get_features(view, "denoiser:blobs/mine").shape == (24, 32)
+    assert list(area.rglob("features.npy"))  # computed for the view, kept in the visitor's area

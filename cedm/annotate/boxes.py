@@ -23,6 +23,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from cedm.annotate.patches import SpatialBackbone
 from cedm.errors import CedmError
 
 
@@ -113,24 +114,17 @@ def box_masks(boxes, resolution: int, out_resolution: int | None = None) -> np.n
     return (iny[:, :, None] & inx[:, None, :]).astype(np.uint8)
 
 
-class BoxAnnotator:
+class BoxAnnotator(SpatialBackbone):
     """``annotator(images uint8 (B, R, R, 3)) -> int (B, 4)`` self-boxes in pixels of the images."""
 
     kind = "box"
 
     def __init__(self, backbone: str, weights=None, device=None, pretrained: bool = True,
                  k_patches: int | None = None):
-        from cedm.annotate.patches import check_spatial
-
-        self.backbone = check_spatial(backbone)
-        self.weights, self.device, self.pretrained, self.k_patches = weights, device, pretrained, k_patches
+        self._use_backbone(backbone, weights, device, pretrained)
+        self.k_patches = k_patches
         if k_patches is not None and int(k_patches) < 1:
             raise CedmError(f"k_patches must be at least 1, got {k_patches}")
-
-    @property
-    def model(self):
-        from cedm.annotate.patches import load_spatial_backbone
-        return load_spatial_backbone(self.backbone, self.weights, self.device, self.pretrained)
 
     def __call__(self, images) -> np.ndarray:
         from cedm.annotate.patches import check_images, patch_maps

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cedm.errors import CedmError
-from cedm.features.backbones import get_spec, list_backbones
+from cedm.features.backbones import get_spec, list_backbones, scoped_workspace, workspace_scope
 
 
 def spatial_backbones() -> list[str]:
@@ -33,6 +33,21 @@ def load_spatial_backbone(backbone: str, weights=None, device=None, pretrained: 
 
     check_spatial(backbone)
     return cached_backbone(backbone, weights, device, pretrained)
+
+
+class SpatialBackbone:
+    """What an annotator needs of its backbone: the checked name, and the built model, resolved in the
+    workspace scope the annotator was made in (a workspace's own denoiser keeps working after the call)."""
+
+    def _use_backbone(self, backbone: str, weights, device, pretrained: bool) -> None:
+        self.backbone = check_spatial(backbone)
+        self.weights, self.device, self.pretrained = weights, device, pretrained
+        self._scope = scoped_workspace()
+
+    @property
+    def model(self):
+        with workspace_scope(self._scope):
+            return load_spatial_backbone(self.backbone, self.weights, self.device, self.pretrained)
 
 
 def check_images(images) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cedm.annotate.patches import SpatialBackbone
 from cedm.errors import CedmError
 
 TEMPERATURE = 0.05
@@ -118,24 +119,17 @@ def segment_maps(maps, centroids, images, resolution: int | None = None, refine:
     return up.argmax(1).numpy().astype(np.uint8)
 
 
-class SegmentAnnotator:
+class SegmentAnnotator(SpatialBackbone):
     """``annotator(images uint8 (B, R, R, 3)) -> uint8 (B, R, R)`` segment ids under fitted centroids."""
 
     kind = "segments"
 
     def __init__(self, centroids, backbone: str, weights=None, device=None, pretrained: bool = True,
                  refine: bool = True):
-        from cedm.annotate.patches import check_spatial
-
         self.centroids = _normalize(centroids)
         self.n_segments = check_n_segments(len(self.centroids))
-        self.backbone = check_spatial(backbone)
-        self.weights, self.device, self.pretrained, self.refine = weights, device, pretrained, bool(refine)
-
-    @property
-    def model(self):
-        from cedm.annotate.patches import load_spatial_backbone
-        return load_spatial_backbone(self.backbone, self.weights, self.device, self.pretrained)
+        self._use_backbone(backbone, weights, device, pretrained)
+        self.refine = bool(refine)
 
     def __call__(self, images, resolution: int | None = None) -> np.ndarray:
         from cedm.annotate.patches import check_images, patch_maps

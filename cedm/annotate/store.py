@@ -30,6 +30,7 @@ from cedm.annotate.segments import (
     segment_scores,
 )
 from cedm.errors import CedmError
+from cedm.features.backbones import for_workspace
 
 BOX_STAGE, SEGMENT_STAGE = "boxes", "segments"
 VERSION = 1
@@ -113,10 +114,12 @@ def _batch_size(model, batch_size) -> int:
 
 
 # --- boxes --------------------------------------------------------------------------------------------
+@for_workspace
 def find_boxes(ws, backbone: str, weights=None, pretrained: bool = True, k_patches: int | None = None):
     return ws.find_artifact(BOX_STAGE, box_params(backbone, weights, pretrained, k_patches))
 
 
+@for_workspace
 def boxes_artifact(ws, backbone: str, weights=None, device=None, pretrained: bool = True,
                    batch_size: int | None = None, k_patches: int | None = None,
                    progress: Progress | None = None) -> Path:
@@ -161,10 +164,12 @@ def get_boxes(ws, backbone: str, weights=None, device=None, pretrained: bool = T
 
 
 # --- segments -----------------------------------------------------------------------------------------
+@for_workspace
 def find_segments(ws, n_segments: int, backbone: str, weights=None, pretrained: bool = True, **kw):
     return ws.find_artifact(SEGMENT_STAGE, segment_params(n_segments, backbone, weights, pretrained, **kw))
 
 
+@for_workspace
 def segments_artifact(ws, n_segments: int, backbone: str, weights=None, device=None, pretrained: bool = True,
                       batch_size: int | None = None, refine: bool = True, seed: int = 0,
                       max_patches: int = MAX_PATCHES, progress: Progress | None = None) -> Path:
@@ -245,6 +250,7 @@ def workspace_annotations(ws, spatial: str, backbone: str, weights=None, device=
     return io.load_npy(folder / name, mmap=name == "masks.npy")
 
 
+@for_workspace
 def load_annotator(ws, spatial: str, backbone: str, weights=None, device=None, pretrained: bool = True,
                    refine: bool = True, **kw):
     """An annotator for new images that matches the workspace's annotations (segments: its centroids)."""

@@ -16,6 +16,7 @@ backbone works offline, is cached, can be downloaded now, or needs downloads swi
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 import pickle
@@ -86,6 +87,36 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 def register_family(prefix: str, make_spec: Callable[[str], BackboneSpec]) -> None:
     """A parametrised backbone: every name ``prefix:...`` is turned into a spec by ``make_spec(name)``."""
     _FAMILIES[prefix] = make_spec
+
+
+# --- the workspace a family resolves its names in ------------------------------------------------
+_WORKSPACE: contextvars.ContextVar = contextvars.ContextVar("cedm_backbone_workspace", default=None)
+
+
+def scoped_workspace():
+    """The workspace of the library call under way (see ``for_workspace``), or None."""
+    return _WORKSPACE.get()
+
+
+@contextlib.contextmanager
+def workspace_scope(ws):
+    """Within this block a family name that points into a workspace (``denoiser:WORKSPACE/MODEL``) finds a
+    model of ``ws`` in ``ws`` as it was opened, whatever its home (``--home``, an app visitor's area, the demo's
+    overlay), instead of looking the workspace up in the default home."""
+    token = _WORKSPACE.set(ws)
+    try:
+        yield ws
+    finally:
+        _WORKSPACE.reset(token)
+
+
+def for_workspace(fn):
+    """Decorator: ``fn(ws, ...)`` runs in ``workspace_scope(ws)``."""
+    @functools.wraps(fn)
+    def wrapper(ws, *args, **kwargs):
+        with workspace_scope(ws):
+            return fn(ws, *args, **kwargs)
+    return wrapper
 
 
 def list_backbones() -> list[str]:

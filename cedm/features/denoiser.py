@@ -10,8 +10,9 @@ Determinism: the noise n of an image comes from a generator seeded with (NOISE_S
 quantised pixels), so a row's features do not depend on the batch it is in, its position, or the device's
 batching; the same image always gets the same noise. The network stops after the last block asked for.
 
-MODEL is a name from the model registry: a shipped model (``demo-uncond``) or ``<workspace>/<model>`` in
-the default home ($CEDM_HOME). The cache key holds the canonical name (model, sigma, block) and the sha256
+MODEL is a name from the model registry: a shipped model (``demo-uncond``) or ``<workspace>/<model>``: the
+workspace being worked on when it is that one (``backbones.workspace_scope``: any home, an app visitor's area),
+else the one of that name in the default home ($CEDM_HOME, which ``--home`` sets for a command). The cache key holds the canonical name (model, sigma, block) and the sha256
 of the EMA weights, so a retrained model never reuses stale features.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from cedm.errors import CedmError
+from cedm.features.backbones import for_workspace
 
 PREFIX = "denoiser"
 DEFAULT_SIGMA = 0.1  # docs/self_guidance.md: the best of the demo ablation (with block up0)
@@ -71,17 +73,21 @@ def backbone_name(model: str, sigma: float | None = None, block: str | None = No
 
 
 def model_dir(model: str) -> Path:
-    """The folder of a registry model name: shipped first, then '<workspace>/<model>' in the default home."""
+    """The folder of a registry model name: shipped first, then '<workspace>/<model>': the workspace of the
+    call under way when it is that one (as opened: any home, a visitor's area), else found in the default home."""
+    from cedm.features.backbones import scoped_workspace
     from cedm.model.registry import find_model, list_models
 
     ws = None
     if "/" in model:
         from cedm.workspace import open_workspace
         ws_name = model.split("/", 1)[0]
-        try:
-            ws = open_workspace(None, ws_name)
-        except (CedmError, OSError):
-            raise CedmError(f"denoiser backbone: no workspace {ws_name!r} for model {model!r}") from None
+        ws = scoped_workspace()
+        if ws is None or ws.name != ws_name:
+            try:
+                ws = open_workspace(None, ws_name)
+            except (CedmError, OSError):
+                raise CedmError(f"denoiser backbone: no workspace {ws_name!r} for model {model!r}") from None
     return find_model(list_models(ws), model).path
 
 
@@ -218,6 +224,7 @@ def spec_for(name: str):
 
 
 # --- the ablation (seed 002, fig. 3): which sigma and block cluster best ----------------------------------
+@for_workspace
 def ablate(ws, model: str, sigmas, blocks=None, against: str = "gt", k: int | None = None, seed: int = 0,
            compare_backbones=("efficientnet_lite0",), raw_pixels: bool = True, device=None,
            progress=None) -> dict:

@@ -28,7 +28,7 @@ import numpy as np
 from cedm import io
 from cedm.cache import LRU
 from cedm.errors import CedmError
-from cedm.features.backbones import (DEFAULT_BACKBONE, Backbone, build_backbone, get_spec,
+from cedm.features.backbones import (DEFAULT_BACKBONE, Backbone, build_backbone, for_workspace, get_spec,
                                      weights_identity)
 
 STAGE = "features"
@@ -52,6 +52,7 @@ def feature_params(backbone: str = DEFAULT_BACKBONE, weights=None, pretrained: b
             "preprocessing": spec.preprocessing, "version": FORMAT_VERSION}
 
 
+@for_workspace
 def find_features(ws, backbone: str = DEFAULT_BACKBONE, weights=None, pretrained: bool = True) -> Path | None:
     """The artifact folder of already computed features, or None (never computes)."""
     return ws.find_artifact(STAGE, feature_params(backbone, weights, pretrained))
@@ -81,6 +82,7 @@ def get_features(ws, backbone: str = DEFAULT_BACKBONE, weights=None, device=None
     return l2_normalize(raw) if normalized else raw.astype(np.float32)
 
 
+@for_workspace
 def features_artifact(ws, backbone: str = DEFAULT_BACKBONE, weights=None, device=None,
                       batch_size: int | None = None, progress: Progress | None = None, *,
                       pretrained: bool = True, chunk_rows: int = CHUNK_ROWS) -> Path:

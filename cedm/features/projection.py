@@ -15,7 +15,7 @@ import numpy as np
 
 from cedm import io
 from cedm.errors import CedmError
-from cedm.features.backbones import DEFAULT_BACKBONE
+from cedm.features.backbones import DEFAULT_BACKBONE, for_workspace
 from cedm.features.extract import FEATURES_FILE, feature_params, features_artifact, l2_normalize
 
 STAGE = "map"
@@ -24,6 +24,7 @@ UMAP_SETTINGS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"}
 log = logging.getLogger("cedm.features")
 
 
+@for_workspace
 def map_params(ws, backbone: str = DEFAULT_BACKBONE, weights=None, seed: int = 0,
                max_points: int = MAX_POINTS, pretrained: bool = True) -> dict:
     """The cache key of a map: the features' key, the sample it embeds, and the UMAP settings."""

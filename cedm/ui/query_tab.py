@@ -11,6 +11,7 @@ import numpy as np
 import gradio as gr
 
 from cedm.errors import CedmError
+from cedm.features.backbones import for_workspace
 from cedm.ui import cluster_views as cv
 from cedm.ui import common
 from cedm.ui.common import AppContext, generation_condition, guarded
@@ -18,6 +19,7 @@ from cedm.ui.common import AppContext, generation_condition, guarded
 N_NEIGHBOURS = 8
 
 
+@for_workspace
 def run_query(ws, backbone: str, spec: str, image, progress=None) -> dict:
     """The query's clusters and neighbours, from library calls (features, cluster head/centroids, faiss)."""
     from cedm.features import extract_one
