@@ -113,13 +113,15 @@ def curve(args):
         kw = {**CPU_SCHEDULE, "heads": args.heads_study}
     out = Path(args.out).with_name(f"clustering_heads_{args.heads_study}.json" if args.heads_study else
                                    f"clustering_curve_{args.schedule}"
-                                   + ("" if args.schedule == "cpu" else f"_{args.paper_heads}h") + ".json")
-    rec = {"schedule": args.schedule, "settings": kw, "backbone": args.backbone, "threads": args.threads, "device": dev,
+                                   + ("" if args.schedule == "cpu" else f"_{args.paper_heads}h")
+                                   + (f"_seed{args.seed}" if args.seed else "") + ".json")
+    rec = {"schedule": args.schedule, "settings": kw, "seed": args.seed, "backbone": args.backbone,
+           "threads": args.threads, "device": dev,
            "machine": platform.processor() or platform.machine(), "points": []}
     for c in args.cs:
-        cached = find_clusters(ws, "temi", c, backbone=args.backbone, device=dev, **kw) is not None
+        cached = find_clusters(ws, "temi", c, backbone=args.backbone, seed=args.seed, device=dev, **kw) is not None
         t0 = time.perf_counter()
-        res = cluster_workspace(ws, "temi", c, backbone=args.backbone, device=dev, **kw)
+        res = cluster_workspace(ws, "temi", c, backbone=args.backbone, seed=args.seed, device=dev, **kw)
         secs = res.info.get("seconds", time.perf_counter() - t0)
         cpu = res.info.get("cpu_seconds")  # the run's CPU time (over resumes too): fair on a shared machine
         rec["points"].append({"c": c, "r_c": res.utilization, "n_used": res.n_used, "seconds": secs,
@@ -187,6 +189,7 @@ def main():
     ap.add_argument("--heads-study", type=int, default=0, metavar="H",
                     help="--curve with the CPU default's recipe and H heads: r_C of best-of-H vs best of each pair")
     ap.add_argument("--cs", type=int, nargs="+", default=[20, 40, 50, 60, 80, 100])
+    ap.add_argument("--seed", type=int, default=0, help="--curve: TEMI seed (initialisation and data order)")
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="reduced run (CPU here): fewer sizes and heads")
