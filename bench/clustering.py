@@ -171,6 +171,7 @@ def compare(args, tol: float = 0.02):
     out = {"tol": tol, "alpha": ALPHA, "cs": cs, "rows": rows, "c_max_on_points": c_max,
            "all_within": all(r["within"] for r in rows), "same_c_max": c_max["cpu"] == c_max["paper"],
            "settings": {k: r["settings"] for k, r in recs.items()}}
+
     def fmt(r, k):  # CPU time where the run recorded it, else its wall time (marked)
         cpu = r[f"cpu_seconds_{k}"]
         return f"{cpu / 60:.0f} min" if cpu else f"{r[f'seconds_{k}'] / 60:.0f} min wall"

@@ -158,7 +158,7 @@ def test_offline_self_guidance_finetunes_a_model_on_its_own_clusters(ws):
     torch.testing.assert_close(model.unet.conv_in.weight, src.unet.conv_in.weight, atol=1e-6, rtol=0)
 
 
-def test_a_workspace_model_resolves_in_the_workspace_as_opened(ws, home, tmp_path, capsys):
+def test_a_workspace_model_resolves_in_the_workspace_as_opened(ws, home, tmp_path):
     """denoiser:WS/MODEL finds the model in the workspace being worked on (another home, a visitor's area), not
     only in the default home; a `--home` command resolves it in that home; an annotator keeps its scope."""
     import os
@@ -168,7 +168,7 @@ def test_a_workspace_model_resolves_in_the_workspace_as_opened(ws, home, tmp_pat
     from cedm.workspace import Workspace
 
     other = tmp_path / "other-home"
-    images, labels = blob_images(12, seed=3)
+    images, _ = blob_images(12, seed=3)
     w2 = create_from_array(other, "elsewhere", images)
     torch.manual_seed(2)
     save_model(w2.derived_dir("models") / "tiny", CEDM.from_preset("tiny", 16, 0).eval())

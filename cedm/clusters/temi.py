@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from cedm.clusters.result import ClusterResult, check_n_clusters, l2_normalize
 from cedm.errors import CedmError
+from cedm.state import optimizer_from_tensors, optimizer_to_tensors, prefixed, unprefixed
 
 # The official recipe (C-EDM table 8 and the TEMI repository's commands): 50 heads, 200 epochs, batch 512,
 # AdamW lr 1e-4 per 256 images (linear scaling: 2e-4 at batch 512) after a 20-epoch linear warm-up, then
@@ -277,11 +278,8 @@ def _save_state(path: Path, fingerprint: str, epoch: int, spent: dict, student, 
 
     from cedm import io
 
-    tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
-    tensors.update({f"teacher.{k}": v for k, v in teacher.state_dict().items()})
-    for i, state in opt.state_dict()["state"].items():
-        tensors.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in state.items()})
-    tensors["prior"], tensors["generator"] = prior, gen.get_state()
+    tensors = {**prefixed("student", student.state_dict()), **prefixed("teacher", teacher.state_dict()),
+               **optimizer_to_tensors(opt)[0], "prior": prior, "generator": gen.get_state()}
     meta = {"fingerprint": fingerprint, "epoch": str(epoch), **{k: repr(float(v)) for k, v in spent.items()}}
     with io.atomic_file(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -305,17 +303,10 @@ def _load_state(path: Path | None, fingerprint: str, student, teacher, opt, prio
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception:  # a damaged file is no state: start afresh
         return none
-    dev = prior.device
-    student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
-    teacher.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")})
-    sd = opt.state_dict()
-    sd["state"] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, i, name = k.split(".", 2)
-            sd["state"].setdefault(int(i), {})[name] = v if name == "step" else v.to(dev)
-    opt.load_state_dict(sd)
-    prior.copy_(tensors["prior"].to(dev))
+    student.load_state_dict(unprefixed("student", tensors))
+    teacher.load_state_dict(unprefixed("teacher", tensors))
+    optimizer_from_tensors(opt, tensors, opt.state_dict()["param_groups"])  # the lr is set at every step
+    prior.copy_(tensors["prior"])
     gen.set_state(tensors["generator"])
     return int(meta["epoch"]), {k: float(meta.get(k, 0.0)) for k in none[1]}
 

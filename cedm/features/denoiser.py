@@ -12,8 +12,9 @@ batching; the same image always gets the same noise. The network stops after the
 
 MODEL is a name from the model registry: a shipped model (``demo-uncond``) or ``<workspace>/<model>``: the
 workspace being worked on when it is that one (``backbones.workspace_scope``: any home, an app visitor's area),
-else the one of that name in the default home ($CEDM_HOME, which ``--home`` sets for a command). The cache key holds the canonical name (model, sigma, block) and the sha256
-of the EMA weights, so a retrained model never reuses stale features.
+else the one of that name in the default home ($CEDM_HOME, which ``--home`` sets for a command). The cache
+key holds the canonical name (model, sigma, block) and the sha256 of the EMA weights, so a retrained model
+never reuses stale features.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from cedm.errors import CedmError
-from cedm.features.backbones import for_workspace
+from cedm.features.backbones import for_workspace, scoped_workspace
 
 PREFIX = "denoiser"
 DEFAULT_SIGMA = 0.1  # docs/self_guidance.md: the best of the demo ablation (with block up0)
@@ -75,7 +76,6 @@ def backbone_name(model: str, sigma: float | None = None, block: str | None = No
 def model_dir(model: str) -> Path:
     """The folder of a registry model name: shipped first, then '<workspace>/<model>': the workspace of the
     call under way when it is that one (as opened: any home, a visitor's area), else found in the default home."""
-    from cedm.features.backbones import scoped_workspace
     from cedm.model.registry import find_model, list_models
 
     ws = None

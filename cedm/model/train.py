@@ -39,6 +39,7 @@ from cedm.clusters.assign import labels_hash
 from cedm.device import PRECISIONS
 from cedm.errors import CedmError
 from cedm.model.edm import CEDM, PRESETS, copy_model, edm_loss, save_model
+from cedm.state import optimizer_from_tensors, optimizer_to_tensors, prefixed, unprefixed
 
 _CKPT_RE = re.compile(r"^checkpoint-(\d{9})\.json$")
 
@@ -229,34 +230,6 @@ def load_checkpoint(json_path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, load_file(str(st))
 
 
-def _optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict, list]:
-    """Adam state -> flat {'optim.<param>.<key>': tensor} + JSON-able param groups."""
-    sd = opt.state_dict()
-    tensors = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            tensors[f"optim.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    return tensors, sd["param_groups"]
-
-
-def _optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
-    state: dict = {}
-    for name, v in tensors.items():
-        if name.startswith("optim."):
-            _, pid, k = name.split(".", 2)
-            state.setdefault(int(pid), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _prefixed(prefix: str, sd: dict) -> dict:
-    return {f"{prefix}.{k}": v for k, v in sd.items()}
-
-
-def _unprefixed(prefix: str, tensors: dict) -> dict:
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-
-
 # --- training -----------------------------------------------------------------------------------
 ProgressFn = Callable[[int, int, str], None]
 
@@ -335,9 +308,9 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
     if resume and checkpoints:
         meta, tensors = load_checkpoint(checkpoints[-1])
         _check_resume(meta, config, C, fingerprint, dist.world)
-        net.load_checkpoint_state(_unprefixed("net", tensors))
-        ema.load_checkpoint_state(_unprefixed("ema", tensors))
-        _optimizer_from_tensors(opt, tensors, meta["optimizer_param_groups"])
+        net.load_checkpoint_state(unprefixed("net", tensors))
+        ema.load_checkpoint_state(unprefixed("ema", tensors))
+        optimizer_from_tensors(opt, tensors, meta["optimizer_param_groups"])
         batch_rng.bit_generator.state = meta["batch_rng"]
         noise_gen.set_state(tensors[f"rng.noise.{dist.rank}"].to(torch.uint8).cpu())
         if meta.get("scaler"):
@@ -378,8 +351,8 @@ def train(images: np.ndarray, labels: np.ndarray | None, n_conditions: int, out_
             return
         if len(set(digests)) > 1:  # DDP must keep every replica identical (EDM's check_ddp_consistency)
             raise RuntimeError(f"DDP replicas diverged at step {step}: parameter digests {digests}")
-        tensors = {**_prefixed("net", net.checkpoint_state()), **_prefixed("ema", ema.checkpoint_state())}
-        opt_tensors, groups = _optimizer_to_tensors(opt)
+        tensors = {**prefixed("net", net.checkpoint_state()), **prefixed("ema", ema.checkpoint_state())}
+        opt_tensors, groups = optimizer_to_tensors(opt)
         tensors.update(opt_tensors)
         tensors.update({f"rng.noise.{r}": s for r, s in enumerate(states)})
         if online is not None:
