@@ -182,6 +182,10 @@ def compare(args, tol: float = 0.02):
     for f in sorted(folder.glob("clustering_curve_cpu_seed*.json")):
         r = json.loads(f.read_text())
         seeds[int(r["seed"])] = {p["c"]: p["r_c"] for p in r["points"]}
+    cpu_heads = {}  # every head of every CPU-default run at C (both heads of each seed): one head's r_C, pooled
+    for r in [recs["cpu"], *(json.loads(f.read_text()) for f in sorted(folder.glob("clustering_curve_cpu_seed*.json")))]:
+        for p in r["points"]:
+            cpu_heads.setdefault(p["c"], []).extend(p.get("head_r_c", []))
     cs = sorted(set(pts["cpu"]) & set(pts["paper"]))
     rows = []
     for c in cs:
@@ -199,6 +203,9 @@ def compare(args, tol: float = 0.02):
                      "ami_cpu": a.get("ami_gt"), "ami_paper": b.get("ami_gt")})
         if b.get("best_of_2_expected") is not None:  # the paper run's own heads: what 2 of them give, on average
             e = b["best_of_2_expected"]
+            h = cpu_heads.get(c, [])
+            rows[-1].update({"cpu_heads_mean": float(np.mean(h)) if h else None,
+                             "cpu_heads_sd": float(np.std(h, ddof=1)) if len(h) > 1 else None, "cpu_heads_n": len(h)})
             rows[-1].update({"paper_heads_mean": b["head_r_c_mean"], "paper_heads_sd": b["head_r_c_sd"],
                              "r_c_2heads_expected": e, "diff_expected": round(e - b["r_c"], 4),
                              "within_expected": abs(e - b["r_c"]) <= tol + 1e-9})
@@ -233,11 +240,13 @@ def compare(args, tol: float = 0.02):
     if expected:
         print("\nThe paper run's own heads (each trains as a head of a 2-head run does; a 2-head run keeps the "
               "lower-loss one of two):\n")
-        print(f"| C | r_C paper (best of 50) | its heads: mean, sd | 2 heads, expected (every pair) "
-              f"| expected - paper | within {tol} |")
-        print("|---|---|---|---|---|---|")
+        print(f"| C | r_C paper (best of 50) | its heads: mean, sd | the CPU default's heads: mean, sd (n) "
+              f"| 2 heads, expected (every pair) | expected - paper | within {tol} |")
+        print("|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['c']} | {r['r_c_paper']:.3f} | {r['paper_heads_mean']:.3f}, {r['paper_heads_sd']:.3f} "
+            ch = (f"{r['cpu_heads_mean']:.3f}, {r['cpu_heads_sd']:.3f} ({r['cpu_heads_n']})"
+                  if r["cpu_heads_sd"] is not None else "-")
+            print(f"| {r['c']} | {r['r_c_paper']:.3f} | {r['paper_heads_mean']:.3f}, {r['paper_heads_sd']:.3f} | {ch} "
                   f"| {r['r_c_2heads_expected']:.3f} | {r['diff_expected']:+.3f} "
                   f"| {'yes' if r['within_expected'] else 'no'} |")
     print(f"C_max on these points (alpha {ALPHA}): " + ", ".join(f"{k} {v}" for k, v in c_max.items()))
