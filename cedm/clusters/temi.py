@@ -37,9 +37,10 @@ from cedm.state import optimizer_from_tensors, optimizer_to_tensors, prefixed, u
 PAPER_HEADS, PAPER_EPOCHS = 50, 200
 PAPER_SCHEDULE = {"heads": PAPER_HEADS, "epochs": PAPER_EPOCHS, "batch_size": 512, "teacher_momentum": 0.996,
                   "max_steps": 0}
-# CPU default: the same recipe, epochs, batch and momentum, with fewer heads (each head costs the same, and
-# the heads only compete for the lowest loss), and for large N at most CPU_MAX_STEPS optimiser steps (the
-# epochs shrink, warm-up in proportion). bench/clustering.py --curve measures what this changes on the demo.
+# CPU default: the same recipe, epochs, batch and momentum, with fewer heads (each head costs the same; the
+# heads train apart and the run keeps the lowest-loss one, which at larger C also tends to use more clusters),
+# and for large N at most CPU_MAX_STEPS optimiser steps (the epochs shrink, warm-up in proportion).
+# bench/clustering.py --curve / --compare measure what this changes on the demo (bench/README.md).
 CPU_MAX_STEPS = 2000
 CPU_SCHEDULE = {"heads": 2, "epochs": PAPER_EPOCHS, "batch_size": 512, "teacher_momentum": 0.996,
                 "max_steps": CPU_MAX_STEPS}
