@@ -87,8 +87,7 @@ def kmeans_rows(x, y, n, c, quick, rows, results):
 def heads_study(info: dict, c: int) -> dict:
     """From one H-head TEMI run: every head's r_C and loss (the heads train alike and apart, so they are H draws
     of one head's r_C), the r_C that choosing by loss among each disjoint pair of heads gives (what a 2-head run
-    is) next to choosing among all H (what more heads buy), and its mean over every pair (the r_C a 2-head run
-    of this recipe is expected to give)."""
+    is) next to choosing among all H (what more heads buy), and the expected r_C of a k-head run (best_of_k)."""
     used, loss = info["head_n_used"], info["head_losses"]
     r = np.asarray(used, dtype=float) / c
     pairs = [min((i, i + 1), key=lambda h: loss[h]) for i in range(0, len(used) - 1, 2)]
@@ -113,15 +112,13 @@ def best_of_k(r: np.ndarray, loss: np.ndarray, ks=(2, 4, 8, 16), draws: int = 20
     return out
 
 
-def earlier_points(out: Path, settings: dict, seed: int) -> dict:
-    """{C: point} of an earlier curve in ``out`` with the same settings and seed (else {})."""
+def earlier_curve(out: Path, settings: dict, seed: int) -> dict:
+    """The curve record in ``out`` written earlier with the same settings and seed (else {})."""
     try:
         old = json.loads(out.read_text())
     except (OSError, ValueError):
         return {}
-    if old.get("settings") != settings or (old.get("seed") or 0) != seed:
-        return {}
-    return {p["c"]: p for p in old.get("points", [])}
+    return old if old.get("settings") == settings and (old.get("seed") or 0) == seed else {}
 
 
 def curve(args):
@@ -147,7 +144,10 @@ def curve(args):
     rec = {"schedule": args.schedule, "settings": kw, "seed": args.seed, "backbone": args.backbone,
            "threads": args.threads, "device": dev,
            "machine": platform.processor() or platform.machine(), "points": []}
-    before = earlier_points(out, kw, args.seed)
+    earlier = earlier_curve(out, kw, args.seed)  # a rerun over cached points keeps its note and polled times
+    before = {p["c"]: p for p in earlier.get("points", [])}
+    if "note" in earlier:
+        rec["note"] = earlier["note"]
     for c in args.cs:
         cached = find_clusters(ws, "temi", c, backbone=args.backbone, seed=args.seed, device=dev, **kw) is not None
         t0 = time.perf_counter()
@@ -192,11 +192,10 @@ def compare(args, tol: float = 0.02):
         sys.exit(f"need both curves: {', '.join(str(f) for f in files.values())}")
     pts = {k: {p["c"]: p for p in r["points"]} for k, r in recs.items()}
     seeds = {}  # other seeds of the CPU default (--seed N): the run-to-run spread the 0.02 band sits in
-    for f in sorted(folder.glob("clustering_curve_cpu_seed*.json")):
-        r = json.loads(f.read_text())
-        seeds[int(r["seed"])] = {p["c"]: p["r_c"] for p in r["points"]}
     cpu_heads = {}  # every head of every CPU-default run at C (both heads of each seed): one head's r_C, pooled
     for r in [recs["cpu"], *(json.loads(f.read_text()) for f in sorted(folder.glob("clustering_curve_cpu_seed*.json")))]:
+        if r is not recs["cpu"]:
+            seeds[int(r["seed"])] = {p["c"]: p["r_c"] for p in r["points"]}
         for p in r["points"]:
             cpu_heads.setdefault(p["c"], []).extend(p.get("head_r_c", []))
     cs = sorted(set(pts["cpu"]) & set(pts["paper"]))
