@@ -1,9 +1,9 @@
 """Clustering speed: our k-means and TEMI against plain references, on synthetic 768-d features.
 
     python bench/clustering.py [--quick] [--device cpu|cuda] [--sizes 3400 50000] [--clusters 100 500]
-    python bench/clustering.py --curve --schedule cpu|paper [--paper-heads 50] [--cs 20 40 50 60 80 100]
-    python bench/clustering.py --curve --heads-study 10 --cs 50 80   # does choosing among 2 heads move r_C?
-    python bench/clustering.py --compare     # the two curves side by side: within 0.02? same C_max? run times
+    python bench/clustering.py --curve --schedule cpu|paper [--cpu-heads 8] [--paper-heads 50] [--cs 20 40 50 60 80 100]
+    python bench/clustering.py --curve --heads-study 10 --cs 50 80   # best of 10 heads against best of each pair
+    python bench/clustering.py --compare [--cpu-heads 2]   # the two curves side by side: within 0.02? same C_max?
 
 Features: N points around 100 random directions (so NMI to the generating blob is a sanity check).
 - k-means: faiss spherical k-means (ours, nredo=1 here) vs scikit-learn KMeans (one init, same iterations).
@@ -123,7 +123,7 @@ def earlier_curve(out: Path, settings: dict, seed: int) -> dict:
 
 def curve(args):
     """r_C of TEMI on the demo's features at each C, for one schedule (cached in the demo's overlay, so the
-    bound search and the app reuse every point). Writes bench/results/clustering_curve_<schedule>.json."""
+    bound search and the app reuse every point). Writes bench/results/clustering_curve_<schedule>_<heads>h.json."""
     import time
 
     from cedm.clusters.bound import ALPHA, c_max_from_curve
@@ -134,12 +134,12 @@ def curve(args):
     torch.set_num_threads(args.threads)
     ws = open_workspace(None, "demo")
     dev = args.device  # either schedule on either device: a GPU runs both for a same-device comparison
-    kw = dict(CPU_SCHEDULE) if args.schedule == "cpu" else {**PAPER_SCHEDULE, "heads": args.paper_heads}
+    kw = {**CPU_SCHEDULE, "heads": args.cpu_heads} if args.schedule == "cpu" else \
+        {**PAPER_SCHEDULE, "heads": args.paper_heads}
     if args.heads_study:  # the CPU default's recipe with H heads: best of H against best of each disjoint pair
         kw = {**CPU_SCHEDULE, "heads": args.heads_study}
     out = Path(args.out).with_name(f"clustering_heads_{args.heads_study}.json" if args.heads_study else
-                                   f"clustering_curve_{args.schedule}"
-                                   + ("" if args.schedule == "cpu" else f"_{args.paper_heads}h")
+                                   f"clustering_curve_{args.schedule}_{kw['heads']}h"
                                    + (f"_seed{args.seed}" if args.seed else "") + ".json")
     rec = {"schedule": args.schedule, "settings": kw, "seed": args.seed, "backbone": args.backbone,
            "threads": args.threads, "device": dev,
@@ -186,14 +186,15 @@ def compare(args, tol: float = 0.02):
     from cedm.clusters.bound import ALPHA, c_max_from_curve
 
     folder = Path(args.out).parent
-    files = {"cpu": folder / "clustering_curve_cpu.json", "paper": folder / f"clustering_curve_paper_{args.paper_heads}h.json"}
+    cpu_name = f"clustering_curve_cpu_{args.cpu_heads}h"
+    files = {"cpu": folder / f"{cpu_name}.json", "paper": folder / f"clustering_curve_paper_{args.paper_heads}h.json"}
     recs = {k: json.loads(f.read_text()) for k, f in files.items() if f.is_file()}
     if len(recs) < 2:
         sys.exit(f"need both curves: {', '.join(str(f) for f in files.values())}")
     pts = {k: {p["c"]: p for p in r["points"]} for k, r in recs.items()}
     seeds = {}  # other seeds of the CPU default (--seed N): the run-to-run spread the 0.02 band sits in
     cpu_heads = {}  # every head of every CPU-default run at C (both heads of each seed): one head's r_C, pooled
-    for r in [recs["cpu"], *(json.loads(f.read_text()) for f in sorted(folder.glob("clustering_curve_cpu_seed*.json")))]:
+    for r in [recs["cpu"], *(json.loads(f.read_text()) for f in sorted(folder.glob(f"{cpu_name}_seed*.json")))]:
         if r is not recs["cpu"]:
             seeds[int(r["seed"])] = {p["c"]: p["r_c"] for p in r["points"]}
         for p in r["points"]:
@@ -264,7 +265,8 @@ def compare(args, tol: float = 0.02):
             print(f"| {r['c']} | {r['r_c_paper']:.3f} | {r['paper_heads_mean']:.3f}, {r['paper_heads_sd']:.3f} | {ch} "
                   f"| {bk} | {r['k_within']} |")
     print(f"C_max on these points (alpha {ALPHA}): " + ", ".join(f"{k} {v}" for k, v in c_max.items()))
-    dest = folder / "clustering_curve_compare.json"
+    dest = folder / ("clustering_curve_compare.json" if args.cpu_heads == CPU_SCHEDULE["heads"]
+                     else f"clustering_curve_compare_{args.cpu_heads}h.json")
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {dest}")
 
@@ -275,6 +277,9 @@ def main():
     ap.add_argument("--compare", action="store_true", help="the two --curve files side by side (issue 19's check)")
     ap.add_argument("--schedule", choices=["cpu", "paper"], default="cpu")
     ap.add_argument("--paper-heads", type=int, default=50, help="--schedule paper: heads (paper: 50)")
+    ap.add_argument("--cpu-heads", type=int, default=CPU_SCHEDULE["heads"],
+                    help=f"--schedule cpu and --compare: heads of the CPU recipe (default {CPU_SCHEDULE['heads']}, "
+                         "the CPU default; 2 = the default before)")
     ap.add_argument("--heads-study", type=int, default=0, metavar="H",
                     help="--curve with the CPU default's recipe and H heads: r_C of best-of-H vs best of each pair")
     ap.add_argument("--cs", type=int, nargs="+", default=[20, 40, 50, 60, 80, 100])

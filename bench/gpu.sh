@@ -40,12 +40,12 @@ case "$part" in
     python3 bench/clustering.py --sizes 3400 --clusters 100 500 --out "$out/clustering_gpu_3k.json"
     python3 bench/clustering.py --sizes 50000 --clusters 500 --full-temi-budget 300 \
       --out "$out/clustering_gpu_50k_c500.json" ;;
-  curve)            # issue 19: r_C of the paper schedule (50 heads) vs the CPU default (2 heads) on the demo's
+  curve)            # issue 19: r_C of the paper schedule (50 heads) vs the CPU default (8 heads) on the demo's
                     # features at the same C, and the run time of each (CPU default within 0.02, same C_max)
     export CEDM_HOME=/tmp/cedm-home
     for sched in paper cpu; do
       python3 bench/clustering.py --curve --schedule "$sched" --cs 20 40 50 60 80 100 --out "$out/curve.json"
-    done ;;   # -> $out/clustering_curve_paper_50h.json and clustering_curve_cpu.json
+    done ;;   # -> $out/clustering_curve_paper_50h.json and clustering_curve_cpu_8h.json
   sampling)         # targets: paper preset >= 4x the reference and >= 35% MFU of the measured bf16 peak
     # compile (CUDA graphs) costs about a minute per shape: 3 batch sizes = 6 shapes (guided rows double)
     python3 bench/sampling.py --presets paper --batches 1,16,128 --reps 2

@@ -130,10 +130,10 @@ def test_demo_ships_its_full_bound_search(home):
 
     ws = wsp.open_workspace(None, "demo")
     saved = saved_results(ws, "bound", backbone="efficientnet_lite0")
-    assert [(r["c_max"], r["complete"]) for r in saved] == [(47, True)]
+    assert [(r["c_max"], r["complete"]) for r in saved] == [(63, True)]
     curve = cached_curve(ws, backbone="efficientnet_lite0")
-    assert {10, 20, 40, 47, 48, 80, 160} <= {c for c, _ in curve}
-    assert c_max_of(curve) == 47
+    assert {10, 20, 40, 50, 60, 62, 63, 64, 65, 70, 80, 160} <= {c for c, _ in curve}
+    assert c_max_of(curve) == 63
 
 
 def test_demo_attribution():

@@ -40,9 +40,11 @@ PAPER_SCHEDULE = {"heads": PAPER_HEADS, "epochs": PAPER_EPOCHS, "batch_size": 51
 # CPU default: the same recipe, epochs, batch and momentum, with fewer heads (each head costs the same; the
 # heads train apart and the run keeps the lowest-loss one, which at larger C also tends to use more clusters),
 # and for large N at most CPU_MAX_STEPS optimiser steps (the epochs shrink, warm-up in proportion).
-# bench/clustering.py --curve / --compare measure what this changes on the demo (bench/README.md).
+# 8 heads: the fewest whose expected r_C on the demo is within 0.02 of the paper's 50 heads at every C of
+# 20..100 (2 heads fall 0.028 short at C = 80, 4 heads 0.023); about 11-12 CPU-minutes per C on the demo.
+# bench/clustering.py --curve / --compare measure this (bench/README.md, "TEMI schedules on the demo").
 CPU_MAX_STEPS = 2000
-CPU_SCHEDULE = {"heads": 2, "epochs": PAPER_EPOCHS, "batch_size": 512, "teacher_momentum": 0.996,
+CPU_SCHEDULE = {"heads": 8, "epochs": PAPER_EPOCHS, "batch_size": 512, "teacher_momentum": 0.996,
                 "max_steps": CPU_MAX_STEPS}
 EXACT_KNN_LIMIT = 100_000  # above this, neighbours come from an approximate (IVF) faiss index
 INPUTS = ("raw", "l2")

@@ -20,7 +20,7 @@ def add_backbone(p) -> None:
 def add_temi(p) -> None:
     p.add_argument("--epochs", type=int, default=None, help="TEMI epochs (default 200, the paper's)")
     p.add_argument("--heads", type=int, default=None,
-                   help="TEMI heads (default: 50 on GPU, the paper's; 2 on CPU, same recipe otherwise)")
+                   help="TEMI heads (default: 50 on GPU, the paper's; 8 on CPU, same recipe otherwise)")
     p.add_argument("--paper", action="store_true",
                    help="the paper's TEMI schedule even on CPU (50 heads, 200 epochs, batch 512, no step budget)")
 
