@@ -85,8 +85,8 @@ def kmeans_rows(x, y, n, c, quick, rows, results):
 
 
 def heads_study(info: dict, c: int) -> dict:
-    """From one H-head TEMI run: every head's r_C and loss (the heads train alike and apart, so they are H draws
-    of one head's r_C), the r_C that choosing by loss among each disjoint pair of heads gives (what a 2-head run
+    """From one H-head TEMI run: every head's r_C and loss (the heads train alike, coupled only by the
+    shared batches and the ensemble weight w, so they are close to H draws of one head's r_C), the r_C that choosing by loss among each disjoint pair of heads gives (what a 2-head run
     is) next to choosing among all H (what more heads buy), and the expected r_C of a k-head run (best_of_k)."""
     used, loss = info["head_n_used"], info["head_losses"]
     r = np.asarray(used, dtype=float) / c
@@ -101,8 +101,9 @@ def heads_study(info: dict, c: int) -> dict:
 
 def best_of_k(r: np.ndarray, loss: np.ndarray, ks=(2, 4, 8, 16), draws: int = 20000, seed: int = 0) -> dict:
     """{k: [mean, sd]} of the r_C a k-head run gives (it keeps its lowest-loss head), for k in ``ks`` and the run's
-    own H: k heads drawn with replacement from this run's H heads (a bootstrap: the heads train alike and apart,
-    so they are H draws of one head's (loss, r_C)). For k = H the sd is this run's own run-to-run noise."""
+    own H: k heads drawn with replacement from this run's H heads (a bootstrap: the heads train alike, coupled only
+    by the shared batches and the ensemble weight w, so they are close to H draws of one head's (loss, r_C); it
+    cannot see what the number of heads does to w). For k = H the sd is this run's own run-to-run noise."""
     rng = np.random.default_rng(seed)
     out = {}
     for k in sorted({*(k for k in ks if k < len(r)), len(r)}):
@@ -193,7 +194,7 @@ def compare(args, tol: float = 0.02):
         sys.exit(f"need both curves: {', '.join(str(f) for f in files.values())}")
     pts = {k: {p["c"]: p for p in r["points"]} for k, r in recs.items()}
     seeds = {}  # other seeds of the CPU default (--seed N): the run-to-run spread the 0.02 band sits in
-    cpu_heads = {}  # every head of every CPU-default run at C (both heads of each seed): one head's r_C, pooled
+    cpu_heads = {}  # every head of every CPU-default run at C (all seeds): one head's r_C, pooled
     for r in [recs["cpu"], *(json.loads(f.read_text()) for f in sorted(folder.glob(f"{cpu_name}_seed*.json")))]:
         if r is not recs["cpu"]:
             seeds[int(r["seed"])] = {p["c"]: p["r_c"] for p in r["points"]}
@@ -251,7 +252,7 @@ def compare(args, tol: float = 0.02):
               f"| {other} | {r['r_c_cpu_mean']:.3f} ({r['cpu_runs']} runs) | {r['diff_mean']:+.3f} "
               f"| {'yes' if r['paper_in_cpu_range'] else 'no'} | {fmt(r, 'cpu')} | {fmt(r, 'paper')} |")
     if expected:
-        print("\nThe paper run's own heads: they train alike and apart, so they are draws of one head's (loss, r_C); a "
+        print("\nThe paper run's own heads: they train alike (coupled by shared batches and the ensemble weight), so they are close to draws of one head's (loss, r_C); a "
               "k-head run keeps its lowest-loss head. Expected r_C of a k-head run, bootstrapped from them "
               f"(k = {ks[-1]}: the paper's own, +- its run-to-run sd):\n")
         print("| C | r_C paper (this run) | its heads: mean, sd | the CPU default's heads: mean, sd (n) | "

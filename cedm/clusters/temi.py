@@ -38,7 +38,8 @@ PAPER_HEADS, PAPER_EPOCHS = 50, 200
 PAPER_SCHEDULE = {"heads": PAPER_HEADS, "epochs": PAPER_EPOCHS, "batch_size": 512, "teacher_momentum": 0.996,
                   "max_steps": 0}
 # CPU default: the same recipe, epochs, batch and momentum, with fewer heads (each head costs the same; the
-# heads train apart and the run keeps the lowest-loss one, which at larger C also tends to use more clusters),
+# heads train alike, coupled only by the shared batches and the ensemble weight, and the run keeps the
+# lowest-loss one, which in the paper-schedule run on the demo also tended to use more clusters at larger C),
 # and for large N at most CPU_MAX_STEPS optimiser steps (the epochs shrink, warm-up in proportion).
 # 8 heads: the fewest whose expected r_C on the demo is within 0.02 of the paper's 50 heads at every C of
 # 20..100 (2 heads fall 0.028 short at C = 80, 4 heads 0.023); about 11-12 CPU-minutes per C on the demo.
