@@ -2,7 +2,7 @@
 
     python bench/clustering.py [--quick] [--device cpu|cuda] [--sizes 3400 50000] [--clusters 100 500]
     python bench/clustering.py --curve --schedule cpu|paper [--cpu-heads 8] [--paper-heads 50] [--cs 20 40 50 60 80 100]
-    python bench/clustering.py --curve --heads-study 10 --cs 50 80   # best of 10 heads against best of each pair
+    python bench/clustering.py --curve --schedule cpu --cpu-heads 10 --cs 50 80   # also: best of 10 vs each pair
     python bench/clustering.py --compare [--cpu-heads 2]   # the two curves side by side: within 0.02? same C_max?
 
 Features: N points around 100 random directions (so NMI to the generating blob is a sanity check).
@@ -85,9 +85,10 @@ def kmeans_rows(x, y, n, c, quick, rows, results):
 
 
 def heads_study(info: dict, c: int) -> dict:
-    """From one H-head TEMI run: every head's r_C and loss (the heads train alike, coupled only by the
-    shared batches and the ensemble weight w, so they are close to H draws of one head's r_C), the r_C that choosing by loss among each disjoint pair of heads gives (what a 2-head run
-    is) next to choosing among all H (what more heads buy), and the expected r_C of a k-head run (best_of_k)."""
+    """From one H-head TEMI run: every head's r_C and loss (the heads train alike, coupled only by the shared
+    batches and the ensemble weight w, so they are close to H draws of one head's r_C), the r_C that choosing by
+    loss among each disjoint pair of heads gives (what a 2-head run is) next to choosing among all H (what more
+    heads buy), and the expected r_C of a k-head run (best_of_k)."""
     used, loss = info["head_n_used"], info["head_losses"]
     r = np.asarray(used, dtype=float) / c
     pairs = [min((i, i + 1), key=lambda h: loss[h]) for i in range(0, len(used) - 1, 2)]
@@ -137,10 +138,7 @@ def curve(args):
     dev = args.device  # either schedule on either device: a GPU runs both for a same-device comparison
     kw = {**CPU_SCHEDULE, "heads": args.cpu_heads} if args.schedule == "cpu" else \
         {**PAPER_SCHEDULE, "heads": args.paper_heads}
-    if args.heads_study:  # the CPU default's recipe with H heads: best of H against best of each disjoint pair
-        kw = {**CPU_SCHEDULE, "heads": args.heads_study}
-    out = Path(args.out).with_name(f"clustering_heads_{args.heads_study}.json" if args.heads_study else
-                                   f"clustering_curve_{args.schedule}_{kw['heads']}h"
+    out = Path(args.out).with_name(f"clustering_curve_{args.schedule}_{kw['heads']}h"
                                    + (f"_seed{args.seed}" if args.seed else "") + ".json")
     rec = {"schedule": args.schedule, "settings": kw, "seed": args.seed, "backbone": args.backbone,
            "threads": args.threads, "device": dev,
@@ -166,13 +164,11 @@ def curve(args):
         if "head_n_used" in res.info:  # every head's own r_C (runs from before it was recorded have none)
             rec["points"][-1].update(heads_study(res.info, c))
             p = rec["points"][-1]
-            if args.heads_study:
-                print(f"    best of {args.heads_study}: {p['r_c']:.3f}; best of each pair: {p['pairs_r_c']} "
-                      f"(max |pair - best of all| {p['pairs_max_abs_diff']:.3f})", flush=True)
-            elif len(p["head_r_c"]) > 2:
+            if len(p["head_r_c"]) > 2:
                 print(f"    {len(p['head_r_c'])} heads: r_C mean {p['head_r_c_mean']:.3f}, sd {p['head_r_c_sd']:.3f}; "
                       "a k-head run (bootstrap): " + ", ".join(f"{k}: {m:.3f} +- {sd:.3f}"
-                                                              for k, (m, sd) in p["best_of_k"].items()), flush=True)
+                                                              for k, (m, sd) in p["best_of_k"].items())
+                      + f"; best of each pair: {p['pairs_r_c']}", flush=True)
         curve_pts = [(p["c"], p["r_c"]) for p in rec["points"]]
         rec["c_max_on_points"] = c_max_from_curve(curve_pts, ALPHA)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -252,9 +248,10 @@ def compare(args, tol: float = 0.02):
               f"| {other} | {r['r_c_cpu_mean']:.3f} ({r['cpu_runs']} runs) | {r['diff_mean']:+.3f} "
               f"| {'yes' if r['paper_in_cpu_range'] else 'no'} | {fmt(r, 'cpu')} | {fmt(r, 'paper')} |")
     if expected:
-        print("\nThe paper run's own heads: they train alike (coupled by shared batches and the ensemble weight), so they are close to draws of one head's (loss, r_C); a "
-              "k-head run keeps its lowest-loss head. Expected r_C of a k-head run, bootstrapped from them "
-              f"(k = {ks[-1]}: the paper's own, +- its run-to-run sd):\n")
+        print("\nThe paper run's own heads: they train alike (coupled by shared batches and the ensemble weight), "
+              "so they are close to draws of one head's (loss, r_C); a k-head run keeps its lowest-loss head. "
+              f"Expected r_C of a k-head run, bootstrapped from them (k = {ks[-1]}: the paper's own, +- its "
+              "run-to-run sd):\n")
         print("| C | r_C paper (this run) | its heads: mean, sd | the CPU default's heads: mean, sd (n) | "
               + " | ".join(f"{k} heads" for k in ks) + f" | fewest heads within {tol} of {ks[-1]} |")
         print("|---|---|---|---|" + "---|" * len(ks) + "---|")
@@ -281,8 +278,6 @@ def main():
     ap.add_argument("--cpu-heads", type=int, default=CPU_SCHEDULE["heads"],
                     help=f"--schedule cpu and --compare: heads of the CPU recipe (default {CPU_SCHEDULE['heads']}, "
                          "the CPU default; 2 = the default before)")
-    ap.add_argument("--heads-study", type=int, default=0, metavar="H",
-                    help="--curve with the CPU default's recipe and H heads: r_C of best-of-H vs best of each pair")
     ap.add_argument("--cs", type=int, nargs="+", default=[20, 40, 50, 60, 80, 100])
     ap.add_argument("--seed", type=int, default=0, help="--curve: TEMI seed (initialisation and data order)")
     ap.add_argument("--backbone", default="efficientnet_lite0")
